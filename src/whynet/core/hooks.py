@@ -1,0 +1,174 @@
+"""The one place whynet registers hooks.
+
+Every hook goes through :func:`hooked`, which keeps the handles it registered and removes them
+by handle in ``finally`` — even when the model raises mid-forward. Nothing is removed by
+"level" or by clearing a module's hook dicts, so hooks that users or other libraries installed
+are left alone.
+
+In-place operations: a forward hook that returns a tensor replaces the module's output. The
+capture and gradient hooks here hand downstream modules a *clone* of the tensor they keep, so an
+in-place ReLU after the hooked layer modifies the clone, never the captured value.
+
+Reused modules: a module called more than once per forward produces one entry per call in
+:class:`Capture`. Intervening on, or taking gradients at, such a module is ambiguous and raises
+``ValueError`` naming the layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from whynet.core.layers import resolve_layer
+
+HookKind = Literal["forward", "forward_pre", "full_backward"]
+Registration = tuple[nn.Module, HookKind, Callable[..., Any]]
+
+
+@contextmanager
+def hooked(registrations: Sequence[Registration]) -> Iterator[list[RemovableHandle]]:
+    """Register hooks for the duration of the block and remove them by handle afterwards."""
+    handles: list[RemovableHandle] = []
+    try:
+        for module, kind, fn in registrations:
+            if kind == "forward":
+                handles.append(module.register_forward_hook(fn))
+            elif kind == "forward_pre":
+                handles.append(module.register_forward_pre_hook(fn))
+            elif kind == "full_backward":
+                handles.append(module.register_full_backward_hook(fn))
+            else:
+                raise ValueError(f"unknown hook kind {kind!r}")
+        yield handles
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def primary(output: Any) -> tuple[torch.Tensor, Callable[[torch.Tensor], Any]]:
+    """Split a module output into its main tensor and a function that rebuilds the output.
+
+    Recurrent layers return ``(output, hidden)``; we explain ``output`` and pass the rest on.
+    """
+    if isinstance(output, torch.Tensor):
+        return output, lambda t: t
+    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+        rest = output[1:]
+        return output[0], lambda t: (t, *rest)
+    raise TypeError(f"layer output of type {type(output).__name__} has no tensor to explain")
+
+
+def ran_twice(layer: str) -> None:
+    """Raise the error for a layer that ran more than once where one call is needed."""
+    raise ValueError(f"layer {layer!r} ran more than once in one forward pass (a reused module); "
+                     "capture it to see every call, or choose a layer that runs once")
+
+
+class Capture:
+    """Activations recorded at named layers, one entry per call."""
+
+    def __init__(self, layers: Sequence[str]) -> None:
+        self.calls: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+
+    def __getitem__(self, layer: str) -> torch.Tensor:
+        calls = self.calls[layer]
+        if not calls:
+            raise ValueError(f"layer {layer!r} did not run in the forward pass")
+        if len(calls) > 1:
+            raise ValueError(f"layer {layer!r} ran {len(calls)} times; use .calls[{layer!r}]")
+        return calls[0]
+
+    def check_ran(self) -> None:
+        """Raise if a captured layer never ran."""
+        for name, calls in self.calls.items():
+            if not calls:
+                raise ValueError(f"layer {name!r} did not run in the forward pass; "
+                                 "it cannot be explained with this model/input")
+
+
+def _capture_hook(store: list[torch.Tensor], keep_graph: bool) -> Callable[..., Any]:
+    def hook(module: nn.Module, args: Any, output: Any) -> Any:
+        tensor, rebuild = primary(output)
+        if keep_graph:
+            store.append(tensor)
+            return rebuild(tensor.clone())  # downstream in-place ops hit the clone
+        store.append(tensor.detach().clone())
+        return None
+
+    return hook
+
+
+@contextmanager
+def capture(
+    model: nn.Module, layers: str | Sequence[str], *, keep_graph: bool = False
+) -> Iterator[Capture]:
+    """Record the outputs of ``layers`` during forwards run inside the block.
+
+    Parameters
+    ----------
+    layers : str or sequence of str
+        Dotted module paths.
+    keep_graph : bool
+        Keep the autograd graph (to differentiate through the captured tensors); otherwise
+        detached copies are stored.
+
+    Examples
+    --------
+    >>> with capture(model, ["features.3", "head"]) as cap:
+    ...     model(x)
+    >>> cap["features.3"].shape
+    """
+    names = [layers] if isinstance(layers, str) else list(layers)
+    cap = Capture(names)
+    regs: list[Registration] = [
+        (resolve_layer(model, n), "forward", _capture_hook(cap.calls[n], keep_graph)) for n in names
+    ]
+    with hooked(regs):
+        yield cap
+
+
+def replace_hook(
+    layer: str, value: torch.Tensor | Callable[[torch.Tensor], torch.Tensor], seen: list[int]
+) -> Callable[..., Any]:
+    def hook(module: nn.Module, args: Any, output: Any) -> Any:
+        seen.append(1)
+        if len(seen) > 1:
+            ran_twice(layer)
+        tensor, rebuild = primary(output)
+        new = value(tensor) if callable(value) else value
+        if not isinstance(new, torch.Tensor):
+            raise TypeError(f"intervention at {layer!r} must give a tensor, got {type(new).__name__}")
+        if new.shape != tensor.shape:
+            try:
+                new = new.expand_as(tensor)
+            except RuntimeError:
+                raise ValueError(f"intervention at {layer!r}: replacement of shape "
+                                 f"{tuple(new.shape)} does not match the layer output "
+                                 f"{tuple(tensor.shape)}") from None
+        return rebuild(new.to(dtype=tensor.dtype, device=tensor.device).clone())
+
+    return hook
+
+
+@contextmanager
+def intervene(
+    model: nn.Module,
+    replacements: dict[str, torch.Tensor | Callable[[torch.Tensor], torch.Tensor]],
+) -> Iterator[None]:
+    """Replace layer outputs during forwards run inside the block.
+
+    ``replacements`` maps a layer name to a tensor (broadcast to the output's shape) or to a
+    function of the original output. A layer that runs twice raises ``ValueError``.
+    """
+    seen: dict[str, list[int]] = {name: [] for name in replacements}
+    regs: list[Registration] = [
+        (resolve_layer(model, name), "forward", replace_hook(name, value, seen[name]))
+        for name, value in replacements.items()
+    ]
+    with hooked(regs):
+        yield

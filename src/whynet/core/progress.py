@@ -1,0 +1,32 @@
+"""Progress bars: tqdm on a terminal, silent otherwise or when asked (``WHYNET_PROGRESS=0``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from tqdm.auto import tqdm
+
+T = TypeVar("T")
+
+
+def progress_enabled(enabled: bool | None = None) -> bool:
+    """Whether to show bars: explicit flag, else the env switch, else "stderr is a terminal"."""
+    if enabled is not None:
+        return enabled
+    env = os.environ.get("WHYNET_PROGRESS")
+    if env is not None:
+        return env not in ("0", "false", "no", "")
+    return sys.stderr.isatty()
+
+
+def progress(
+    iterable: Iterable[T], *, total: int | None = None, desc: str = "", enabled: bool | None = None
+) -> Iterator[T]:
+    """Wrap ``iterable`` in a tqdm bar when progress is enabled."""
+    if not progress_enabled(enabled):
+        yield from iterable
+        return
+    yield from tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
