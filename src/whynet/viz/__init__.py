@@ -1,0 +1,12 @@
+"""Pictures from explanations: overlays, grids, highlighted text, molecules.
+
+numpy lives here, at the edge; nothing in viz depends on a method. Every function returns plain
+data (uint8 arrays, PNG bytes, SVG/HTML strings) so the report can embed it without files.
+"""
+
+from whynet.viz.images import figure_png, grid_png, heatmap, overlay, png_bytes, to_rgb
+from whynet.viz.text import highlight_text
+from whynet.viz.molecules import molecule_svg
+
+__all__ = ["figure_png", "grid_png", "heatmap", "highlight_text", "molecule_svg", "overlay",
+           "png_bytes", "to_rgb"]
