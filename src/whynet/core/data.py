@@ -30,8 +30,9 @@ def _split(batch: object, where: str) -> tuple[torch.Tensor, torch.Tensor | None
         return x, y
     if isinstance(batch, dict) and "inputs" in batch:
         return _split((batch["inputs"], batch.get("labels")), where)
-    raise TypeError(f"{where} must yield (inputs, labels) pairs or input tensors, "
-                    f"got {type(batch).__name__}")
+    raise TypeError(
+        f"{where} must yield (inputs, labels) pairs or input tensors, got {type(batch).__name__}"
+    )
 
 
 def data_length(data: DataLike) -> int | None:
@@ -88,13 +89,17 @@ def iter_batches(
         source = DataLoader(data, batch_size=batch_size, shuffle=False)
         where = "Dataset"
     else:
-        raise TypeError("data must be a torch DataLoader, a Dataset of (inputs, labels) pairs, "
-                        f"or a tensor of inputs; got {type(data).__name__}")
+        raise TypeError(
+            "data must be a torch DataLoader, a Dataset of (inputs, labels) pairs, "
+            f"or a tensor of inputs; got {type(data).__name__}"
+        )
     for batch in source:
         x, y = _split(batch, where)
         if need_labels and y is None:
-            raise ValueError(f"{where} gave a batch without labels, but labels are needed here "
-                             "(pass (inputs, labels) pairs or labels=...)")
+            raise ValueError(
+                f"{where} gave a batch without labels, but labels are needed here "
+                "(pass (inputs, labels) pairs or labels=...)"
+            )
         if device is not None:
             x = x.to(device)
             y = None if y is None else y.to(device)

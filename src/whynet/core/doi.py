@@ -110,8 +110,10 @@ def broadcast_baseline(baseline: float | torch.Tensor, z: torch.Tensor, where: s
         return b.unsqueeze(0).expand_as(z)
     if b.dim() == z.dim() and b.shape[0] == 1 and b.shape[1:] == z.shape[1:]:
         return b.expand_as(z)
-    raise ValueError(f"baseline of shape {tuple(b.shape)} does not fit {where} of shape "
-                     f"{tuple(z.shape)} (give a scalar, one point {tuple(z.shape[1:])}, or a batch)")
+    raise ValueError(
+        f"baseline of shape {tuple(b.shape)} does not fit {where} of shape "
+        f"{tuple(z.shape)} (give a scalar, one point {tuple(z.shape[1:])}, or a batch)"
+    )
 
 
 class LinearPath(DoI):
@@ -163,7 +165,9 @@ class Gaussian(DoI):
     Sample ``s`` uses a generator seeded with ``seed + s``, so results are reproducible.
     """
 
-    def __init__(self, sigma: float, samples: int = 50, seed: int = 0, at: str | None = None) -> None:
+    def __init__(
+        self, sigma: float, samples: int = 50, seed: int = 0, at: str | None = None
+    ) -> None:
         if not sigma >= 0:
             raise ValueError(f"sigma must be >= 0, got {sigma}")
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
@@ -245,8 +249,9 @@ def expand(doi: DoI, z: torch.Tensor, batch_size: int) -> Iterator[Chunk]:
         yield _build(doi, z, weights, pending)
 
 
-def _build(doi: DoI, z: torch.Tensor, weights: torch.Tensor,
-           parts: list[tuple[int, int, int]]) -> Chunk:
+def _build(
+    doi: DoI, z: torch.Tensor, weights: torch.Tensor, parts: list[tuple[int, int, int]]
+) -> Chunk:
     cache: dict[int, torch.Tensor] = {}
     points, rows, samples = [], [], []
     for s, b0, b1 in parts:
@@ -279,10 +284,17 @@ class DatasetDoI:
         self.inner = inner if inner is not None else Point()
         self.batch_size = check_batch_size(batch_size)
 
-    def batches(self, device: torch.device | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    def batches(
+        self, device: torch.device | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         """Yield ``(inputs, labels)`` batches of the examples in the distribution."""
-        for x, y in iter_batches(self.data, self.labels, batch_size=self.batch_size,
-                                 need_labels=self.cls is not None, device=device):
+        for x, y in iter_batches(
+            self.data,
+            self.labels,
+            batch_size=self.batch_size,
+            need_labels=self.cls is not None,
+            device=device,
+        ):
             if self.cls is not None:
                 assert y is not None
                 keep = torch.isin(y, torch.tensor(self.cls, device=y.device))

@@ -26,8 +26,9 @@ class Explainer:
     #: registry name of the method (see :mod:`whynet.registry`)
     method: ClassVar[str] = ""
 
-    def __init__(self, model: nn.Module, *, batch_size: int = 64,
-                 progress: bool | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, *, batch_size: int = 64, progress: bool | None = None
+    ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
@@ -50,13 +51,16 @@ class FittedMixin:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, inputs: torch.Tensor, batch_size: int = 256,
-                   **forward_kwargs: Any) -> torch.Tensor:
+def predict_logits(
+    model: nn.Module, inputs: torch.Tensor, batch_size: int = 256, **forward_kwargs: Any
+) -> torch.Tensor:
     """The model's prediction tensor for ``inputs``, in eval mode, chunked by ``batch_size``."""
     check_batch_size(batch_size)
     with frozen_eval(model):
-        outs = [as_logits(model(inputs[i:i + batch_size], **forward_kwargs))
-                for i in range(0, len(inputs), batch_size)]
+        outs = [
+            as_logits(model(inputs[i : i + batch_size], **forward_kwargs))
+            for i in range(0, len(inputs), batch_size)
+        ]
     return torch.cat(outs)
 
 

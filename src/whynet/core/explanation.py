@@ -31,8 +31,13 @@ def atomic_write(path: str | os.PathLike[str], write: Any) -> Path:
     return path
 
 
-def save_tensors(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor],
-                 meta: dict[str, Any], kind: str, version: int) -> Path:
+def save_tensors(
+    path: str | os.PathLike[str],
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    kind: str,
+    version: int,
+) -> Path:
     """Write ``tensors`` and JSON ``meta`` to one safetensors file, atomically."""
     from safetensors.torch import save_file
 
@@ -41,9 +46,10 @@ def save_tensors(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor],
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
 
 
-def load_tensors(path: str | os.PathLike[str], kind: str,
-                 max_version: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a file written by :func:`save_tensors`; a truncated or foreign file raises ValueError."""
+def load_tensors(
+    path: str | os.PathLike[str], kind: str, max_version: int
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a file written by :func:`save_tensors`; truncated or foreign files raise ValueError."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -106,8 +112,12 @@ class Explanation:
         if self.target is not None:
             tensors["target"] = self.target
         tensors.update({f"extras.{k}": v for k, v in self.extras.items()})
-        meta = {"method": self.method, "layer": self.layer, "params": self.params,
-                "meta": self.meta}
+        meta = {
+            "method": self.method,
+            "layer": self.layer,
+            "params": self.params,
+            "meta": self.meta,
+        }
         try:
             json.dumps(meta)
         except TypeError as e:
@@ -120,7 +130,13 @@ class Explanation:
         tensors, meta = load_tensors(path, FORMAT, FORMAT_VERSION)
         if "values" not in tensors:
             raise ValueError(f"{path} has no 'values' tensor")
-        extras = {k[len("extras."):]: v for k, v in tensors.items() if k.startswith("extras.")}
-        return cls(values=tensors["values"], target=tensors.get("target"),
-                   method=meta.get("method", ""), layer=meta.get("layer"),
-                   params=meta.get("params", {}), extras=extras, meta=meta.get("meta", {}))
+        extras = {k[len("extras.") :]: v for k, v in tensors.items() if k.startswith("extras.")}
+        return cls(
+            values=tensors["values"],
+            target=tensors.get("target"),
+            method=meta.get("method", ""),
+            layer=meta.get("layer"),
+            params=meta.get("params", {}),
+            extras=extras,
+            meta=meta.get("meta", {}),
+        )

@@ -41,8 +41,10 @@ def _leaf_hook(layer: str, slot: list[torch.Tensor], replacement: torch.Tensor |
             ran_twice(layer)
         tensor, rebuild = primary(output)
         if replacement is not None and replacement.shape != tensor.shape:
-            raise ValueError(f"points for layer {layer!r} have shape {tuple(replacement.shape)}, "
-                             f"the layer outputs {tuple(tensor.shape)}")
+            raise ValueError(
+                f"points for layer {layer!r} have shape {tuple(replacement.shape)}, "
+                f"the layer outputs {tuple(tensor.shape)}"
+            )
         src = tensor if replacement is None else replacement
         leaf = src.detach().to(tensor.dtype).requires_grad_(True)
         slot.append(leaf)
@@ -97,7 +99,9 @@ def qoi_gradients(
         raise ValueError("points_at must name the layer whose output the points replace")
     if points is not None and points_at != layer:
         assert points_at is not None
-        regs.append((resolve_layer(model, points_at), "forward", replace_hook(points_at, points, [])))
+        regs.append(
+            (resolve_layer(model, points_at), "forward", replace_hook(points_at, points, []))
+        )
     if layer is not None:
         rep = points if (points is not None and points_at == layer) else None
         regs.append((resolve_layer(model, layer), "forward", _leaf_hook(layer, leaf, rep)))
@@ -107,8 +111,10 @@ def qoi_gradients(
     x = inputs
     if layer is None:
         if not inputs.is_floating_point():
-            raise TypeError("gradients w.r.t. integer inputs (token ids) are undefined; "
-                            "explain an embedding layer instead")
+            raise TypeError(
+                "gradients w.r.t. integer inputs (token ids) are undefined; "
+                "explain an embedding layer instead"
+            )
         x = inputs.detach().requires_grad_(True)
     with torch.enable_grad(), hooked(regs):
         out = as_logits(model(x, **kwargs))
@@ -117,7 +123,9 @@ def qoi_gradients(
     activation = None
     if qoi.layer is not None:
         if not qoi_acts:
-            raise ValueError(f"layer {qoi.layer!r} (read by {qoi!r}) did not run in the forward pass")
+            raise ValueError(
+                f"layer {qoi.layer!r} (read by {qoi!r}) did not run in the forward pass"
+            )
         if len(qoi_acts) > 1:
             ran_twice(qoi.layer)
         activation = qoi_acts[0]

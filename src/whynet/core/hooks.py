@@ -65,8 +65,10 @@ def primary(output: Any) -> tuple[torch.Tensor, Callable[[torch.Tensor], Any]]:
 
 def ran_twice(layer: str) -> None:
     """Raise the error for a layer that ran more than once where one call is needed."""
-    raise ValueError(f"layer {layer!r} ran more than once in one forward pass (a reused module); "
-                     "capture it to see every call, or choose a layer that runs once")
+    raise ValueError(
+        f"layer {layer!r} ran more than once in one forward pass (a reused module); "
+        "capture it to see every call, or choose a layer that runs once"
+    )
 
 
 class Capture:
@@ -87,8 +89,10 @@ class Capture:
         """Raise if a captured layer never ran."""
         for name, calls in self.calls.items():
             if not calls:
-                raise ValueError(f"layer {name!r} did not run in the forward pass; "
-                                 "it cannot be explained with this model/input")
+                raise ValueError(
+                    f"layer {name!r} did not run in the forward pass; "
+                    "it cannot be explained with this model/input"
+                )
 
 
 def _capture_hook(store: list[torch.Tensor], keep_graph: bool) -> Callable[..., Any]:
@@ -142,14 +146,18 @@ def replace_hook(
         tensor, rebuild = primary(output)
         new = value(tensor) if callable(value) else value
         if not isinstance(new, torch.Tensor):
-            raise TypeError(f"intervention at {layer!r} must give a tensor, got {type(new).__name__}")
+            raise TypeError(
+                f"intervention at {layer!r} must give a tensor, got {type(new).__name__}"
+            )
         if new.shape != tensor.shape:
             try:
                 new = new.expand_as(tensor)
             except RuntimeError:
-                raise ValueError(f"intervention at {layer!r}: replacement of shape "
-                                 f"{tuple(new.shape)} does not match the layer output "
-                                 f"{tuple(tensor.shape)}") from None
+                raise ValueError(
+                    f"intervention at {layer!r}: replacement of shape "
+                    f"{tuple(new.shape)} does not match the layer output "
+                    f"{tuple(tensor.shape)}"
+                ) from None
         return rebuild(new.to(dtype=tensor.dtype, device=tensor.device).clone())
 
     return hook
@@ -166,7 +174,13 @@ def intervene(
     function of the original output. A layer that runs twice raises ``ValueError``.
     """
     seen: dict[str, list[int]] = {name: [] for name in replacements}
-    regs: list[Registration] = [
+
+    def new_forward(module: nn.Module, args: Any) -> None:  # calls are counted per forward
+        for calls in seen.values():
+            calls.clear()
+
+    regs: list[Registration] = [(model, "forward_pre", new_forward)]
+    regs += [
         (resolve_layer(model, name), "forward", replace_hook(name, value, seen[name]))
         for name, value in replacements.items()
     ]

@@ -77,10 +77,13 @@ def _class_tensor(spec: ClassSpec) -> torch.Tensor:
     return t
 
 
-def _select_mean(output: torch.Tensor, classes: torch.Tensor, per_input: bool,
-                 rows: torch.Tensor | None) -> torch.Tensor:
+def _select_mean(
+    output: torch.Tensor, classes: torch.Tensor, per_input: bool, rows: torch.Tensor | None
+) -> torch.Tensor:
     if output.dim() != 2:
-        raise ValueError(f"class QoIs need a (batch, classes) output, got shape {tuple(output.shape)}")
+        raise ValueError(
+            f"class QoIs need a (batch, classes) output, got shape {tuple(output.shape)}"
+        )
     if per_input:
         idx = classes.to(output.device)
         idx = idx if rows is None else idx[rows.to(idx.device)]
@@ -112,7 +115,7 @@ class Class(QoI):
 
 
 class Comparative(QoI):
-    """``y[c1] - y[c2]``: what separates class ``c1`` from ``c2``; each side may be a list (mean)."""
+    """``y[c1] - y[c2]``: what separates class ``c1`` from ``c2``; a side may be a list (mean)."""
 
     def __init__(self, c1: ClassSpec, c2: ClassSpec) -> None:
         self.a, self.b = Class(c1), Class(c2)
@@ -161,8 +164,10 @@ class Channel(QoI):
     def check_channel(self, activation: torch.Tensor) -> None:
         n = activation.shape[1] if activation.dim() > 1 else 0
         if not 0 <= self.c < n:
-            raise ValueError(f"channel {self.c} out of range for layer {self.layer!r} "
-                             f"with {n} channels (shape {tuple(activation.shape)})")
+            raise ValueError(
+                f"channel {self.c} out of range for layer {self.layer!r} "
+                f"with {n} channels (shape {tuple(activation.shape)})"
+            )
 
     def value(self, output, rows=None, activation=None):  # type: ignore[no-untyped-def]
         if activation is None:

@@ -38,13 +38,17 @@ def check_inputs(
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() == 0 or x.shape[0] == 0:
-        raise ValueError(f"{name} must be a non-empty batch (first dimension = inputs), "
-                         f"got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"{name} must be a non-empty batch (first dimension = inputs), "
+            f"got shape {tuple(x.shape)}"
+        )
     if ndim is not None:
         allowed = (ndim,) if isinstance(ndim, int) else ndim
         if x.dim() not in allowed:
-            raise ValueError(f"{name} must have {' or '.join(map(str, allowed))} dimensions "
-                             f"(batch first), got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"{name} must have {' or '.join(map(str, allowed))} dimensions "
+                f"(batch first), got shape {tuple(x.shape)}"
+            )
     if floating and not x.is_floating_point():
         raise TypeError(f"{name} must be a floating tensor, got dtype {x.dtype}")
     if not floating and x.is_floating_point():

@@ -5,8 +5,16 @@ data (uint8 arrays, PNG bytes, SVG/HTML strings) so the report can embed it with
 """
 
 from whynet.viz.images import figure_png, grid_png, heatmap, overlay, png_bytes, to_rgb
-from whynet.viz.text import highlight_text
 from whynet.viz.molecules import molecule_svg
+from whynet.viz.text import highlight_text
 
-__all__ = ["figure_png", "grid_png", "heatmap", "highlight_text", "molecule_svg", "overlay",
-           "png_bytes", "to_rgb"]
+__all__ = [
+    "figure_png",
+    "grid_png",
+    "heatmap",
+    "highlight_text",
+    "molecule_svg",
+    "overlay",
+    "png_bytes",
+    "to_rgb",
+]

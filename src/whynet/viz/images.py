@@ -91,8 +91,9 @@ def figure_png(fig: Any, dpi: int = 110) -> bytes:
     return buf.getvalue()
 
 
-def grid_png(images: Sequence[Any], ncol: int = 8, titles: Sequence[str] | None = None,
-             size: float = 1.4) -> bytes:
+def grid_png(
+    images: Sequence[Any], ncol: int = 8, titles: Sequence[str] | None = None, size: float = 1.4
+) -> bytes:
     """A grid of images with optional titles, PNG-encoded."""
     import matplotlib
 
@@ -104,8 +105,9 @@ def grid_png(images: Sequence[Any], ncol: int = 8, titles: Sequence[str] | None 
     n = len(images)
     ncol = max(1, min(ncol, n))
     nrow = (n + ncol - 1) // ncol
-    fig, axes = plt.subplots(nrow, ncol, figsize=(size * ncol, size * nrow + 0.3 * nrow),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        nrow, ncol, figsize=(size * ncol, size * nrow + 0.3 * nrow), squeeze=False
+    )
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < n:

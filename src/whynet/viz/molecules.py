@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def molecule_svg(smiles: str, atom_weights: Sequence[float], size: tuple[int, int] = (320, 240)) -> str:
+def molecule_svg(
+    smiles: str, atom_weights: Sequence[float], size: tuple[int, int] = (320, 240)
+) -> str:
     """An SVG drawing of ``smiles`` with atoms highlighted by weight in [0, 1]."""
     try:
         from rdkit import Chem
@@ -22,7 +24,12 @@ def molecule_svg(smiles: str, atom_weights: Sequence[float], size: tuple[int, in
     colors = {i: (1.0, 1.0 - 0.8 * v / top, 1.0 - 0.8 * v / top) for i, v in enumerate(w) if v > 0}
     radii = {i: 0.3 + 0.25 * v / top for i, v in enumerate(w) if v > 0}
     drawer = rdMolDraw2D.MolDraw2DSVG(*size)
-    drawer.DrawMolecule(mol, highlightAtoms=list(colors), highlightAtomColors=colors,
-                        highlightAtomRadii=radii, highlightBonds=[])
+    drawer.DrawMolecule(
+        mol,
+        highlightAtoms=list(colors),
+        highlightAtomColors=colors,
+        highlightAtomRadii=radii,
+        highlightBonds=[],
+    )
     drawer.FinishDrawing()
     return drawer.GetDrawingText()

@@ -21,6 +21,8 @@ def highlight_text(tokens: Sequence[str], weights: Any, color: str = "255,140,0"
     for tok, v in zip(tokens, w):
         rgb = color if v >= 0 else "30,110,255"
         a = min(1.0, abs(float(v)))
-        parts.append(f'<span class="tok" style="background:rgba({rgb},{a:.3f})" '
-                     f'title="{v:.3f}">{html.escape(str(tok))}</span>')
+        parts.append(
+            f'<span class="tok" style="background:rgba({rgb},{a:.3f})" '
+            f'title="{v:.3f}">{html.escape(str(tok))}</span>'
+        )
     return '<span class="tokens">' + " ".join(parts) + "</span>"

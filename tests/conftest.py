@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny hermetic models, seeded, and a check that no hooks were left behind."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+
+def hook_count(model: nn.Module) -> int:
+    """Number of forward/backward/pre hooks on every module of ``model``."""
+    total = 0
+    for m in model.modules():
+        total += len(m._forward_hooks) + len(m._forward_pre_hooks)
+        total += len(m._backward_hooks) + len(getattr(m, "_backward_pre_hooks", {}))
+    return total
+
+
+class TinyCNN(nn.Module):
+    """conv -> in-place ReLU -> conv -> ReLU -> GAP -> head; 3 classes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(4, 6, 3, padding=1),
+            nn.ReLU(),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.features(x)).flatten(1))
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def tiny_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return TinyCNN().double().eval()
+
+
+@pytest.fixture
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return (
+        nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 4), nn.Softplus(), nn.Linear(4, 3))
+        .double()
+        .eval()
+    )
