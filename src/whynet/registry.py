@@ -12,16 +12,26 @@ from typing import Any
 
 _REGISTRY: dict[str, tuple[str, str]] = {
     # name: ("module:Class", one-line description)
-    "influence": ("whynet.influence:InternalInfluence",
-                  "internal influence of a layer's neurons (Leino et al. 2018)"),
-    "inversion": ("whynet.inversion:GuidedFeatureInversion",
-                  "guided feature inversion input masks (Du et al. 2018)"),
-    "masks": ("whynet.masks:MaskExplainer",
-              "trained explanatory-mask network (Phillips et al. 2019)"),
-    "representer": ("whynet.representer:RepresenterPoints",
-                    "representer point selection over training data (Yeh et al. 2018)"),
-    "clusters": ("whynet.clusters:ClusterSurrogate",
-                 "activation-clustering surrogate (Liu & Arik 2020)"),
+    "influence": (
+        "whynet.influence:InternalInfluence",
+        "internal influence of a layer's neurons (Leino et al. 2018)",
+    ),
+    "inversion": (
+        "whynet.inversion:GuidedFeatureInversion",
+        "guided feature inversion input masks (Du et al. 2018)",
+    ),
+    "masks": (
+        "whynet.masks:MaskExplainer",
+        "trained explanatory-mask network (Phillips et al. 2019)",
+    ),
+    "representer": (
+        "whynet.representer:RepresenterPoints",
+        "representer point selection over training data (Yeh et al. 2018)",
+    ),
+    "clusters": (
+        "whynet.clusters:ClusterSurrogate",
+        "activation-clustering surrogate (Liu & Arik 2020)",
+    ),
 }
 
 

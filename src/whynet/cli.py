@@ -1,0 +1,363 @@
+"""The ``whynet`` command line: demo, explain, report, bench, zoo list, methods.
+
+Errors are one clear line on stderr and a non-zero exit; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line."""
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------- demo
+def run_demo(
+    out: Path, fast: bool, only: Sequence[str] | None = None, progress: bool | None = None
+) -> Path:
+    """Run every available tour, write sections + the report, return the report path."""
+    from whynet.report import save_sections, write_report
+    from whynet.tour import TOURS, Section
+
+    sections: list[Section] = []
+    timings: dict[str, float] = {}
+    for name, module in TOURS.items():
+        if only and name not in only:
+            continue
+        if importlib.util.find_spec(module) is None:
+            _say(f"[demo] {name}: not available yet, skipped")
+            continue
+        _say(f"[demo] {name} ...")
+        t0 = time.perf_counter()
+        try:
+            section = importlib.import_module(module).run(out / name, fast=fast, progress=progress)
+        except ImportError as e:  # an optional extra is missing: say so in the report
+            section = Section(title=name, notes=[f"skipped: {e}"])
+        timings[name] = time.perf_counter() - t0
+        _say(f"[demo] {name} done in {timings[name]:.1f} s")
+        sections.append(section)
+    summary = Section(
+        title="About this run",
+        intro="whynet explains pre-trained networks from the inside. Each section below is one "
+        "method family run on the bundled data and models (no downloads).",
+        tables=[_timing_table(timings)],
+    )
+    sections.insert(0, summary)
+    save_sections(sections, out)
+    return write_report(
+        sections,
+        out / "report.html",
+        title="whynet demo",
+        subtitle="influence, feature inversion, explanatory masks, representer "
+        "points and clustering surrogates on bundled models",
+    )
+
+
+def _timing_table(timings: dict[str, float]) -> Any:
+    from whynet.tour import Table
+
+    return Table(
+        caption="time per section (s)",
+        columns=["section", "seconds"],
+        rows=[[k, round(v, 1)] for k, v in timings.items()],
+    )
+
+
+# ---------------------------------------------------------------------------- explain
+def load_factory(spec: str) -> Any:
+    """``path/to/file.py:factory`` or ``package.module:factory`` -> the callable."""
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target or not attr:
+        raise CLIError(f"--model must look like MODULE:FACTORY or FILE.py:FACTORY, got {spec!r}")
+    if target.endswith(".py") or "/" in target:
+        path = Path(target)
+        if not path.is_file():
+            raise CLIError(f"model file not found: {path}")
+        mod_spec = importlib.util.spec_from_file_location(f"whynet_user_{path.stem}", path)
+        if mod_spec is None or mod_spec.loader is None:
+            raise CLIError(f"cannot import {path}")
+        module = importlib.util.module_from_spec(mod_spec)
+        sys.path.insert(0, str(path.parent.resolve()))
+        try:
+            mod_spec.loader.exec_module(module)
+        finally:
+            sys.path.pop(0)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as e:
+            raise CLIError(f"cannot import module {target!r}: {e}") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise CLIError(f"{spec}: no callable named {attr!r}")
+    return fn
+
+
+def load_images(paths: Sequence[Path], size: int | None) -> tuple[Any, list[str]]:
+    """Read image files into a float tensor (B, C, H, W) in [0, 1]."""
+    import matplotlib.image as mpimg
+    import numpy as np
+    import torch
+
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            files += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise CLIError(f"input not found: {p}")
+    if not files:
+        raise CLIError("no image files found in --inputs")
+    arrays = []
+    for f in files:
+        a = np.asarray(mpimg.imread(f))
+        if a.dtype == np.uint8:
+            a = a.astype(np.float32) / 255.0
+        if a.ndim == 3 and a.shape[2] == 4:
+            a = a[..., :3]
+        t = torch.as_tensor(a, dtype=torch.float32)
+        t = t[None] if t.dim() == 2 else t.permute(2, 0, 1)
+        if size is not None:
+            t = torch.nn.functional.interpolate(
+                t[None], size=(size, size), mode="bilinear", align_corners=False
+            )[0]
+        arrays.append(t)
+    shapes = {tuple(a.shape) for a in arrays}
+    if len(shapes) > 1:
+        raise CLIError(f"images differ in shape {sorted(shapes)}; pass --size N to resize")
+    return torch.stack(arrays), [f.name for f in files]
+
+
+def run_explain(args: argparse.Namespace) -> Path:
+    import torch
+
+    from whynet.registry import get_explainer
+    from whynet.report import sections_from_explanations, write_report
+
+    factory = load_factory(args.model)
+    made = factory()
+    model, info = made if isinstance(made, tuple) else (made, {})
+    if not isinstance(model, torch.nn.Module):
+        raise CLIError(f"{args.model} returned {type(model).__name__}, not a torch.nn.Module")
+    if args.weights:
+        from safetensors.torch import load_file
+
+        w = Path(args.weights)
+        if w.suffix != ".safetensors":
+            raise CLIError("--weights must be a .safetensors file (whynet never unpickles)")
+        model.load_state_dict(load_file(str(w)))
+    x, names = load_images([Path(p) for p in args.inputs], args.size)
+    preprocess = info.get("preprocess") if isinstance(info, dict) else None
+    x_model = preprocess(x) if callable(preprocess) else x
+    cls = get_explainer(args.method)
+    explainer = _build_explainer(args.method, cls, model, args)
+    target: Any = None if args.target is None else int(args.target)
+    e = explainer.explain(x_model, target=target)
+    e.extras.setdefault("inputs", x)
+    e.meta.setdefault("files", names)
+    out = Path(args.out)
+    e.save(out / f"{args.method}.safetensors")
+    return write_report(
+        sections_from_explanations(out),
+        out / "report.html",
+        title=f"whynet explain: {args.method}",
+        subtitle=args.model,
+    )
+
+
+def _build_explainer(name: str, cls: Any, model: Any, args: argparse.Namespace) -> Any:
+    fitted = {"masks", "representer", "clusters"}
+    if name in fitted:
+        raise CLIError(
+            f"method {name!r} must be fitted on training data first; use the Python "
+            "API (see docs) — `whynet explain` runs methods that need no fitting"
+        )
+    if name == "influence":
+        if not args.layer:
+            raise CLIError("influence needs --layer (a dotted module path, e.g. features.3)")
+        return cls(model, layer=args.layer, batch_size=args.batch_size)
+    if name == "inversion":
+        if not args.layer or not args.basis_layer:
+            raise CLIError("inversion needs --layer (inversion layer) and --basis-layer")
+        return cls(
+            model,
+            inversion_layer=args.layer,
+            basis_layer=args.basis_layer,
+            batch_size=args.batch_size,
+        )
+    return cls(model)
+
+
+# ---------------------------------------------------------------------------- bench, zoo
+def run_bench(quick: bool, only: Sequence[str] | None) -> Path:
+    root = Path.cwd() / "benchmarks"
+    scripts = sorted(root.glob("bench_*.py"))
+    if not scripts:
+        raise CLIError("no benchmarks/bench_*.py here: run `whynet bench` from a source checkout")
+    results = root / "results"
+    results.mkdir(exist_ok=True)
+    failed = []
+    for script in scripts:
+        name = script.stem.removeprefix("bench_")
+        if only and name not in only:
+            continue
+        _say(f"[bench] {name} ...")
+        cmd = [sys.executable, str(script)] + (["--quick"] if quick else [])
+        if subprocess.run(cmd, check=False).returncode != 0:
+            failed.append(name)
+    table = results_table(results)
+    path = results / "README.md"
+    path.write_text(table)
+    print(table)
+    if failed:
+        raise CLIError(f"benchmarks failed: {', '.join(failed)}")
+    return path
+
+
+def results_table(results: Path) -> str:
+    """One markdown table of every ratio found in ``benchmarks/results/*.json``."""
+    import platform
+
+    lines = [
+        "# Benchmark ratios (whynet vs peers)",
+        "",
+        f"Machine: {platform.machine()}, {__import__('os').cpu_count()} cores, "
+        f"Python {platform.python_version()}.",
+        "",
+        "| benchmark | metric | value |",
+        "|---|---|---|",
+    ]
+    for f in sorted(results.glob("*.json")):
+        try:
+            doc = json.loads(f.read_text())
+        except json.JSONDecodeError:
+            continue
+        for key, value in _flatten(doc):
+            if "ratio" in key or "speedup" in key:
+                lines.append(
+                    f"| {f.stem} | {key} | {value:.3g} |"
+                    if isinstance(value, float)
+                    else f"| {f.stem} | {key} | {value} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
+def _flatten(doc: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(doc, dict):
+        return [kv for k, v in doc.items() for kv in _flatten(v, f"{prefix}{k}.")]
+    if isinstance(doc, list):
+        return [kv for i, v in enumerate(doc) for kv in _flatten(v, f"{prefix}{i}.")]
+    return [(prefix.rstrip("."), doc)]
+
+
+def run_zoo_list() -> None:
+    from whynet.zoo import list_models
+
+    for m in list_models():
+        metrics = ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in (m.get("metrics") or {}).items()
+        )
+        print(f"{m['name']:<20} {m.get('task', ''):<28} {metrics}")
+
+
+# ---------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="whynet", description="Explain pre-trained networks.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="run the tour of all methods and write an HTML report")
+    d.add_argument("--out", default="whynet-out", help="output folder (default: whynet-out)")
+    d.add_argument("--fast", action="store_true", help="smaller settings (the default job)")
+    d.add_argument("--full", action="store_true", help="larger settings (slower)")
+    d.add_argument("--only", nargs="*", help="run only these sections")
+
+    e = sub.add_parser("explain", help="explain your own model on your inputs")
+    e.add_argument("--model", required=True, help="MODULE:FACTORY or FILE.py:FACTORY")
+    e.add_argument("--weights", help="a .safetensors state dict to load into the model")
+    e.add_argument("--method", required=True, help="registered method (see `whynet methods`)")
+    e.add_argument("--inputs", nargs="+", required=True, help="image files or folders")
+    e.add_argument("--layer", help="layer to explain (dotted module path)")
+    e.add_argument("--basis-layer", help="basis layer (guided feature inversion)")
+    e.add_argument("--target", help="class index (default: the predicted class)")
+    e.add_argument("--size", type=int, help="resize images to SIZE x SIZE")
+    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--out", default="whynet-explain", help="output folder")
+
+    r = sub.add_parser("report", help="(re)build the report from a folder of results")
+    r.add_argument("dir")
+
+    b = sub.add_parser("bench", help="run the side-by-side benchmarks (needs the bench extra)")
+    b.add_argument("--quick", action="store_true")
+    b.add_argument("--only", nargs="*")
+
+    z = sub.add_parser("zoo", help="bundled models and data sets")
+    z.add_argument("action", choices=["list"])
+
+    sub.add_parser("methods", help="list the registered methods")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            path = run_demo(Path(args.out), fast=not args.full, only=args.only)
+            print(path.resolve())
+        elif args.command == "explain":
+            print(run_explain(args).resolve())
+        elif args.command == "report":
+            print(rebuild_report(Path(args.dir)).resolve())
+        elif args.command == "bench":
+            run_bench(args.quick, args.only)
+        elif args.command == "zoo":
+            run_zoo_list()
+        elif args.command == "methods":
+            from whynet.registry import list_explainers
+
+            for name, desc in list_explainers().items():
+                print(f"{name:<12} {desc}")
+        return 0
+    except KeyboardInterrupt:
+        _say("whynet: interrupted")
+        return 130
+    except Exception as e:  # one clear line unless --debug
+        if args.debug:
+            traceback.print_exc()
+        _say(f"whynet: error: {e}")
+        return 1
+
+
+def rebuild_report(folder: Path) -> Path:
+    """Rebuild ``folder/report.html`` from saved sections and explanation files."""
+    from whynet.report import load_sections, sections_from_explanations, write_report
+    from whynet.report.store import SECTIONS_FILE
+
+    if not folder.is_dir():
+        raise CLIError(f"not a folder: {folder}")
+    sections = load_sections(folder) if (folder / SECTIONS_FILE).exists() else []
+    sections += sections_from_explanations(folder)
+    if not sections:
+        raise CLIError(f"{folder} holds no sections.json and no explanation files")
+    return write_report(
+        sections, folder / "report.html", title="whynet report", subtitle=str(folder)
+    )
