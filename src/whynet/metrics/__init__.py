@@ -1,0 +1,50 @@
+"""whynet.metrics: how good is an explanation? Functions over a model, inputs and saliency maps.
+
+Every function returns one value per input (float64) so that results stream over batches
+(:mod:`.streaming`); aggregate with ``.mean()``.
+
+- Faithfulness (:mod:`.faithfulness`): :func:`deletion_auc`, :func:`insertion_auc` and their
+  curves (Petsiuk et al. 2018), :func:`mask_fidelity` (preservation/deletion of a soft mask).
+- Localisation (:mod:`.localisation`): :func:`pointing_game` (Zhang et al. 2016),
+  :func:`localisation_error` with :func:`saliency_boxes` and :func:`box_iou`.
+- Helpers: :func:`trapezoid`, :func:`as_saliency`, :func:`gaussian_blur`, :func:`apply_mask`.
+
+Saliency maps are (B, H, W) tensors or :class:`~whynet.core.Explanation` objects; see
+:func:`as_saliency` for the accepted shapes. Boxes are ``(x0, y0, x1, y1)``, end exclusive.
+"""
+
+from whynet.metrics._common import as_saliency, gaussian_blur, gaussian_kernel, make_baseline
+from whynet.metrics.auc import trapezoid
+from whynet.metrics.faithfulness import (
+    Fidelity,
+    apply_mask,
+    deletion_auc,
+    deletion_curve,
+    insertion_auc,
+    insertion_curve,
+    mask_fidelity,
+    perturbation_curve,
+    saliency_ranks,
+)
+from whynet.metrics.localisation import (
+    box_iou,
+    localisation_error,
+    max_points,
+    pointing_game,
+    saliency_boxes,
+)
+from whynet.metrics.streaming import (
+    DeletionAUC,
+    InsertionAUC,
+    LocalisationError,
+    PointingGame,
+    StreamingMetric,
+)
+
+__all__ = [
+    "DeletionAUC", "Fidelity", "InsertionAUC", "LocalisationError", "PointingGame",
+    "StreamingMetric", "apply_mask", "as_saliency", "box_iou", "deletion_auc", "deletion_curve",
+    "gaussian_blur", "gaussian_kernel", "insertion_auc", "insertion_curve", "localisation_error",
+    "make_baseline", "mask_fidelity", "max_points", "perturbation_curve", "pointing_game",
+    "saliency_boxes", "saliency_ranks", "trapezoid",
+]
