@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+FITTED_METHODS = {"masks", "representer", "clusters"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff"}
 
 
@@ -152,6 +153,12 @@ def run_explain(args: argparse.Namespace) -> Path:
     from whynet.registry import get_explainer
     from whynet.report import sections_from_explanations, write_report
 
+    if args.method in FITTED_METHODS:
+        raise CLIError(
+            f"method {args.method!r} must be fitted on training data first; use the Python "
+            "API (see docs) — `whynet explain` runs methods that need no fitting"
+        )
+    cls = get_explainer(args.method)
     factory = load_factory(args.model)
     made = factory()
     model, info = made if isinstance(made, tuple) else (made, {})
@@ -167,7 +174,6 @@ def run_explain(args: argparse.Namespace) -> Path:
     x, names = load_images([Path(p) for p in args.inputs], args.size)
     preprocess = info.get("preprocess") if isinstance(info, dict) else None
     x_model = preprocess(x) if callable(preprocess) else x
-    cls = get_explainer(args.method)
     explainer = _build_explainer(args.method, cls, model, args)
     target: Any = None if args.target is None else int(args.target)
     e = explainer.explain(x_model, target=target)
@@ -184,12 +190,6 @@ def run_explain(args: argparse.Namespace) -> Path:
 
 
 def _build_explainer(name: str, cls: Any, model: Any, args: argparse.Namespace) -> Any:
-    fitted = {"masks", "representer", "clusters"}
-    if name in fitted:
-        raise CLIError(
-            f"method {name!r} must be fitted on training data first; use the Python "
-            "API (see docs) — `whynet explain` runs methods that need no fitting"
-        )
     if name == "influence":
         if not args.layer:
             raise CLIError("influence needs --layer (a dotted module path, e.g. features.3)")
