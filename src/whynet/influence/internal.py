@@ -300,7 +300,8 @@ class InternalInfluence(Explainer):
         acts: dict[str, list[torch.Tensor]] = {name: [] for name in names}
         for i in range(0, len(x), self.batch_size):
             sl = slice(i, i + self.batch_size)
-            rep = {} if replace is None or replace_at is None else {replace_at: replace[sl]}
+            rep: dict[str, Any] = ({} if replace is None or replace_at is None
+                                   else {replace_at: replace[sl]})
             with torch.no_grad(), capture(self.model, names) as cap, intervene(self.model, rep):
                 outs.append(as_logits(self.model(x[sl])))
             cap.check_ran()
