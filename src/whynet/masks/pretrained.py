@@ -1,0 +1,55 @@
+"""Shipped explainer networks for whynet's zoo models (``weights/NAME.safetensors`` + ``.json``).
+
+Each ``NAME.json`` records how the file was trained (``python -m whynet.masks.train NAME``),
+the zoo model it explains and its measured validation mask size and fidelity.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from whynet.masks.explainer import MaskExplainer
+
+__all__ = ["PRETRAINED", "WEIGHTS_DIR", "load_pretrained", "pretrained_info"]
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+#: shipped explainer name -> zoo model it explains
+PRETRAINED: dict[str, str] = {
+    "canvas-cnn": "canvas-cnn",
+    "fashion-cnn": "fashion-cnn",
+    "sentiment-gru": "sentiment-gru",
+    "solubility-smiles": "solubility-smiles",
+    "tpsa-smiles": "tpsa-smiles",
+}
+
+
+def pretrained_info(name: str) -> dict[str, Any]:
+    """The JSON record of shipped explainer ``name``."""
+    path = WEIGHTS_DIR / f"{name}.json"
+    if name not in PRETRAINED:
+        raise ValueError(f"unknown pretrained explainer {name!r}; known: {sorted(PRETRAINED)}")
+    if not path.is_file():
+        raise FileNotFoundError(f"explainer weights for {name!r} are not shipped ({path}); "
+                                f"train them with `python -m whynet.masks.train {name}`")
+    return json.loads(path.read_text())
+
+
+def load_pretrained(name: str, model: nn.Module | None = None,
+                    ) -> tuple[MaskExplainer, nn.Module, dict[str, Any]]:
+    """Load shipped explainer ``name`` with its zoo model (or the ``model`` given).
+
+    Returns ``(explainer, model, info)`` where ``info`` is the zoo model's info dict.
+    """
+    pretrained_info(name)
+    info: dict[str, Any] = {}
+    if model is None:
+        from whynet.zoo import load_model
+
+        model, info = load_model(PRETRAINED[name])
+    explainer = MaskExplainer.load(WEIGHTS_DIR / f"{name}.safetensors", model)
+    return explainer, model, info
