@@ -1,0 +1,296 @@
+"""Guided feature inversion (Du, Liu, Song, Hu, "Towards Explanation of DNN-based Prediction
+with Guided Feature Inversion", KDD 2018).
+
+Stage 1 (class-agnostic, Eq. 5) finds channel weights ``omega >= 0`` of a basis layer whose mask
+keeps the image's features at the inversion layer: the foreground evidence. Stage 2
+(class-discriminative, Eq. 6) starts from that ``omega`` and refines it so that the masked image
+keeps the target class's probability while its complement loses it.
+
+Batching: a batch of images is optimised jointly with the *sum* of independent per-image losses.
+The model runs in eval mode (no batch statistics), the mask normalisation is per image and Adam is
+elementwise, so each image's ``omega`` follows exactly the trajectory it would follow alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from whynet.core import (
+    Explainer,
+    Explanation,
+    as_logits,
+    capture,
+    check_inputs,
+    frozen_eval,
+    progress,
+    resolve_layer,
+    resolve_targets,
+)
+from whynet.core.validation import check_classes
+from whynet.inversion.masks import basis_mask, phi, phi_bg
+from whynet.metrics import make_baseline
+
+
+class _Adam:
+    """Adam (Kingma & Ba 2015, Alg. 1), elementwise, the update of ``torch.optim.Adam``.
+
+    Written out because it is four lines and constructing a ``torch.optim`` optimiser imports
+    ``torch._dynamo`` (seconds on a loaded 2-core machine, per process).
+    """
+
+    def __init__(self, param: torch.Tensor, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        self.param, self.betas, self.eps, self.t = param, betas, eps, 0
+        self.m = torch.zeros_like(param)
+        self.v = torch.zeros_like(param)
+
+    def step(self, grad: torch.Tensor, lr: float) -> None:
+        b1, b2 = self.betas
+        self.t += 1
+        self.m.lerp_(grad, 1 - b1)
+        self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        denom = (self.v.sqrt() / (1 - b2 ** self.t) ** 0.5).add_(self.eps)
+        self.param.addcdiv_(self.m, denom, value=-lr / (1 - b1 ** self.t))
+
+
+def _positive(name: str, value: float, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>=' if allow_zero else '>'} 0, got {value}")
+    return float(value)
+
+
+def _steps(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    return value
+
+
+class GuidedFeatureInversion(Explainer):
+    """Two-stage guided feature inversion masks (Du et al. 2018, Sec. 3).
+
+    Parameters
+    ----------
+    model : nn.Module
+        A CNN classifier returning logits.
+    inversion_layer : str
+        Layer ``l0`` whose features stage 1 reconstructs (the paper: the last pooling layer
+        before the classifier, VGG-19 pool5).
+    basis_layer : str
+        Layer ``l1`` whose channels span the mask, hooked on its (post-ReLU) output; must have
+        spatial dimensions (B, K, h, w) (the paper: conv5_4 after its ReLU).
+    background : "blur", "zero", float or tensor
+        The reference ``p`` of ``Phi`` (the paper: a Gaussian-blurred copy of the input, in the
+        model's input space).
+    blur_sigma : float, optional
+        Blur sigma in pixels; default ``max(H, W) / 16`` (not given in the paper).
+    stage1_steps, stage2_steps : int
+        Adam steps of each stage (paper: 10 and 70).
+    lr : float
+        Adam learning rate (1e-2); stage 2 halves it every ``lr_halve_every`` steps (10).
+    gamma : float
+        L1 weight on omega in stage 1 (10).
+    lam : float
+        Weight of the background term ``P_c(Phi_bg)`` in stage 2 (1).
+    delta : float
+        L1 weight on omega in stage 2 (1; the paper used 10 on VOC).
+    omega_init : float
+        Initial value of every channel weight (0.1).
+    eps : float
+        Maps with a value range ``<= eps`` normalise to zeros (no division by zero).
+    batch_size : int
+        Images optimised jointly.
+    progress : bool, optional
+        Progress bar over batches (default: on a terminal).
+    """
+
+    method = "inversion"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inversion_layer: str,
+        basis_layer: str,
+        *,
+        background: str | float | torch.Tensor = "blur",
+        blur_sigma: float | None = None,
+        stage1_steps: int = 10,
+        stage2_steps: int = 70,
+        lr: float = 1e-2,
+        gamma: float = 10.0,
+        lam: float = 1.0,
+        delta: float = 1.0,
+        omega_init: float = 0.1,
+        lr_halve_every: int = 10,
+        eps: float = 1e-12,
+        batch_size: int = 16,
+        progress: bool | None = None,
+    ) -> None:
+        super().__init__(model, batch_size=batch_size, progress=progress)
+        for name, layer in (("inversion_layer", inversion_layer), ("basis_layer", basis_layer)):
+            if not isinstance(layer, str):
+                raise TypeError(f"{name} must be a dotted layer name, got {type(layer).__name__}")
+        self.inversion_layer = inversion_layer
+        self.basis_layer = basis_layer
+        self.background = background
+        self.blur_sigma = None if blur_sigma is None else _positive("blur_sigma", blur_sigma)
+        self.stage1_steps = _steps("stage1_steps", stage1_steps)
+        self.stage2_steps = _steps("stage2_steps", stage2_steps)
+        self.lr = _positive("lr", lr)
+        self.gamma = _positive("gamma", gamma, allow_zero=True)
+        self.lam = _positive("lam", lam, allow_zero=True)
+        self.delta = _positive("delta", delta, allow_zero=True)
+        self.omega_init = _positive("omega_init", omega_init)
+        if isinstance(lr_halve_every, bool) or not isinstance(lr_halve_every, int) \
+                or lr_halve_every < 1:
+            raise ValueError(f"lr_halve_every must be a positive int, got {lr_halve_every!r}")
+        self.lr_halve_every = lr_halve_every
+        self.eps = _positive("eps", eps, allow_zero=True)
+
+    def params(self) -> dict[str, Any]:
+        """The settings, JSON-serialisable (stored in the Explanation)."""
+        bg = self.background if isinstance(self.background, (str, float, int)) else "tensor"
+        return {"inversion_layer": self.inversion_layer, "basis_layer": self.basis_layer,
+                "background": bg, "blur_sigma": self.blur_sigma,
+                "stage1_steps": self.stage1_steps, "stage2_steps": self.stage2_steps,
+                "lr": self.lr, "gamma": self.gamma, "lam": self.lam, "delta": self.delta,
+                "omega_init": self.omega_init, "lr_halve_every": self.lr_halve_every,
+                "eps": self.eps, "batch_size": self.batch_size}
+
+    # -- the two stages ------------------------------------------------------------------------
+
+    def _reference(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                   torch.Tensor]:
+        """Logits, detached basis activations and inversion features of the original images."""
+        with torch.no_grad(), capture(self.model, [self.basis_layer, self.inversion_layer]) as cap:
+            logits = as_logits(self.model(x))
+        cap.check_ran()
+        basis, feats = cap[self.basis_layer], cap[self.inversion_layer]
+        if basis.dim() != 4:
+            raise ValueError(f"basis layer {self.basis_layer!r} must have spatial dimensions "
+                             f"(B, K, h, w); its output has shape {tuple(basis.shape)}")
+        return logits, basis, feats
+
+    def _background(self, x: torch.Tensor) -> torch.Tensor:
+        sigma = self.blur_sigma if self.blur_sigma is not None else max(x.shape[-2:]) / 16.0
+        return make_baseline(x, self.background, sigma)
+
+    def _inverted_features(self, inputs: torch.Tensor) -> torch.Tensor:
+        with capture(self.model, self.inversion_layer, keep_graph=True) as cap:
+            self.model(inputs)
+        return cap[self.inversion_layer]
+
+    def _optimise(self, omega: torch.Tensor, steps: int, halve: bool,
+                  loss_fn: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Adam on the sum of per-image losses; omega clamped >= 0 in place after each step
+        (the moments are kept). Returns the final omega and the (B, steps) loss history."""
+        omega = omega.detach().clone().requires_grad_(True)
+        adam = _Adam(omega)
+        history = torch.zeros(omega.shape[0], steps, dtype=torch.float64, device=omega.device)
+        for t in range(steps):
+            lr = self.lr * 0.5 ** (t // self.lr_halve_every) if halve else self.lr
+            losses = loss_fn(omega)  # (B,), independent per image
+            history[:, t] = losses.detach().double()
+            (grad,) = torch.autograd.grad(losses.sum(), omega)
+            with torch.no_grad():
+                before = omega.detach().clone()
+                adam.step(grad, lr)
+                omega.clamp_(min=0.0)
+                # guard: a step that would clamp all of an image's weights to 0 (an empty,
+                # degenerate mask the normalisation cannot undo) is not taken for that image
+                dead = (omega == 0).all(1) & (before != 0).any(1)
+                omega[dead] = before[dead]
+        return omega.detach(), history
+
+    def stage1(self, x: torch.Tensor, basis: torch.Tensor, feats: torch.Tensor,
+               background: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class-agnostic inversion (Eq. 5): ``||f(Phi) - f(x)||^2 + gamma ||omega||_1``.
+
+        Takes no target: the class is unknown to this stage by construction.
+        """
+        size = (x.shape[-2], x.shape[-1])
+        omega0 = torch.full(basis.shape[:2], self.omega_init, dtype=basis.dtype, device=x.device)
+
+        def loss(omega: torch.Tensor) -> torch.Tensor:
+            m = basis_mask(omega, basis, size, self.eps)
+            diff = self._inverted_features(phi(x, m, background)) - feats
+            return diff.flatten(1).pow(2).sum(1) + self.gamma * omega.abs().sum(1)
+
+        return self._optimise(omega0, self.stage1_steps, False, loss)
+
+    def stage2(self, x: torch.Tensor, basis: torch.Tensor, background: torch.Tensor,
+               omega: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class-discriminative refinement (Eq. 6):
+        ``-P_c(Phi) + lam P_c(Phi_bg) + delta ||omega||_1`` with softmax probabilities."""
+        size = (x.shape[-2], x.shape[-1])
+        b = x.shape[0]
+        idx = target.view(-1, 1)
+
+        def loss(omega: torch.Tensor) -> torch.Tensor:
+            m = basis_mask(omega, basis, size, self.eps)
+            both = torch.cat([phi(x, m, background), phi_bg(x, m, background)])
+            prob = as_logits(self.model(both)).softmax(-1)
+            p_fg = prob[:b].gather(1, idx).squeeze(1)
+            p_bg = prob[b:].gather(1, idx).squeeze(1)
+            return -p_fg + self.lam * p_bg + self.delta * omega.abs().sum(1)
+
+        return self._optimise(omega, self.stage2_steps, True, loss)
+
+    # -- entry point ---------------------------------------------------------------------------
+
+    def explain(self, inputs: torch.Tensor, target: Any = None) -> Explanation:
+        """Masks explaining ``target`` (default: the predicted class) for a batch of images.
+
+        Returns
+        -------
+        Explanation
+            ``values``: (B, H, W) stage-2 masks in [0, 1]; ``target``: the classes explained;
+            extras ``stage1_mask`` (B, H, W), ``omega`` (B, K) final weights,
+            ``omega_stage1`` (B, K), ``stage1_loss`` (B, stage1_steps) and ``stage2_loss``
+            (B, stage2_steps) per-image losses before each step, ``prob_kept`` / ``prob_removed``
+            (B,) target probabilities of ``Phi`` and ``Phi_bg`` with the final mask.
+        """
+        x = check_inputs(inputs, name="inputs", ndim=4)
+        resolve_layer(self.model, self.inversion_layer)
+        resolve_layer(self.model, self.basis_layer)
+        size = (x.shape[-2], x.shape[-1])
+        parts: dict[str, list[torch.Tensor]] = {}
+        starts = range(0, x.shape[0], self.batch_size)
+        with frozen_eval(self.model):
+            if target is not None and not isinstance(target, str):
+                # validate the whole target spec up front (range, shape) before any optimisation
+                with torch.no_grad():
+                    n_classes = as_logits(self.model(x[:1])).shape[-1]
+                t_all = resolve_targets(torch.zeros(x.shape[0], n_classes), target)
+                check_classes(t_all, n_classes, name="target")
+            for s in progress(starts, total=len(starts), desc="inversion",
+                              enabled=self.progress):
+                xb = x[s:s + self.batch_size]
+                logits, basis, feats = self._reference(xb)
+                if target is None or isinstance(target, str):
+                    tb = resolve_targets(logits, target)
+                else:
+                    tb = t_all[s:s + self.batch_size].to(x.device)
+                bg = self._background(xb)
+                omega1, loss1 = self.stage1(xb, basis, feats, bg)
+                omega2, loss2 = self.stage2(xb, basis, bg, omega1, tb)
+                m1 = basis_mask(omega1, basis, size, self.eps)
+                m2 = basis_mask(omega2, basis, size, self.eps)
+                with torch.no_grad():
+                    b = xb.shape[0]
+                    prob = as_logits(self.model(torch.cat([phi(xb, m2, bg), phi_bg(xb, m2, bg)])))
+                    prob = prob.softmax(-1).gather(1, tb.repeat(2).view(-1, 1)).squeeze(1)
+                for key, val in (("values", m2), ("target", tb), ("stage1_mask", m1),
+                                 ("omega", omega2), ("omega_stage1", omega1),
+                                 ("stage1_loss", loss1), ("stage2_loss", loss2),
+                                 ("prob_kept", prob[:b]), ("prob_removed", prob[b:])):
+                    parts.setdefault(key, []).append(val.detach())
+        out = {k: torch.cat(v) for k, v in parts.items()}
+        values, tgt = out.pop("values"), out.pop("target")
+        return Explanation(values=values, target=tgt, method=self.method, layer=self.basis_layer,
+                           params=self.params(), extras=out,
+                           meta={"inversion_layer": self.inversion_layer})
