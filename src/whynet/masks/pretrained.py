@@ -39,17 +39,22 @@ def pretrained_info(name: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def load_pretrained(name: str, model: nn.Module | None = None,
+def load_pretrained(name: str, model: nn.Module | None = None, *,
+                    weights_dir: str | Path | None = None, zoo_dir: str | Path | None = None,
                     ) -> tuple[MaskExplainer, nn.Module, dict[str, Any]]:
     """Load shipped explainer ``name`` with its zoo model (or the ``model`` given).
 
-    Returns ``(explainer, model, info)`` where ``info`` is the zoo model's info dict.
+    ``weights_dir`` / ``zoo_dir`` override where the explainer / the zoo model are read from.
+    Returns ``(explainer, model, info)`` where ``info`` is the zoo model's info dict (empty
+    when ``model`` is given).
     """
-    pretrained_info(name)
+    wdir = WEIGHTS_DIR if weights_dir is None else Path(weights_dir)
+    if weights_dir is None:
+        pretrained_info(name)
     info: dict[str, Any] = {}
     if model is None:
         from whynet.zoo import load_model
 
-        model, info = load_model(PRETRAINED[name])
-    explainer = MaskExplainer.load(WEIGHTS_DIR / f"{name}.safetensors", model)
+        model, info = load_model(PRETRAINED[name], weights_dir=zoo_dir)
+    explainer = MaskExplainer.load(wdir / f"{name}.safetensors", model)
     return explainer, model, info
