@@ -1,0 +1,339 @@
+"""Influence-directed explanations: experiments and speed/memory against Captum 0.9.
+
+Run from the repository root::
+
+    GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4294967296 \\
+        .venv/bin/python benchmarks/bench_influence.py [--quick] [--only speed,memory,...]
+
+Parts (``--only``):
+
+- ``classes``: fashion-cnn on the Fashion-MNIST test set: top channels per class (class-wide
+  influence), class-wide vs instance top-k overlap.
+- ``essence``: essence table for every class at k in {1, 3, 5, 10}: reduced vs full vs random-k.
+- ``comparative``: shirt(6) vs T-shirt/top(0), pullover(2) vs coat(4): separating channels.
+- ``speed``: time of whynet vs Captum ``InternalInfluence`` / ``LayerConductance`` on the same
+  model, layer, inputs and steps (fashion-cnn 1,000 inputs x 50 steps; efficientnet-lite0
+  8 photos x 32 steps), medians over repeats, interleaved, same process; max |difference|.
+- ``memory``: peak RSS growth (VmHWM from /proc, each configuration in a fresh subprocess,
+  above the RSS after setup) as steps go 16 -> 256.
+
+Prints JSON and writes ``benchmarks/results/influence.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from whynet.core import Comparative, LinearPath, frozen_eval, predict_logits
+from whynet.influence import InternalInfluence, essence, top_neurons
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "influence.json"
+FASHION_LAYER = "features.block3"
+EFFNET_LAYER = "_blocks.15"
+
+
+# ------------------------------------------------------------------------------- setup
+ALLOW_UNTRAINED = os.environ.get("WHYNET_BENCH_UNTRAINED") == "1"
+
+
+def fashion() -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The zoo's fashion-cnn; with WHYNET_BENCH_UNTRAINED=1 and no weights, the same
+    architecture untrained (timings and equality only; recorded in the output)."""
+    from whynet.zoo import load_model
+
+    try:
+        model, info = load_model("fashion-cnn")
+    except FileNotFoundError:
+        if not ALLOW_UNTRAINED:
+            raise
+        from whynet.zoo.architectures import FashionCNN
+
+        torch.manual_seed(0)
+        return FashionCNN().eval(), {"weights": "UNTRAINED (zoo weights missing)"}
+    return model.eval(), info
+
+
+def fashion_data(split: str, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    from whynet.data import fashion_mnist
+
+    ds = fashion_mnist(split)
+    x, y = ds.tensors()
+    if n is not None:
+        x, y = x[:n], y[:n]
+    return x, y, list(ds.class_names)
+
+
+def effnet() -> tuple[torch.nn.Module, torch.Tensor, list[str]]:
+    from whynet.data import photos
+    from whynet.zoo import imagenet_preprocess, load_model
+
+    model, info = load_model("efficientnet-lite0")
+    ph = photos()
+    return model.eval(), imagenet_preprocess([p.image for p in ph]), [p.name for p in ph]
+
+
+def rss_kb(field: str = "VmRSS") -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def timed(fn: Any) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+# ------------------------------------------------------------------------------- runners
+def run_ours(model, layer, x, target, steps, batch_size, multiply=False):  # type: ignore[no-untyped-def]
+    return InternalInfluence(model, layer, doi=LinearPath(0.0, steps=steps),
+                             multiply_activation=multiply,
+                             batch_size=batch_size).explain(x, target=target).values
+
+
+def run_captum(kind, model, layer, x, target, steps, internal_batch_size, chunk):  # type: ignore[no-untyped-def]
+    """Captum attribute over input chunks of ``chunk`` (so a default call fits in memory)."""
+    from captum.attr import InternalInfluence as CII
+    from captum.attr import LayerConductance
+
+    cls = CII if kind == "internal_influence" else LayerConductance
+    algo = cls(model, model.get_submodule(layer))
+    outs = []
+    with frozen_eval(model):
+        for i in range(0, len(x), chunk):
+            outs.append(algo.attribute(x[i:i + chunk], baselines=0.0,
+                                       target=target[i:i + chunk], n_steps=steps,
+                                       internal_batch_size=internal_batch_size).detach())
+    return torch.cat(outs)
+
+
+def speed_case(name: str, model, layer, x, steps, batch_size, captum_chunk, repeats):  # type: ignore[no-untyped-def]
+    target = predict_logits(model, x).argmax(1)
+    rows = {
+        "whynet InternalInfluence": lambda: run_ours(model, layer, x, target, steps, batch_size),
+        "captum InternalInfluence (internal_batch_size=None)": lambda: run_captum(
+            "internal_influence", model, layer, x, target, steps, None, captum_chunk),
+        f"captum InternalInfluence (internal_batch_size={batch_size})": lambda: run_captum(
+            "internal_influence", model, layer, x, target, steps, batch_size, captum_chunk),
+        "whynet InternalInfluence x activation": lambda: run_ours(
+            model, layer, x, target, steps, batch_size, multiply=True),
+        "captum LayerConductance (internal_batch_size=None)": lambda: run_captum(
+            "conductance", model, layer, x, target, steps, None, captum_chunk),
+    }
+    times: dict[str, list[float]] = {k: [] for k in rows}
+    results: dict[str, torch.Tensor] = {}
+    for _ in range(repeats):  # interleaved so machine load hits every method alike
+        for k, fn in rows.items():
+            t, out = timed(fn)
+            times[k].append(t)
+            results[k] = out
+    ours = results["whynet InternalInfluence"]
+    base = statistics.median(times["whynet InternalInfluence"])
+    table = []
+    for k in rows:
+        med = statistics.median(times[k])
+        entry = {"method": k, "median_s": round(med, 3), "runs_s": [round(t, 3) for t in times[k]],
+                 "time_vs_whynet": round(med / base, 2)}
+        if "InternalInfluence" in k and "captum" in k:
+            entry["max_abs_diff_vs_whynet"] = float((results[k] - ours).abs().max())
+            entry["max_abs_value"] = float(ours.abs().max())
+        if "Conductance" in k:
+            a = results["whynet InternalInfluence x activation"]
+            entry["max_abs_diff_vs_whynet_x_activation"] = float((results[k] - a).abs().max())
+        table.append(entry)
+    return {"case": name, "layer": layer, "inputs": len(x), "steps": steps, "rule": "gausslegendre",
+            "whynet_batch_size": batch_size, "captum_input_chunk": captum_chunk,
+            "repeats": repeats, "rows": table}
+
+
+def part_speed(quick: bool) -> list[dict[str, Any]]:
+    out = []
+    model, info = fashion()
+    x, _, _ = fashion_data("test", 200 if quick else 1000)
+    case = speed_case("fashion-cnn", model, FASHION_LAYER, x, 50, 500, 20, 2 if quick else 3)
+    case["weights"] = info.get("weights", "zoo")
+    out.append(case)
+    try:
+        em, ex, _ = effnet()
+    except (ImportError, FileNotFoundError) as e:  # weights/package missing
+        out.append({"case": "efficientnet-lite0", "skipped": str(e)})
+    else:
+        out.append(speed_case("efficientnet-lite0", em, EFFNET_LAYER, ex[:8], 32, 64, 8,
+                              1 if quick else 3))
+    return out
+
+
+# ------------------------------------------------------------------------------- memory
+def _mem_child(args: argparse.Namespace) -> None:
+    """Run one configuration and print its peak RSS growth (kB) above the post-setup RSS."""
+    if args.model == "fashion-cnn":
+        model, _ = fashion()
+        x, _, _ = fashion_data("test", args.n)
+    else:
+        model, x, _ = effnet()
+        x = x[: args.n]
+    target = predict_logits(model, x).argmax(1)
+    layer = FASHION_LAYER if args.model == "fashion-cnn" else EFFNET_LAYER
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    before = rss_kb()
+    t0 = time.perf_counter()
+    if args.method == "whynet":
+        run_ours(model, layer, x, target, args.steps, args.batch_size)
+    else:
+        kind = "internal_influence" if args.method == "captum_ii" else "conductance"
+        run_captum(kind, model, layer, x, target, args.steps, None, len(x))
+    dt = time.perf_counter() - t0
+    print(json.dumps({"peak_mb": (rss_kb("VmHWM") - before) / 1024, "time_s": dt}))
+
+
+def part_memory(quick: bool) -> list[dict[str, Any]]:
+    steps_list = [16, 64] if quick else [16, 64, 256]
+    n = 16
+    rows = []
+    for method in ("whynet", "captum_ii", "captum_lc"):
+        for steps in steps_list:
+            cmd = [sys.executable, __file__, "--_mem-child", "--model", "fashion-cnn",
+                   "--method", method, "--steps", str(steps), "--n", str(n),
+                   "--batch-size", "64"]
+            res = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+            if res.returncode != 0:
+                rows.append({"method": method, "steps": steps, "error": res.stderr[-400:]})
+                continue
+            r = json.loads(res.stdout.strip().splitlines()[-1])
+            rows.append({"method": method, "steps": steps, "inputs": n,
+                         "peak_rss_growth_mb": round(r["peak_mb"], 1),
+                         "time_s": round(r["time_s"], 3)})
+            print(json.dumps(rows[-1]), file=sys.stderr)
+    return [{"case": "fashion-cnn", "layer": FASHION_LAYER, "whynet_batch_size": 64,
+             "captum": "defaults (internal_batch_size=None)",
+             "measure": "VmHWM - VmRSS after setup, KiB->MiB, fresh subprocess per row",
+             "rows": rows}]
+
+
+# ------------------------------------------------------------------------------- experiments
+def part_classes(quick: bool) -> dict[str, Any]:
+    model, _ = fashion()
+    xtr, ytr, names = fashion_data("train", 6000 if quick else 20000)
+    xte, yte, _ = fashion_data("test", 1000 if quick else 10000)
+    k = 5
+    res: dict[str, Any] = {"layer": FASHION_LAYER, "reduce": "sum", "k": k, "classes": []}
+    expl = InternalInfluence(model, FASHION_LAYER, batch_size=256)
+    for c in range(10):
+        cw = InternalInfluence(model, FASHION_LAYER, qoi=c, batch_size=256).explain_dataset(
+            xtr, ytr, cls=c)
+        top_c, sc = top_neurons(cw, k)
+        sel = (yte == c).nonzero().flatten()[: (50 if quick else 200)]
+        inst = expl.explain(xte[sel], target=c)
+        per, _ = top_neurons(inst, k, per_input=True)
+        overlap = [len(set(p.tolist()) & set(top_c.tolist())) / k for p in per]
+        # how often the instance's top-1 channel is among the class-wide top-k
+        top1_in = [int(p[0]) in set(top_c.tolist()) for p in per]
+        res["classes"].append({
+            "class": c, "name": names[c], "n_train": cw.meta["n_examples"],
+            "top_channels": top_c.tolist(), "scores": [round(float(s), 4) for s in sc],
+            "instances": len(sel), "mean_topk_overlap": round(statistics.mean(overlap), 3),
+            "instance_top1_in_class_topk": round(statistics.mean(top1_in), 3),
+        })
+        print(json.dumps(res["classes"][-1]), file=sys.stderr)
+    # chance overlap of two random k-subsets of C channels: k / C
+    res["chance_overlap"] = k / int(cw.values.shape[1])
+    return res
+
+
+def part_essence(quick: bool) -> dict[str, Any]:
+    model, _ = fashion()
+    xtr, ytr, names = fashion_data("train", 6000 if quick else 20000)
+    xte, yte, _ = fashion_data("test", 2000 if quick else 10000)
+    rows = []
+    for c in range(10):
+        r = essence(model, FASHION_LAYER, c, [1, 3, 5, 10], xte, yte, influence_data=xtr,
+                    influence_labels=ytr, ablation="zero", random_draws=3 if quick else 5,
+                    seed=0, batch_size=500)
+        for row in r.rows:
+            rows.append({"class": c, "name": names[c], **{k: round(v, 4) if isinstance(v, float)
+                                                           else v for k, v in row.items()}})
+            print(json.dumps(rows[-1]), file=sys.stderr)
+    return {"layer": FASHION_LAYER, "ablation": "zero", "influence_data": "train subset",
+            "eval": f"test ({len(xte)})", "rows": rows}
+
+
+def part_comparative(quick: bool) -> dict[str, Any]:
+    model, _ = fashion()
+    xtr, ytr, names = fashion_data("train", 6000 if quick else 20000)
+    out = []
+    for a, b in ((6, 0), (2, 4)):
+        e = InternalInfluence(model, FASHION_LAYER, qoi=Comparative(a, b),
+                              batch_size=256).explain_dataset(xtr, ytr, cls=[a, b])
+        pos, sp = top_neurons(e, 5)
+        neg, sn = top_neurons(-e.values, 5)
+        out.append({"pair": f"{names[a]} vs {names[b]}", "classes": [a, b],
+                    "channels_for_first": pos.tolist(),
+                    "scores_first": [round(float(s), 4) for s in sp],
+                    "channels_for_second": neg.tolist(),
+                    "scores_second": [round(-float(s), 4) for s in sn]})
+    return {"layer": FASHION_LAYER, "qoi": "y[a] - y[b]", "doi": "train examples of a and b",
+            "pairs": out}
+
+
+PARTS = {"classes": part_classes, "essence": part_essence, "comparative": part_comparative,
+         "speed": part_speed, "memory": part_memory}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="reduced sizes")
+    ap.add_argument("--only", default=",".join(PARTS), help="comma-separated parts")
+    ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--_mem-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--model", default="fashion-cnn", help=argparse.SUPPRESS)
+    ap.add_argument("--method", default="whynet", help=argparse.SUPPRESS)
+    ap.add_argument("--steps", type=int, default=16, help=argparse.SUPPRESS)
+    ap.add_argument("--n", type=int, default=16, help=argparse.SUPPRESS)
+    ap.add_argument("--batch-size", type=int, default=64, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args._mem_child:
+        _mem_child(args)
+        return
+    torch.manual_seed(0)
+    result: dict[str, Any] = {
+        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "python": platform.python_version(), "torch": torch.__version__,
+                    "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")},
+        "quick": args.quick,
+    }
+    try:
+        import captum
+
+        result["machine"]["captum"] = captum.__version__
+    except ImportError:
+        result["machine"]["captum"] = None
+    out = Path(args.out)
+    if out.exists():  # keep parts from earlier runs unless re-run now
+        try:
+            result = {**json.loads(out.read_text()), **result}
+        except json.JSONDecodeError:
+            pass
+    for part in args.only.split(","):
+        t, res = timed(lambda p=part: PARTS[p](args.quick))
+        result[part] = res
+        result.setdefault("part_seconds", {})[part] = round(t, 1)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
