@@ -181,7 +181,7 @@ class MaskExplainer(FittedMixin, Explainer):
                              "sequences or truncate")
         return x
 
-    def _embedding_layer(self) -> nn.Module:
+    def _embedding_layer(self) -> nn.Embedding:
         layer = resolve_layer(self.model, self.embedding)
         if not isinstance(layer, nn.Embedding):
             raise TypeError(f"embedding layer {self.embedding!r} is a {type(layer).__name__}, "

@@ -22,6 +22,13 @@ def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
                          nn.GroupNorm(1, c_out), nn.ReLU())
 
 
+def _init_out(layer: nn.Conv2d | nn.Linear, bias: float) -> None:
+    # zero weights + constant bias: every mask starts at sigmoid(bias), whatever the input
+    nn.init.zeros_(layer.weight)
+    assert layer.bias is not None
+    nn.init.constant_(layer.bias, bias)
+
+
 class ImageMaskNet(nn.Module):
     """A small encoder-decoder (U-Net-like) giving one mask logit per input pixel.
 
@@ -53,8 +60,7 @@ class ImageMaskNet(nn.Module):
         self.up = nn.ModuleList(_block(widths[k + 1] + widths[k], widths[k], 1)
                                 for k in reversed(range(depth)))
         self.out = nn.Conv2d(width, 1, 1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.constant_(self.out.bias, init_bias)
+        _init_out(self.out, init_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Mask logits (B, H, W) for images (B, C, H, W)."""
@@ -104,8 +110,7 @@ class SequenceMaskNet(nn.Module):
                 nn.Conv1d(embed_dim, hidden, kernel, padding=kernel // 2), nn.ReLU(),
                 nn.Conv1d(hidden, hidden, kernel, padding=kernel // 2), nn.ReLU())
             self.out = nn.Linear(hidden, 1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.constant_(self.out.bias, init_bias)
+        _init_out(self.out, init_bias)
 
     def forward(self, emb: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Mask logits (B, T) from embeddings (B, T, E) and a (B, T) bool non-padding mask."""

@@ -110,7 +110,9 @@ def load_task_data(name: str, n_train: int | None = None, n_val: int | None = No
 def _network(spec: Task, model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
     if spec.modality == "image":
         return ImageMaskNet(in_channels=int(x.shape[1]), **spec.network)
-    return SequenceMaskNet(embed_dim=model.embedding.embedding_dim, **spec.network)
+    emb = model.embedding
+    assert isinstance(emb, torch.nn.Embedding)
+    return SequenceMaskNet(embed_dim=emb.embedding_dim, **spec.network)
 
 
 def train_explainer(name: str, sparsity: float | None = None, epochs: int | None = None,

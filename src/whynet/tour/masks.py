@@ -136,13 +136,13 @@ def _molecules(section: Section, fast: bool) -> None:
         smi = nci.smiles[i]
         if len(smi) > me.max_length_:
             continue
-        contrib = np.asarray(nci.atom_contribs[i])
+        contrib = np.asarray(nci.atom_contribs[i])  # type: ignore[attr-defined]
         label = contrib > 0
         if label.all() or not label.any():
             continue
-        m = me.explain(nci.x[i:i + 1, : len(smi)]).values[0].double().numpy()
+        mv = me.explain(nci.x[i:i + 1, : len(smi)]).values[0].double().numpy()
         mt = atom_token_mask(smi).numpy().astype(np.float64)
-        score = (mt / mt.sum(1, keepdims=True)) @ m[: len(smi)]
+        score = (mt / mt.sum(1, keepdims=True)) @ mv[: len(smi)]
         pos, neg = score[label], score[~label]
         aucs.append(float(((pos[:, None] > neg[None, :]).sum()
                            + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg))))
