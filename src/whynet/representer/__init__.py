@@ -1,0 +1,11 @@
+"""Representer point selection (Yeh, Kim, Yen, Ravikumar, NeurIPS 2018).
+
+Which training examples does a prediction rest on? The fine-tuned last layer's logits decompose
+exactly into one term per training point: ``Phi(x_t) = sum_i alpha_i [f_i, 1] . [f_t, 1]``.
+"""
+
+from whynet.representer._solver import SolveResult, alpha_from, augment, gradient, objective, solve
+from whynet.representer.explainer import RepresenterPoints, TopPoints
+
+__all__ = ["RepresenterPoints", "SolveResult", "TopPoints", "alpha_from", "augment", "gradient",
+           "objective", "solve"]
