@@ -1,0 +1,293 @@
+"""Per-layer embeddings and clustering: IDEC on a small autoencoder, or PCA + k-means.
+
+References
+----------
+Liu & Arik, "Explaining Deep Neural Networks using Unsupervised Clustering" (2020): cluster each
+layer's activations with IDEC on an autoencoder embedding (conv 32/64/128 stride 2, dense 20,
+L2-normalised to radius 8).
+Xie, Girshick & Farhadi, "Unsupervised Deep Embedding for Clustering Analysis" (DEC, 2016):
+Student-t soft assignment (eq. 1) and target distribution (eq. 3), KL loss (eq. 2).
+Guo, Gao, Liu & Yin, "Improved Deep Embedded Clustering with Local Structure Preservation"
+(IDEC, 2017): loss L = L_rec + gamma * L_KL (eq. 3), target update every T iterations, stop when
+fewer than ``tol`` of the assignments change between updates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+# ---------------------------------------------------------------- DEC/IDEC closed forms
+def soft_assign(z: torch.Tensor, centres: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """Student-t soft assignment, DEC eq. 1.
+
+    q_ik = (1 + ||z_i - mu_k||^2 / a)^(-(a+1)/2) / sum_k' (...), computed as a softmax of the
+    log-kernel so that far points do not underflow to 0/0.
+    """
+    d2 = torch.cdist(z, centres.to(z.dtype)).pow(2)
+    return torch.softmax(-(alpha + 1.0) / 2.0 * torch.log1p(d2 / alpha), dim=1)
+
+
+def target_distribution(q: torch.Tensor) -> torch.Tensor:
+    """DEC eq. 3: p_ik = (q_ik^2 / f_k) / sum_k' (q_ik'^2 / f_k'), f_k = sum_i q_ik."""
+    w = q.pow(2) / q.sum(dim=0).clamp_min(1e-12)
+    return w / w.sum(dim=1, keepdim=True)
+
+
+def kl_loss(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """KL(P || Q) averaged over the batch (DEC eq. 2)."""
+    return (p * (torch.log(p.clamp_min(1e-12)) - torch.log(q.clamp_min(1e-12)))).sum(1).mean()
+
+
+def kmeans(x: np.ndarray, k: int, *, n_init: int = 10, seed: int = 0, max_iter: int = 300,
+           backend: str = "auto") -> np.ndarray:
+    """k-means centres ``(k, d)`` float32: faiss when installed (fast at 1M points), else sklearn.
+
+    ``backend`` is ``"auto"``, ``"faiss"`` or ``"sklearn"``.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if backend in ("auto", "faiss"):
+        try:
+            import faiss
+        except ImportError:
+            if backend == "faiss":
+                raise
+        else:
+            km = faiss.Kmeans(x.shape[1], k, niter=max(max_iter // 10, 20), nredo=n_init,
+                              seed=seed + 1, verbose=False, spherical=False,
+                              max_points_per_centroid=max(256, -(-len(x) // k)))
+            km.train(x)
+            return np.asarray(km.centroids, dtype=np.float32)
+    from sklearn.cluster import KMeans
+
+    km2 = KMeans(n_clusters=k, n_init=n_init, random_state=seed, max_iter=max_iter).fit(x)
+    return np.asarray(km2.cluster_centers_, dtype=np.float32)
+
+
+# ---------------------------------------------------------------- autoencoders
+class ConvAE(nn.Module):
+    """Convolutional autoencoder of a ``(C, H, W)`` activation map (Liu & Arik's embedding).
+
+    Encoder: conv ``widths`` (default 32/64/128), stride 2, kernels 5/5/3 with 'same'-style
+    padding, ReLU; dense to ``embed_dim``; L2-normalised to ``radius``. The decoder mirrors it
+    with transposed convolutions whose output padding restores the exact input size.
+    """
+
+    def __init__(self, in_shape: Sequence[int], embed_dim: int = 20,
+                 widths: Sequence[int] = (32, 64, 128), kernels: Sequence[int] = (5, 5, 3),
+                 radius: float = 8.0) -> None:
+        super().__init__()
+        c, h, w = (int(v) for v in in_shape)
+        self.in_shape = (c, h, w)
+        self.radius = float(radius)
+        enc: list[nn.Module] = []
+        shapes = [(c, h, w)]
+        for width, k in zip(widths, kernels):
+            enc += [nn.Conv2d(shapes[-1][0], width, k, stride=2, padding=k // 2), nn.ReLU()]
+            hh, ww = shapes[-1][1:]
+            pad = k // 2
+            shapes.append((width, (hh + 2 * pad - k) // 2 + 1, (ww + 2 * pad - k) // 2 + 1))
+        self.encoder = nn.Sequential(*enc)
+        self.code_shape = shapes[-1]
+        flat = int(np.prod(self.code_shape))
+        self.to_embed = nn.Linear(flat, embed_dim)
+        self.from_embed = nn.Linear(embed_dim, flat)
+        dec: list[nn.Module] = []
+        for i in range(len(widths), 0, -1):
+            k = kernels[i - 1]
+            (c_in, h_in, w_in), (c_out, h_out, w_out) = shapes[i], shapes[i - 1]
+            pad = k // 2
+            op_h = h_out - ((h_in - 1) * 2 - 2 * pad + k)
+            op_w = w_out - ((w_in - 1) * 2 - 2 * pad + k)
+            dec.append(nn.ConvTranspose2d(c_in, c_out, k, stride=2, padding=pad,
+                                          output_padding=(op_h, op_w)))
+            if i > 1:
+                dec.append(nn.ReLU())
+        self.decoder = nn.Sequential(*dec)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.to_embed(self.encoder(x).flatten(1))
+        return self.radius * F.normalize(h, dim=1)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.from_embed(z)).view(-1, *self.code_shape)
+        return self.decoder(h)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.encode(x)
+        return z, self.decode(z)
+
+
+class DenseAE(nn.Module):
+    """Fully connected autoencoder of flat (or token-pooled) activations, same embedding rule."""
+
+    def __init__(self, in_dim: int, embed_dim: int = 20, hidden: Sequence[int] = (256, 128),
+                 radius: float = 8.0) -> None:
+        super().__init__()
+        self.in_shape = (int(in_dim),)
+        self.radius = float(radius)
+        dims = [int(in_dim), *hidden]
+        enc: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            enc += [nn.Linear(a, b), nn.ReLU()]
+        enc.append(nn.Linear(dims[-1], embed_dim))
+        self.encoder = nn.Sequential(*enc)
+        dec: list[nn.Module] = []
+        back = [embed_dim, *reversed(dims)]
+        for j, (a, b) in enumerate(zip(back[:-1], back[1:])):
+            dec.append(nn.Linear(a, b))
+            if j < len(back) - 2:
+                dec.append(nn.ReLU())
+        self.decoder = nn.Sequential(*dec)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.radius * F.normalize(self.encoder(x), dim=1)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.encode(x)
+        return z, self.decode(z)
+
+
+def build_autoencoder(config: dict[str, Any]) -> nn.Module:
+    """An autoencoder from its JSON config (what ``save`` stores next to the weights)."""
+    if config["kind"] == "conv":
+        return ConvAE(config["in_shape"], config["embed_dim"], config["widths"],
+                      config["kernels"], config["radius"])
+    if config["kind"] == "dense":
+        return DenseAE(config["in_shape"][0], config["embed_dim"], config["hidden"],
+                       config["radius"])
+    raise ValueError(f"unknown autoencoder kind {config['kind']!r}")
+
+
+# ---------------------------------------------------------------- IDEC training
+@dataclass
+class IDECSettings:
+    """Hyperparameters of IDEC (defaults: Liu & Arik's fork where known, else IDEC's)."""
+
+    embed_dim: int = 20
+    radius: float = 8.0
+    alpha: float = 1.0
+    gamma: float = 0.1
+    pretrain_epochs: int = 10
+    max_iter: int = 2000
+    update_interval: int = 140
+    tol: float = 0.001
+    batch_size: int = 256
+    lr: float = 1e-3
+    n_init: int = 20
+
+
+@dataclass
+class IDECResult:
+    centres: torch.Tensor
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+
+def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
+    perm = torch.randperm(n, generator=gen)
+    return [perm[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+@torch.no_grad()
+def encode_all(ae: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Embeddings of every row of ``x`` (already standardised), in chunks."""
+    return torch.cat([ae.encode(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def fit_idec(ae: nn.Module, x: torch.Tensor, n_clusters: int, s: IDECSettings, seed: int = 0,
+             show: Any = None) -> IDECResult:
+    """Pretrain ``ae`` on ``x``, initialise centres by k-means, then refine with IDEC.
+
+    Loss per mini-batch: ``MSE(x, decode(z)) + gamma * KL(P || Q)`` (IDEC eq. 3); P recomputed
+    from Q on all of ``x`` every ``update_interval`` iterations (DEC eq. 3); stop when fewer than
+    ``tol`` of the hard assignments changed since the previous update.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    hist: dict[str, list[float]] = {"pretrain_loss": [], "loss": [], "delta": [], "kl": []}
+    opt = torch.optim.Adam(ae.parameters(), lr=s.lr)
+    ae.train()
+    for _ in range(s.pretrain_epochs):
+        total = 0.0
+        for idx in _batches(len(x), s.batch_size, gen):
+            xb = x[idx]
+            loss = F.mse_loss(ae(xb)[1], xb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        hist["pretrain_loss"].append(total / len(x))
+        if show is not None:
+            show(f"pretrain loss {hist['pretrain_loss'][-1]:.4f}")
+    ae.eval()
+    z = encode_all(ae, x)
+    centres = nn.Parameter(torch.from_numpy(kmeans(z.numpy(), n_clusters, n_init=s.n_init,
+                                                   seed=seed)))
+    if s.max_iter <= 0:
+        return IDECResult(centres.detach().clone(), hist)
+    opt = torch.optim.Adam([*ae.parameters(), centres], lr=s.lr)
+    previous: torch.Tensor | None = None
+    p_all = torch.empty(0)
+    order: list[torch.Tensor] = []
+    for it in range(s.max_iter):
+        if it % s.update_interval == 0:
+            ae.eval()
+            with torch.no_grad():
+                q_all = soft_assign(encode_all(ae, x), centres, s.alpha)
+            p_all = target_distribution(q_all)
+            assign = q_all.argmax(1)
+            if previous is not None:
+                delta = float((assign != previous).float().mean())
+                hist["delta"].append(delta)
+                if delta < s.tol:
+                    break
+            previous = assign
+            ae.train()
+        if not order:
+            order = _batches(len(x), s.batch_size, gen)
+        idx = order.pop()
+        xb = x[idx]
+        zb, rec = ae(xb)
+        kl = kl_loss(p_all[idx], soft_assign(zb, centres, s.alpha))
+        loss = F.mse_loss(rec, xb) + s.gamma * kl
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if it % s.update_interval == 0:
+            hist["loss"].append(float(loss.detach()))
+            hist["kl"].append(float(kl.detach()))
+    ae.eval()
+    return IDECResult(centres.detach().clone(), hist)
+
+
+# ---------------------------------------------------------------- the k-means fast path
+class PCAEmbed(nn.Module):
+    """Linear embedding ``z = (x - mean) @ components`` fitted by randomised SVD on a sample."""
+
+    def __init__(self, mean: torch.Tensor, components: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("components", components)
+        self.in_shape = tuple(int(v) for v in mean.shape)
+
+    @classmethod
+    def fit(cls, x: torch.Tensor, dim: int, seed: int = 0) -> PCAEmbed:
+        flat = x.flatten(1).float()
+        mean = flat.double().mean(0).float()
+        dim = min(dim, flat.shape[0], flat.shape[1])
+        with torch.random.fork_rng():  # svd_lowrank draws its sketch from the global generator
+            torch.manual_seed(seed)
+            _, _, v = torch.svd_lowrank(flat - mean, q=min(dim + 10, *flat.shape), niter=4)
+        return cls(mean.view(x.shape[1:]), v[:, :dim].float().contiguous())
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean).flatten(1) @ self.components
