@@ -13,6 +13,7 @@ elementwise, so each image's ``omega`` follows exactly the trajectory it would f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -102,6 +103,10 @@ class GuidedFeatureInversion(Explainer):
         Initial value of every channel weight (0.1).
     eps : float
         Maps with a value range ``<= eps`` normalise to zeros (no division by zero).
+    basis_transform : callable, optional
+        Applied to the captured basis output, for models whose activation is a reused module or
+        a function (EfficientNet: ``basis_layer="_bn1"``, ``basis_transform=F.relu6`` gives the
+        post-activation head conv).
     batch_size : int
         Images optimised jointly.
     progress : bool, optional
@@ -127,6 +132,7 @@ class GuidedFeatureInversion(Explainer):
         omega_init: float = 0.1,
         lr_halve_every: int = 10,
         eps: float = 1e-12,
+        basis_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         batch_size: int = 16,
         progress: bool | None = None,
     ) -> None:
@@ -150,6 +156,9 @@ class GuidedFeatureInversion(Explainer):
             raise ValueError(f"lr_halve_every must be a positive int, got {lr_halve_every!r}")
         self.lr_halve_every = lr_halve_every
         self.eps = _positive("eps", eps, allow_zero=True)
+        if basis_transform is not None and not callable(basis_transform):
+            raise TypeError("basis_transform must be callable (e.g. torch.nn.functional.relu6)")
+        self.basis_transform = basis_transform
 
     def params(self) -> dict[str, Any]:
         """The settings, JSON-serialisable (stored in the Explanation)."""
@@ -159,7 +168,8 @@ class GuidedFeatureInversion(Explainer):
                 "stage1_steps": self.stage1_steps, "stage2_steps": self.stage2_steps,
                 "lr": self.lr, "gamma": self.gamma, "lam": self.lam, "delta": self.delta,
                 "omega_init": self.omega_init, "lr_halve_every": self.lr_halve_every,
-                "eps": self.eps, "batch_size": self.batch_size}
+                "eps": self.eps, "batch_size": self.batch_size,
+                "basis_transform": getattr(self.basis_transform, "__name__", None)}
 
     # -- the two stages ------------------------------------------------------------------------
 
@@ -170,6 +180,8 @@ class GuidedFeatureInversion(Explainer):
             logits = as_logits(self.model(x))
         cap.check_ran()
         basis, feats = cap[self.basis_layer], cap[self.inversion_layer]
+        if self.basis_transform is not None:
+            basis = self.basis_transform(basis)
         if basis.dim() != 4:
             raise ValueError(f"basis layer {self.basis_layer!r} must have spatial dimensions "
                              f"(B, K, h, w); its output has shape {tuple(basis.shape)}")

