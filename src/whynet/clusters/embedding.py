@@ -199,7 +199,7 @@ def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor
 
 
 @torch.no_grad()
-def encode_all(ae: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+def encode_all(ae: Any, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """Embeddings of every row of ``x`` (already standardised), in chunks."""
     return torch.cat([ae.encode(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
@@ -272,6 +272,9 @@ def fit_idec(ae: nn.Module, x: torch.Tensor, n_clusters: int, s: IDECSettings, s
 # ---------------------------------------------------------------- the k-means fast path
 class PCAEmbed(nn.Module):
     """Linear embedding ``z = (x - mean) @ components`` fitted by randomised SVD on a sample."""
+
+    mean: torch.Tensor
+    components: torch.Tensor
 
     def __init__(self, mean: torch.Tensor, components: torch.Tensor) -> None:
         super().__init__()

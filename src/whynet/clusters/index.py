@@ -12,6 +12,7 @@ point queried with itself comes back first at distance 0.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,15 +32,15 @@ class WeightedIndex:
         self.n = int(self.blocks[0].shape[0])
         sq = torch.stack([b.pow(2).sum(1) for b in self.blocks], dim=1)
         db = np.ascontiguousarray(torch.cat([*self.blocks, sq], dim=1).numpy(), dtype=np.float32)
+        self.db: torch.Tensor | None = None
+        self.faiss: Any = None
         try:
             import faiss
         except ImportError:  # pragma: no cover - faiss is an optional extra
-            self.faiss = None
             self.db = torch.from_numpy(db)
         else:
             self.faiss = faiss.IndexFlatIP(db.shape[1])
             self.faiss.add(db)
-            self.db = None
 
     def search(self, queries: Sequence[torch.Tensor], weights: torch.Tensor, k: int
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,6 +56,7 @@ class WeightedIndex:
             _, cand_np = self.faiss.search(np.ascontiguousarray(aug.numpy()), kk)
             cand = torch.from_numpy(cand_np).long()
         else:  # pragma: no cover
+            assert self.db is not None
             cand = (aug @ self.db.T).topk(kk, dim=1).indices
         d2 = torch.zeros(cand.shape, dtype=torch.float64)
         for i, (zq, zb) in enumerate(zip(q, self.blocks)):

@@ -278,6 +278,7 @@ class ClusterSurrogate(FittedMixin, Explainer):
         x_fit = (torch.from_numpy(np.array(arr[sample])).to(device) - mean_t) / std_t
         torch.manual_seed(self.seed + li)
         history: dict[str, list[float]] = {}
+        embedder: nn.Module
         if self.method == "idec":
             ae: nn.Module
             if len(shape) == 3:
@@ -595,7 +596,7 @@ class ClusterSurrogate(FittedMixin, Explainer):
                 embedder = build_autoencoder(config)
                 embedder.load_state_dict(weights)
             embedder = embedder.to(device).eval()
-            s = {k: tensors[f"layer{i}.{k}"] for k in
+            s: dict[str, Any] = {k: tensors[f"layer{i}.{k}"] for k in
                  ("mean", "std", "centres", "counts", "embeddings", "assign")}
             for k in ("mean", "std", "centres"):
                 s[k] = s[k].to(device)
