@@ -145,7 +145,8 @@ class MaskExplainer(FittedMixin, Explainer):
                 "embedding": self.embedding, "task": self.task, "lr": self.lr,
                 "batch_size": self.batch_size, "seed": self.seed, "blur_sigma": self.blur_sigma}
 
-    def _check_x(self, x: object, name: str = "inputs") -> torch.Tensor:
+    def _check_x(self, x: object, name: str = "inputs", check_length: bool = True,
+                 ) -> torch.Tensor:
         """Validate a batch for this modality; sequences: trailing padding, none empty."""
         if self.modality == "image":
             if isinstance(x, torch.Tensor) and not x.is_floating_point():
@@ -175,7 +176,8 @@ class MaskExplainer(FittedMixin, Explainer):
             row = int((prefix != valid).any(1).nonzero()[0])
             raise ValueError(f"{name} row {row} has padding (id 0) before a real token; "
                              "padding must only trail")
-        if hasattr(self, "max_length_") and int(lengths.max()) > self.max_length_:
+        if check_length and hasattr(self, "max_length_") \
+                and int(lengths.max()) > self.max_length_:
             raise ValueError(f"{name} contain a sequence of {int(lengths.max())} tokens, longer "
                              f"than any seen in training ({self.max_length_}); refit on longer "
                              "sequences or truncate")
@@ -289,7 +291,7 @@ class MaskExplainer(FittedMixin, Explainer):
             for x, y in iter_batches(data, labels, batch_size=self.batch_size,
                                      need_labels=self.target == "label",
                                      device=model_device(self.model)):
-                x = self._check_x(x, "val_data")
+                x = self._check_x(x, "val_data", check_length=False)
                 _, stats = self._loss(net, x, y)
                 for k, v in stats.items():
                     totals[k] = totals.get(k, 0.0) + v * len(x)
@@ -352,7 +354,7 @@ class MaskExplainer(FittedMixin, Explainer):
                 totals: dict[str, float] = {}
                 n = 0
                 for x, y in self._epoch_batches(train_data, labels, gen):
-                    x = self._check_x(x, "train_data")
+                    x = self._check_x(x, "train_data", check_length=False)
                     if net is None:
                         with torch.random.fork_rng(devices=[]):
                             torch.manual_seed(self.seed)
@@ -380,8 +382,6 @@ class MaskExplainer(FittedMixin, Explainer):
                 assert net is not None
                 record = {"epoch": float(epoch + 1), **{k: v / n for k, v in totals.items()}}
                 if val_data is not None:
-                    if self.modality == "sequence":
-                        self.max_length_ = max_len  # val sequences are checked against it
                     net.eval()
                     val = self._evaluate(net, val_data, val_labels)
                     net.train()
