@@ -206,6 +206,7 @@ def part_memory(quick: bool) -> list[dict[str, Any]]:
     for method in ("whynet", "captum_ii", "captum_lc"):
         for steps in steps_list:
             cmd = [sys.executable, __file__, "--_mem-child", "--model", "fashion-cnn",
+                   "--threads", str(torch.get_num_threads()),
                    "--method", method, "--steps", str(steps), "--n", str(n),
                    "--batch-size", "64"]
             res = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
@@ -297,6 +298,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="reduced sizes")
     ap.add_argument("--only", default=",".join(PARTS), help="comma-separated parts")
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1 = steadiest on a shared, loaded machine)")
     ap.add_argument("--_mem-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--model", default="fashion-cnn", help=argparse.SUPPRESS)
     ap.add_argument("--method", default="whynet", help=argparse.SUPPRESS)
@@ -304,12 +307,15 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=16, help=argparse.SUPPRESS)
     ap.add_argument("--batch-size", type=int, default=64, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     if args._mem_child:
         _mem_child(args)
         return
     torch.manual_seed(0)
     result: dict[str, Any] = {
-        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "command": " ".join(sys.argv),
+        "machine": {"load_avg_at_start": os.getloadavg(), "cpu_count": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads(),
                     "python": platform.python_version(), "torch": torch.__version__,
                     "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")},
         "quick": args.quick,
