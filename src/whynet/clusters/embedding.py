@@ -47,12 +47,17 @@ def kl_loss(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 def kmeans(x: np.ndarray, k: int, *, n_init: int = 10, seed: int = 0, max_iter: int = 300,
-           backend: str = "auto") -> np.ndarray:
+           max_points: int | None = None, backend: str = "auto") -> np.ndarray:
     """k-means centres ``(k, d)`` float32: faiss when installed (fast at 1M points), else sklearn.
 
-    ``backend`` is ``"auto"``, ``"faiss"`` or ``"sklearn"``.
+    ``max_points``: fit on a seeded random sample of at most this many rows (the centres of a
+    few well-populated clusters need no million points). ``backend``: "auto", "faiss",
+    "sklearn".
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
+    if max_points is not None and len(x) > max_points:
+        pick = np.random.default_rng(seed).choice(len(x), max_points, replace=False)
+        x = np.ascontiguousarray(x[np.sort(pick)])
     if backend in ("auto", "faiss"):
         try:
             import faiss
@@ -62,7 +67,7 @@ def kmeans(x: np.ndarray, k: int, *, n_init: int = 10, seed: int = 0, max_iter: 
         else:
             km = faiss.Kmeans(x.shape[1], k, niter=max(max_iter // 10, 20), nredo=n_init,
                               seed=seed + 1, verbose=False, spherical=False,
-                              max_points_per_centroid=max(256, -(-len(x) // k)))
+                              max_points_per_centroid=-(-len(x) // k) + 1)
             km.train(x)
             return np.asarray(km.centroids, dtype=np.float32)
     from sklearn.cluster import KMeans

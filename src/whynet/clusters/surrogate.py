@@ -306,8 +306,8 @@ class ClusterSurrogate(FittedMixin, Explainer):
         ])
         if centres is None:
             centres = torch.from_numpy(kmeans(emb.cpu().numpy(), self.n_clusters,
-                                              n_init=self.idec.n_init, seed=self.seed + li)
-                                       ).to(device)
+                                              n_init=self.idec.n_init, seed=self.seed + li,
+                                              max_points=self.max_fit_points)).to(device)
         assign = _hard_assign(emb, centres)
         counts = torch.zeros(self.n_clusters, self.n_classes_, dtype=torch.float64)
         counts.index_put_((assign.cpu(), target), torch.ones(n, dtype=torch.float64),
