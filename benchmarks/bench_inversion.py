@@ -74,7 +74,7 @@ def measured(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float, float
 
 
 def captum_methods(model: nn.Module, cam_layer: nn.Module, occ: tuple[int, int],
-                   batch: int) -> dict[str, Saliency]:
+                   batch: int, ig_batch: int) -> dict[str, Saliency]:
     from captum.attr import IntegratedGradients, LayerGradCam, Occlusion
     from captum.attr import Saliency as CaptumSaliency
 
@@ -96,7 +96,7 @@ def captum_methods(model: nn.Module, cam_layer: nn.Module, occ: tuple[int, int],
         "Saliency": chunked(lambda x, t: CaptumSaliency(model).attribute(
             x, target=t, abs=True).sum(1)),
         "IntegratedGradients": chunked(lambda x, t: IntegratedGradients(model).attribute(
-            x, baselines=0.0, target=t, n_steps=50, internal_batch_size=64).sum(1)),
+            x, baselines=0.0, target=t, n_steps=50, internal_batch_size=ig_batch).sum(1)),
         "LayerGradCam": chunked(lambda x, t: LayerGradCam(model, cam_layer).attribute(
             x, target=t, relu_attributions=True)[:, 0]),
         "Occlusion": chunked(occlusion),
@@ -132,13 +132,13 @@ def part_canvas(args: argparse.Namespace) -> dict[str, Any]:
     from whynet.data.canvas import canvas
     from whynet.zoo import load_model
 
-    model, _ = load_model("canvas-cnn")
+    model, _ = load_model("canvas-cnn", weights_dir=args.zoo_dir)
     ds = canvas("test", n=args.n_canvas)
     x, y = ds.tensors()
     boxes = ds.boxes
     gfi = GuidedFeatureInversion(model, "pool", "features.block4", batch_size=16)
     methods: dict[str, Saliency] = {"GFI": lambda x, t: gfi.explain(x, t).values}
-    methods.update(captum_methods(model, model.features.block4, (8, 4), 16))
+    methods.update(captum_methods(model, model.features.block4, (8, 4), 16, 64))
     methods["centre"] = centre
     with frozen_eval(model):
         acc = float((predict_logits(model, x).argmax(1) == y).float().mean())
@@ -187,7 +187,7 @@ def part_photos(args: argparse.Namespace) -> dict[str, Any]:
     gfi = GuidedFeatureInversion(model, "_avg_pooling", "_bn1", basis_transform=F.relu6,
                                  batch_size=8)
     methods: dict[str, Saliency] = {"GFI": lambda x, t: gfi.explain(x, t).values}
-    methods.update(captum_methods(model, model._bn1, (32, 16), 4))
+    methods.update(captum_methods(model, model._bn1, (32, 16), 4, 16))
     methods["centre"] = centre
     classes = imagenet_classes()
     with frozen_eval(model):
@@ -198,10 +198,10 @@ def part_photos(args: argparse.Namespace) -> dict[str, Any]:
             rows[name] = {
                 "deletion_auc": float(deletion_auc(model, x, s, t, baseline="zero",
                                                    steps=args.steps_photos,
-                                                   batch_size=32).mean()),
+                                                   batch_size=16).mean()),
                 "insertion_auc": float(insertion_auc(model, x, s, t, baseline="blur",
                                                      blur_sigma=5.0, steps=args.steps_photos,
-                                                     batch_size=32).mean()),
+                                                     batch_size=16).mean()),
                 **timing[name],
             }
     return {"photos": [p.name for p in ph], "predicted": [classes[i] for i in t.tolist()],
@@ -212,7 +212,7 @@ def part_speed(args: argparse.Namespace) -> dict[str, Any]:
     from whynet.data.canvas import canvas
     from whynet.zoo import load_model
 
-    model, _ = load_model("canvas-cnn")
+    model, _ = load_model("canvas-cnn", weights_dir=args.zoo_dir)
     x, y = canvas("test", n=16).tensors()
     out: dict[str, Any] = {}
     for bs in (1, 16):
@@ -233,6 +233,7 @@ def main() -> None:
     ap.add_argument("--only", default="canvas,photos,speed")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--zoo-dir", default=None, help="canvas-cnn weights folder (development)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.n_canvas = 32 if args.quick else 200
