@@ -73,32 +73,52 @@ def measured(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float, float
     return out, dt, max(0, rss_kb("VmHWM") - before) / 1024
 
 
-def captum_methods(model: nn.Module, cam_layer: nn.Module, occ: tuple[int, int],
-                   batch: int, ig_batch: int) -> dict[str, Saliency]:
+def captum_methods(
+    model: nn.Module, cam_layer: nn.Module, occ: tuple[int, int], batch: int, ig_batch: int
+) -> dict[str, Saliency]:
     from captum.attr import IntegratedGradients, LayerGradCam, Occlusion
     from captum.attr import Saliency as CaptumSaliency
 
     def chunked(f: Saliency) -> Saliency:
         def run(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            outs = [f(x[i:i + batch], t[i:i + batch]) for i in range(0, len(x), batch)]
+            outs = [f(x[i : i + batch], t[i : i + batch]) for i in range(0, len(x), batch)]
             return torch.cat(outs).detach()
+
         return run
 
     win, stride = occ
 
     def occlusion(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         ch = x.shape[1]
-        return Occlusion(model).attribute(x, sliding_window_shapes=(ch, win, win),
-                                          strides=(ch, stride, stride), baselines=0.0, target=t,
-                                          perturbations_per_eval=16).sum(1)
+        return (
+            Occlusion(model)
+            .attribute(
+                x,
+                sliding_window_shapes=(ch, win, win),
+                strides=(ch, stride, stride),
+                baselines=0.0,
+                target=t,
+                perturbations_per_eval=16,
+            )
+            .sum(1)
+        )
 
     return {
-        "Saliency": chunked(lambda x, t: CaptumSaliency(model).attribute(
-            x, target=t, abs=True).sum(1)),
-        "IntegratedGradients": chunked(lambda x, t: IntegratedGradients(model).attribute(
-            x, baselines=0.0, target=t, n_steps=50, internal_batch_size=ig_batch).sum(1)),
-        "LayerGradCam": chunked(lambda x, t: LayerGradCam(model, cam_layer).attribute(
-            x, target=t, relu_attributions=True)[:, 0]),
+        "Saliency": chunked(
+            lambda x, t: CaptumSaliency(model).attribute(x, target=t, abs=True).sum(1)
+        ),
+        "IntegratedGradients": chunked(
+            lambda x, t: (
+                IntegratedGradients(model)
+                .attribute(x, baselines=0.0, target=t, n_steps=50, internal_batch_size=ig_batch)
+                .sum(1)
+            )
+        ),
+        "LayerGradCam": chunked(
+            lambda x, t: LayerGradCam(model, cam_layer).attribute(
+                x, target=t, relu_attributions=True
+            )[:, 0]
+        ),
         "Occlusion": chunked(occlusion),
     }
 
@@ -111,8 +131,9 @@ def centre(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return torch.exp(-(r**2 + c**2) / (2 * (h / 4) ** 2)).expand(len(x), h, w).clone()
 
 
-def run_methods(methods: dict[str, Saliency], x: torch.Tensor, t: torch.Tensor,
-                repeats: int) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, float]]]:
+def run_methods(
+    methods: dict[str, Saliency], x: torch.Tensor, t: torch.Tensor, repeats: int
+) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, float]]]:
     maps: dict[str, torch.Tensor] = {}
     times: dict[str, list[float]] = {k: [] for k in methods}
     mem: dict[str, float] = {}
@@ -122,9 +143,15 @@ def run_methods(methods: dict[str, Saliency], x: torch.Tensor, t: torch.Tensor,
             maps[name] = out.float()
             times[name].append(dt)
             mem[name] = max(mem.get(name, 0.0), mb)
-    stats = {k: {"s_total_median": statistics.median(v), "s_per_image": statistics.median(v)
-                 / len(x), "s_runs": [round(s, 3) for s in v], "peak_rss_growth_mb": mem[k]}
-             for k, v in times.items()}
+    stats = {
+        k: {
+            "s_total_median": statistics.median(v),
+            "s_per_image": statistics.median(v) / len(x),
+            "s_runs": [round(s, 3) for s in v],
+            "peak_rss_growth_mb": mem[k],
+        }
+        for k, v in times.items()
+    }
     return maps, stats
 
 
@@ -149,13 +176,18 @@ def part_canvas(args: argparse.Namespace) -> dict[str, Any]:
         for name, s in maps.items():
             row: dict[str, Any] = {
                 "pointing_game": float(pointing_game(s, boxes).mean()),
-                **{f"loc_error@{th}": float(localisation_error(s, boxes, th).mean())
-                   for th in (0.2, 0.35, 0.5)},
-                "deletion_auc": float(deletion_auc(model, x, s, y, baseline="zero", steps=32,
-                                                   batch_size=256).mean()),
-                "insertion_auc": float(insertion_auc(model, x, s, y, baseline="blur",
-                                                     blur_sigma=3.0, steps=32,
-                                                     batch_size=256).mean()),
+                **{
+                    f"loc_error@{th}": float(localisation_error(s, boxes, th).mean())
+                    for th in (0.2, 0.35, 0.5)
+                },
+                "deletion_auc": float(
+                    deletion_auc(model, x, s, y, baseline="zero", steps=32, batch_size=256).mean()
+                ),
+                "insertion_auc": float(
+                    insertion_auc(
+                        model, x, s, y, baseline="blur", blur_sigma=3.0, steps=32, batch_size=256
+                    ).mean()
+                ),
             }
             row.update(timing.get(name, {}))
             rows[name] = row
@@ -184,8 +216,9 @@ def part_photos(args: argparse.Namespace) -> dict[str, Any]:
     model = load_efficientnet()
     ph = photos()[: args.n_photos]
     x = imagenet_preprocess([p.image for p in ph])
-    gfi = GuidedFeatureInversion(model, "_avg_pooling", "_bn1", basis_transform=F.relu6,
-                                 batch_size=8)
+    gfi = GuidedFeatureInversion(
+        model, "_avg_pooling", "_bn1", basis_transform=F.relu6, batch_size=8
+    )
     methods: dict[str, Saliency] = {"GFI": lambda x, t: gfi.explain(x, t).values}
     methods.update(captum_methods(model, model._bn1, (32, 16), 4, 16))
     methods["centre"] = centre
@@ -196,25 +229,46 @@ def part_photos(args: argparse.Namespace) -> dict[str, Any]:
         rows: dict[str, Any] = {}
         for name, s in maps.items():
             rows[name] = {
-                "deletion_auc": float(deletion_auc(model, x, s, t, baseline="zero",
-                                                   steps=args.steps_photos,
-                                                   batch_size=16).mean()),
-                "insertion_auc": float(insertion_auc(model, x, s, t, baseline="blur",
-                                                     blur_sigma=5.0, steps=args.steps_photos,
-                                                     batch_size=16).mean()),
+                "deletion_auc": float(
+                    deletion_auc(
+                        model, x, s, t, baseline="zero", steps=args.steps_photos, batch_size=16
+                    ).mean()
+                ),
+                "insertion_auc": float(
+                    insertion_auc(
+                        model,
+                        x,
+                        s,
+                        t,
+                        baseline="blur",
+                        blur_sigma=5.0,
+                        steps=args.steps_photos,
+                        batch_size=16,
+                    ).mean()
+                ),
                 **timing[name],
             }
-    return {"photos": [p.name for p in ph], "predicted": [classes[i] for i in t.tolist()],
-            "methods": rows}
+    return {
+        "photos": [p.name for p in ph],
+        "predicted": [classes[i] for i in t.tolist()],
+        "methods": rows,
+    }
 
 
 def part_speed(args: argparse.Namespace) -> dict[str, Any]:
     from whynet.data.canvas import canvas
     from whynet.zoo import load_model
 
-    model, _ = load_model("canvas-cnn", weights_dir=args.zoo_dir)
-    x, y = canvas("test", n=16).tensors()
     out: dict[str, Any] = {}
+    try:
+        model, _ = load_model("canvas-cnn", weights_dir=args.zoo_dir)
+        out["weights"] = "zoo"
+    except FileNotFoundError:  # timing does not depend on the weights' values: same architecture
+        from whynet.zoo.architectures import CanvasCNN
+
+        torch.manual_seed(0)
+        model, out["weights"] = CanvasCNN().eval(), "random init (zoo weights not found)"
+    x, y = canvas("test", n=16).tensors()
     for bs in (1, 16):
         gfi = GuidedFeatureInversion(model, "pool", "features.block4", batch_size=bs)
         runs = []
@@ -233,6 +287,7 @@ def main() -> None:
     ap.add_argument("--only", default="canvas,photos,speed")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--fresh", action="store_true", help="overwrite the results file")
     ap.add_argument("--zoo-dir", default=None, help="canvas-cnn weights folder (development)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -241,9 +296,13 @@ def main() -> None:
     args.steps_photos = 14 if args.quick else 28
     args.repeats = args.repeats or (1 if args.quick else 3)
     result: dict[str, Any] = {
-        "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                    "threads": args.threads, "cpu_count": __import__("os").cpu_count(),
-                    "load_avg_start": list(__import__("os").getloadavg())},
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": args.threads,
+            "cpu_count": __import__("os").cpu_count(),
+            "load_avg_start": list(__import__("os").getloadavg()),
+        },
         "quick": args.quick,
     }
     parts = {"canvas": part_canvas, "photos": part_photos, "speed": part_speed}
@@ -254,7 +313,12 @@ def main() -> None:
         print(json.dumps({name: result[name]}, indent=1), flush=True)
     result["machine"]["load_avg_end"] = list(__import__("os").getloadavg())
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=1))
+    # parts run separately accumulate in one file (each part records its own machine state)
+    merged = json.loads(OUT.read_text()) if OUT.is_file() and not args.fresh else {}
+    for name in args.only.split(","):
+        result[name]["machine"] = result["machine"]
+        merged[name] = result[name]
+    OUT.write_text(json.dumps(merged, indent=1))
     print(f"wrote {OUT}")
 
 

@@ -12,7 +12,7 @@ SIZE = 16
 def bar(img: torch.Tensor, cls: int, r: int, c: int) -> tuple[int, int, int, int]:
     """Draw a 2x6 (class 0) or 6x2 (class 1) bar at (r, c); return its box (x0, y0, x1, y1)."""
     h, w = (2, 6) if cls == 0 else (6, 2)
-    img[..., r:r + h, c:c + w] = 1.0
+    img[..., r : r + h, c : c + w] = 1.0
     return c, r, c + w, r + h
 
 
@@ -27,9 +27,14 @@ def make_data(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]
 
 def toy_model() -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 2),
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 2),
     )
 
 

@@ -88,8 +88,9 @@ def test_omega_nonnegative_after_every_step(monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setattr(gfi_module, "basis_mask", spy)
     # a large lr makes Adam overshoot below zero, so the clamp is exercised
-    e = GuidedFeatureInversion(small(), "5", "4", lr=0.3, gamma=0.0, delta=0.0,
-                               **FAST).explain(images(2))
+    e = GuidedFeatureInversion(small(), "5", "4", lr=0.3, gamma=0.0, delta=0.0, **FAST).explain(
+        images(2)
+    )
     assert len(seen) == 3 + 12 + 2  # every loss evaluation, then the two returned masks
     assert min(seen) >= 0.0
     assert bool((e.extras["omega"] >= 0).all()) and bool((e.extras["omega"] == 0).any())
@@ -110,10 +111,13 @@ def test_alone_equals_in_batch() -> None:
     joint = GuidedFeatureInversion(model, "5", "4", batch_size=3, **FAST).explain(x, target)
     chunks = GuidedFeatureInversion(model, "5", "4", batch_size=2, **FAST).explain(x, target)
     for i in range(3):
-        alone = GuidedFeatureInversion(model, "5", "4", **FAST).explain(x[i:i + 1], target[i:i + 1])
+        alone = GuidedFeatureInversion(model, "5", "4", **FAST).explain(
+            x[i : i + 1], target[i : i + 1]
+        )
         torch.testing.assert_close(alone.values[0], joint.values[i], rtol=0, atol=1e-10)
-        torch.testing.assert_close(alone.extras["omega"][0], joint.extras["omega"][i],
-                                   rtol=0, atol=1e-10)
+        torch.testing.assert_close(
+            alone.extras["omega"][0], joint.extras["omega"][i], rtol=0, atol=1e-10
+        )
     torch.testing.assert_close(chunks.values, joint.values, rtol=0, atol=1e-10)
 
 
@@ -171,8 +175,7 @@ def test_hygiene_and_round_trip(tmp_path: Path) -> None:
 def test_two_objects_each_class_mask_finds_its_object() -> None:
     model = trained_toy()
     x, boxes = two_object_image()
-    e = GuidedFeatureInversion(model, "5", "4").explain(x.repeat(2, 1, 1, 1),
-                                                         torch.tensor([0, 1]))
+    e = GuidedFeatureInversion(model, "5", "4").explain(x.repeat(2, 1, 1, 1), torch.tensor([0, 1]))
 
     def mass(i: int, cls: int) -> float:
         x0, y0, x1, y1 = boxes[cls]

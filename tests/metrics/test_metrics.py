@@ -91,8 +91,13 @@ def test_steps_change_rounded_pixel_counts() -> None:
 
 def test_perfect_beats_inverted_on_a_small_cnn() -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                          nn.Flatten(), nn.Linear(4, 3)).double()
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).double()
     x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
     # an oracle saliency: each pixel's exact effect on the logit of a linear-in-x proxy
     lin = Weighted(torch.rand(8, 8, dtype=torch.float64))
@@ -108,8 +113,12 @@ def test_blur_matches_scipy_and_keeps_constants() -> None:
     ndimage = pytest.importorskip("scipy.ndimage")
     g = torch.Generator().manual_seed(1)
     x = torch.rand(2, 3, 11, 9, generator=g, dtype=torch.float64)
-    ref = np.stack([np.stack([ndimage.gaussian_filter(c, 1.0, mode="nearest", truncate=3.0)
-                              for c in img]) for img in x.numpy()])
+    ref = np.stack(
+        [
+            np.stack([ndimage.gaussian_filter(c, 1.0, mode="nearest", truncate=3.0) for c in img])
+            for img in x.numpy()
+        ]
+    )
     np.testing.assert_allclose(gaussian_blur(x, 1.0).numpy(), ref, atol=1e-12)
     const = torch.full((1, 1, 5, 5), 0.3, dtype=torch.float64)
     torch.testing.assert_close(gaussian_blur(const, 2.0), const)
@@ -117,8 +126,9 @@ def test_blur_matches_scipy_and_keeps_constants() -> None:
 
 def test_streaming_equals_one_shot_and_batch_size_is_invisible() -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(3 * 36, 4)).double()
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 36, 4)
+    ).double()
     x = torch.rand(5, 1, 6, 6, dtype=torch.float64)
     s = torch.rand(5, 6, 6, dtype=torch.float64)
     one = deletion_auc(model, x, s, steps=9, batch_size=64)
@@ -146,9 +156,13 @@ def test_model_mode_and_grad_flags_restored() -> None:
 def test_pointing_game_by_hand() -> None:
     s = torch.zeros(3, 10, 10)
     s[:, 5, 7] = 1.0  # max at row 5, col 7
-    boxes = torch.tensor([[6, 4, 9, 6],    # cols 6..8, rows 4..5: hit
-                          [8, 4, 9, 6],    # cols 8..8: one column away
-                          [0, 0, 3, 3]])   # far
+    boxes = torch.tensor(
+        [
+            [6, 4, 9, 6],  # cols 6..8, rows 4..5: hit
+            [8, 4, 9, 6],  # cols 8..8: one column away
+            [0, 0, 3, 3],
+        ]
+    )  # far
     assert pointing_game(s, boxes).tolist() == [1.0, 0.0, 0.0]
     assert pointing_game(s, boxes, tolerance=1.0).tolist() == [1.0, 1.0, 0.0]
     # several boxes per image: a hit on any counts; an empty list never hits
@@ -163,10 +177,11 @@ def test_pointing_game_by_hand() -> None:
 def test_box_iou_and_saliency_boxes_by_hand() -> None:
     a = torch.tensor([[0, 0, 4, 4]])
     b = torch.tensor([[2, 2, 6, 6], [0, 0, 4, 4], [4, 0, 8, 4]])
-    torch.testing.assert_close(box_iou(a, b), torch.tensor([[4 / 28, 1.0, 0.0]],
-                                                           dtype=torch.float64))
+    torch.testing.assert_close(
+        box_iou(a, b), torch.tensor([[4 / 28, 1.0, 0.0]], dtype=torch.float64)
+    )
     s = torch.zeros(1, 12, 12)
-    s[0, 1:4, 2:8] = 1.0    # big blob: rows 1..3, cols 2..7 (18 px)
+    s[0, 1:4, 2:8] = 1.0  # big blob: rows 1..3, cols 2..7 (18 px)
     s[0, 9:11, 9:11] = 0.9  # small blob (4 px)
     assert saliency_boxes(s, 0.5).tolist() == [[2, 1, 8, 4]]
     assert saliency_boxes(s, 0.5, component="all").tolist() == [[2, 1, 11, 11]]

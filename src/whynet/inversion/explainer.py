@@ -42,8 +42,9 @@ class _Adam:
     ``torch._dynamo`` (seconds on a loaded 2-core machine, per process).
     """
 
-    def __init__(self, param: torch.Tensor, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8) -> None:
+    def __init__(
+        self, param: torch.Tensor, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
+    ) -> None:
         self.param, self.betas, self.eps, self.t = param, betas, eps, 0
         self.m = torch.zeros_like(param)
         self.v = torch.zeros_like(param)
@@ -53,8 +54,8 @@ class _Adam:
         self.t += 1
         self.m.lerp_(grad, 1 - b1)
         self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        denom = (self.v.sqrt() / (1 - b2 ** self.t) ** 0.5).add_(self.eps)
-        self.param.addcdiv_(self.m, denom, value=-lr / (1 - b1 ** self.t))
+        denom = (self.v.sqrt() / (1 - b2**self.t) ** 0.5).add_(self.eps)
+        self.param.addcdiv_(self.m, denom, value=-lr / (1 - b1**self.t))
 
 
 def _positive(name: str, value: float, allow_zero: bool = False) -> float:
@@ -151,8 +152,11 @@ class GuidedFeatureInversion(Explainer):
         self.lam = _positive("lam", lam, allow_zero=True)
         self.delta = _positive("delta", delta, allow_zero=True)
         self.omega_init = _positive("omega_init", omega_init)
-        if isinstance(lr_halve_every, bool) or not isinstance(lr_halve_every, int) \
-                or lr_halve_every < 1:
+        if (
+            isinstance(lr_halve_every, bool)
+            or not isinstance(lr_halve_every, int)
+            or lr_halve_every < 1
+        ):
             raise ValueError(f"lr_halve_every must be a positive int, got {lr_halve_every!r}")
         self.lr_halve_every = lr_halve_every
         self.eps = _positive("eps", eps, allow_zero=True)
@@ -163,18 +167,27 @@ class GuidedFeatureInversion(Explainer):
     def params(self) -> dict[str, Any]:
         """The settings, JSON-serialisable (stored in the Explanation)."""
         bg = self.background if isinstance(self.background, (str, float, int)) else "tensor"
-        return {"inversion_layer": self.inversion_layer, "basis_layer": self.basis_layer,
-                "background": bg, "blur_sigma": self.blur_sigma,
-                "stage1_steps": self.stage1_steps, "stage2_steps": self.stage2_steps,
-                "lr": self.lr, "gamma": self.gamma, "lam": self.lam, "delta": self.delta,
-                "omega_init": self.omega_init, "lr_halve_every": self.lr_halve_every,
-                "eps": self.eps, "batch_size": self.batch_size,
-                "basis_transform": getattr(self.basis_transform, "__name__", None)}
+        return {
+            "inversion_layer": self.inversion_layer,
+            "basis_layer": self.basis_layer,
+            "background": bg,
+            "blur_sigma": self.blur_sigma,
+            "stage1_steps": self.stage1_steps,
+            "stage2_steps": self.stage2_steps,
+            "lr": self.lr,
+            "gamma": self.gamma,
+            "lam": self.lam,
+            "delta": self.delta,
+            "omega_init": self.omega_init,
+            "lr_halve_every": self.lr_halve_every,
+            "eps": self.eps,
+            "batch_size": self.batch_size,
+            "basis_transform": getattr(self.basis_transform, "__name__", None),
+        }
 
     # -- the two stages ------------------------------------------------------------------------
 
-    def _reference(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                   torch.Tensor]:
+    def _reference(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits, detached basis activations and inversion features of the original images."""
         with torch.no_grad(), capture(self.model, [self.basis_layer, self.inversion_layer]) as cap:
             logits = as_logits(self.model(x))
@@ -183,8 +196,10 @@ class GuidedFeatureInversion(Explainer):
         if self.basis_transform is not None:
             basis = self.basis_transform(basis)
         if basis.dim() != 4:
-            raise ValueError(f"basis layer {self.basis_layer!r} must have spatial dimensions "
-                             f"(B, K, h, w); its output has shape {tuple(basis.shape)}")
+            raise ValueError(
+                f"basis layer {self.basis_layer!r} must have spatial dimensions "
+                f"(B, K, h, w); its output has shape {tuple(basis.shape)}"
+            )
         return logits, basis, feats
 
     def _background(self, x: torch.Tensor) -> torch.Tensor:
@@ -196,8 +211,9 @@ class GuidedFeatureInversion(Explainer):
             self.model(inputs)
         return cap[self.inversion_layer]
 
-    def _optimise(self, omega: torch.Tensor, steps: int, halve: bool,
-                  loss_fn: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def _optimise(
+        self, omega: torch.Tensor, steps: int, halve: bool, loss_fn: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Adam on the sum of per-image losses; omega clamped >= 0 in place after each step
         (the moments are kept). Returns the final omega and the (B, steps) loss history."""
         omega = omega.detach().clone().requires_grad_(True)
@@ -218,8 +234,9 @@ class GuidedFeatureInversion(Explainer):
                 omega[dead] = before[dead]
         return omega.detach(), history
 
-    def stage1(self, x: torch.Tensor, basis: torch.Tensor, feats: torch.Tensor,
-               background: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def stage1(
+        self, x: torch.Tensor, basis: torch.Tensor, feats: torch.Tensor, background: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Class-agnostic inversion (Eq. 5): ``||f(Phi) - f(x)||^2 + gamma ||omega||_1``.
 
         Takes no target: the class is unknown to this stage by construction.
@@ -234,8 +251,14 @@ class GuidedFeatureInversion(Explainer):
 
         return self._optimise(omega0, self.stage1_steps, False, loss)
 
-    def stage2(self, x: torch.Tensor, basis: torch.Tensor, background: torch.Tensor,
-               omega: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def stage2(
+        self,
+        x: torch.Tensor,
+        basis: torch.Tensor,
+        background: torch.Tensor,
+        omega: torch.Tensor,
+        target: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Class-discriminative refinement (Eq. 6):
         ``-P_c(Phi) + lam P_c(Phi_bg) + delta ||omega||_1`` with softmax probabilities."""
         size = (x.shape[-2], x.shape[-1])
@@ -279,14 +302,13 @@ class GuidedFeatureInversion(Explainer):
                     n_classes = as_logits(self.model(x[:1])).shape[-1]
                 t_all = resolve_targets(torch.zeros(x.shape[0], n_classes), target)
                 check_classes(t_all, n_classes, name="target")
-            for s in progress(starts, total=len(starts), desc="inversion",
-                              enabled=self.progress):
-                xb = x[s:s + self.batch_size]
+            for s in progress(starts, total=len(starts), desc="inversion", enabled=self.progress):
+                xb = x[s : s + self.batch_size]
                 logits, basis, feats = self._reference(xb)
                 if target is None or isinstance(target, str):
                     tb = resolve_targets(logits, target)
                 else:
-                    tb = t_all[s:s + self.batch_size].to(x.device)
+                    tb = t_all[s : s + self.batch_size].to(x.device)
                 bg = self._background(xb)
                 omega1, loss1 = self.stage1(xb, basis, feats, bg)
                 omega2, loss2 = self.stage2(xb, basis, bg, omega1, tb)
@@ -296,13 +318,26 @@ class GuidedFeatureInversion(Explainer):
                     b = xb.shape[0]
                     prob = as_logits(self.model(torch.cat([phi(xb, m2, bg), phi_bg(xb, m2, bg)])))
                     prob = prob.softmax(-1).gather(1, tb.repeat(2).view(-1, 1)).squeeze(1)
-                for key, val in (("values", m2), ("target", tb), ("stage1_mask", m1),
-                                 ("omega", omega2), ("omega_stage1", omega1),
-                                 ("stage1_loss", loss1), ("stage2_loss", loss2),
-                                 ("prob_kept", prob[:b]), ("prob_removed", prob[b:])):
+                for key, val in (
+                    ("values", m2),
+                    ("target", tb),
+                    ("stage1_mask", m1),
+                    ("omega", omega2),
+                    ("omega_stage1", omega1),
+                    ("stage1_loss", loss1),
+                    ("stage2_loss", loss2),
+                    ("prob_kept", prob[:b]),
+                    ("prob_removed", prob[b:]),
+                ):
                     parts.setdefault(key, []).append(val.detach())
         out = {k: torch.cat(v) for k, v in parts.items()}
         values, tgt = out.pop("values"), out.pop("target")
-        return Explanation(values=values, target=tgt, method=self.method, layer=self.basis_layer,
-                           params=self.params(), extras=out,
-                           meta={"inversion_layer": self.inversion_layer})
+        return Explanation(
+            values=values,
+            target=tgt,
+            method=self.method,
+            layer=self.basis_layer,
+            params=self.params(),
+            extras=out,
+            meta={"inversion_layer": self.inversion_layer},
+        )

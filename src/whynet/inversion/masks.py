@@ -36,12 +36,14 @@ def normalise(m: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     lo = flat.min(1).values.view(-1, 1, 1)
     span = (flat.max(1).values - flat.min(1).values).view(-1, 1, 1)
     ok = span > eps
-    return torch.where(ok, (m - lo) / torch.where(ok, span, torch.ones_like(span)),
-                       torch.zeros_like(m))
+    return torch.where(
+        ok, (m - lo) / torch.where(ok, span, torch.ones_like(span)), torch.zeros_like(m)
+    )
 
 
-def basis_mask(omega: torch.Tensor, basis: torch.Tensor, size: tuple[int, int],
-               eps: float = 1e-12) -> torch.Tensor:
+def basis_mask(
+    omega: torch.Tensor, basis: torch.Tensor, size: tuple[int, int], eps: float = 1e-12
+) -> torch.Tensor:
     """The input-resolution mask ``up(norm(sum_k omega_k A_k))`` (Eq. 4), (B, H, W) in [0, 1].
 
     ``omega`` is (B, K), ``basis`` the detached (B, K, h, w) activations. Normalised before the

@@ -59,14 +59,18 @@ def make_baseline(x: torch.Tensor, baseline: BaselineSpec, blur_sigma: float) ->
         try:
             return baseline.to(dtype=x.dtype, device=x.device).expand_as(x)
         except RuntimeError:
-            raise ValueError(f"baseline of shape {tuple(baseline.shape)} does not broadcast to "
-                             f"inputs of shape {tuple(x.shape)}") from None
-    raise TypeError(f"baseline must be 'blur', 'zero', a float or a tensor; got "
-                    f"{type(baseline).__name__}")
+            raise ValueError(
+                f"baseline of shape {tuple(baseline.shape)} does not broadcast to "
+                f"inputs of shape {tuple(x.shape)}"
+            ) from None
+    raise TypeError(
+        f"baseline must be 'blur', 'zero', a float or a tensor; got {type(baseline).__name__}"
+    )
 
 
-def as_saliency(saliency: Any, size: tuple[int, int] | None = None,
-                n: int | None = None) -> torch.Tensor:
+def as_saliency(
+    saliency: Any, size: tuple[int, int] | None = None, n: int | None = None
+) -> torch.Tensor:
     """Saliency maps as a float (B, H, W) tensor.
 
     Accepts a tensor or an :class:`~whynet.core.Explanation` (its ``values``) of shape (B, H, W),
@@ -76,16 +80,18 @@ def as_saliency(saliency: Any, size: tuple[int, int] | None = None,
     if isinstance(saliency, Explanation):
         saliency = saliency.values
     if not isinstance(saliency, torch.Tensor):
-        raise TypeError(f"saliency must be a tensor or an Explanation, got "
-                        f"{type(saliency).__name__}")
+        raise TypeError(
+            f"saliency must be a tensor or an Explanation, got {type(saliency).__name__}"
+        )
     s = saliency.detach()
     if not s.is_floating_point():
         s = s.float()
     if s.dim() == 4:
         s = s.sum(1)
     if s.dim() != 3:
-        raise ValueError(f"saliency must have shape (B, H, W) or (B, C, H, W), got "
-                         f"{tuple(saliency.shape)}")
+        raise ValueError(
+            f"saliency must have shape (B, H, W) or (B, C, H, W), got {tuple(saliency.shape)}"
+        )
     if n is not None and s.shape[0] != n:
         raise ValueError(f"saliency has {s.shape[0]} maps for {n} inputs")
     if not bool(torch.isfinite(s).all()):
@@ -115,8 +121,9 @@ def targets_for(model: nn.Module, x: torch.Tensor, target: Any, batch_size: int)
     """One class per input (``None`` -> the model's prediction on the unperturbed input)."""
     check_batch_size(batch_size)
     if target is None or isinstance(target, str):
-        out = torch.cat([as_logits(model(x[i:i + batch_size]))
-                         for i in range(0, len(x), batch_size)])
+        out = torch.cat(
+            [as_logits(model(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+        )
         return resolve_targets(out, target)
     if isinstance(target, int) and not isinstance(target, bool):
         target = torch.full((len(x),), target, dtype=torch.long)

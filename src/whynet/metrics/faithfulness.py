@@ -105,30 +105,33 @@ def perturbation_curve(
         step = torch.arange(steps + 1, device=x.device).repeat(b)
         out = torch.empty(b * (steps + 1), dtype=torch.float64, device=x.device)
         for s in range(0, len(img), batch_size):
-            i, k = img[s:s + batch_size], step[s:s + batch_size]
+            i, k = img[s : s + batch_size], step[s : s + batch_size]
             changed = (ranks[i] < counts[k].view(-1, 1, 1)).unsqueeze(1)
             if mode == "deletion":
                 pert = torch.where(changed, base[i], x[i])
             else:
                 pert = torch.where(changed, x[i], base[i])
-            out[s:s + batch_size] = scores(model(pert), classes[i], score).double()
+            out[s : s + batch_size] = scores(model(pert), classes[i], score).double()
     return out.view(b, steps + 1)
 
 
-def deletion_curve(model: nn.Module, inputs: torch.Tensor, saliency: Any, target: Any = None,
-                   **kwargs: Any) -> torch.Tensor:
+def deletion_curve(
+    model: nn.Module, inputs: torch.Tensor, saliency: Any, target: Any = None, **kwargs: Any
+) -> torch.Tensor:
     """Deletion curve (B, steps + 1); keyword arguments as :func:`perturbation_curve`."""
     return perturbation_curve(model, inputs, saliency, "deletion", target, **kwargs)
 
 
-def insertion_curve(model: nn.Module, inputs: torch.Tensor, saliency: Any, target: Any = None,
-                    **kwargs: Any) -> torch.Tensor:
+def insertion_curve(
+    model: nn.Module, inputs: torch.Tensor, saliency: Any, target: Any = None, **kwargs: Any
+) -> torch.Tensor:
     """Insertion curve (B, steps + 1); keyword arguments as :func:`perturbation_curve`."""
     return perturbation_curve(model, inputs, saliency, "insertion", target, **kwargs)
 
 
-def deletion_auc(model: nn.Module, inputs: torch.Tensor, saliency: Any, target: Any = None,
-                 **kwargs: Any) -> torch.Tensor:
+def deletion_auc(
+    model: nn.Module, inputs: torch.Tensor, saliency: Any, target: Any = None, **kwargs: Any
+) -> torch.Tensor:
     """Per-image area under the deletion curve, (B,) float64; lower is more faithful.
 
     Petsiuk et al. 2018, Sec. 4.1; trapezoid rule over the fraction of pixels removed.
@@ -138,8 +141,9 @@ def deletion_auc(model: nn.Module, inputs: torch.Tensor, saliency: Any, target: 
     return trapezoid(deletion_curve(model, inputs, saliency, target, **kwargs))
 
 
-def insertion_auc(model: nn.Module, inputs: torch.Tensor, saliency: Any, target: Any = None,
-                  **kwargs: Any) -> torch.Tensor:
+def insertion_auc(
+    model: nn.Module, inputs: torch.Tensor, saliency: Any, target: Any = None, **kwargs: Any
+) -> torch.Tensor:
     """Per-image area under the insertion curve, (B,) float64; higher is more faithful."""
     return trapezoid(insertion_curve(model, inputs, saliency, target, **kwargs))
 
@@ -199,7 +203,8 @@ def mask_fidelity(
             kept_out = as_logits(model(apply_mask(x[sl], m[sl], base[sl])))
             parts["k"].append(scores(kept_out, c, score).double())
             parts["a"].append((kept_out.argmax(-1) == c).double())
-            parts["r"].append(scores(model(apply_mask(x[sl], 1 - m[sl], base[sl])), c,
-                                     score).double())
+            parts["r"].append(
+                scores(model(apply_mask(x[sl], 1 - m[sl], base[sl])), c, score).double()
+            )
     o, k, r, a = (torch.cat(parts[key]) for key in "okra")
     return Fidelity(original=o, kept=k, removed=r, agreement=a)

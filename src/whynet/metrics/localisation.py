@@ -21,9 +21,11 @@ BoxesSpec = torch.Tensor | Sequence[torch.Tensor]
 def _box_list(boxes: BoxesSpec, n: int) -> list[torch.Tensor]:
     if isinstance(boxes, torch.Tensor):
         if boxes.dim() != 2 or boxes.shape[1] != 4:
-            raise ValueError(f"boxes must be (B, 4) (x0, y0, x1, y1) or a list of (K, 4); got "
-                             f"shape {tuple(boxes.shape)}")
-        out = [boxes[i:i + 1] for i in range(len(boxes))]
+            raise ValueError(
+                f"boxes must be (B, 4) (x0, y0, x1, y1) or a list of (K, 4); got "
+                f"shape {tuple(boxes.shape)}"
+            )
+        out = [boxes[i : i + 1] for i in range(len(boxes))]
     else:
         out = [torch.as_tensor(b).reshape(-1, 4) for b in boxes]
     if len(out) != n:
@@ -70,8 +72,8 @@ def pointing_game(saliency: Any, boxes: BoxesSpec, tolerance: float = 0.0) -> to
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Pairwise IoU of (N, 4) and (M, 4) end-exclusive boxes -> (N, M) float64."""
     a, b = a.double(), b.double()
-    iw = (torch.minimum(a[:, None, 2], b[None, :, 2]) - torch.maximum(a[:, None, 0], b[None, :, 0]))
-    ih = (torch.minimum(a[:, None, 3], b[None, :, 3]) - torch.maximum(a[:, None, 1], b[None, :, 1]))
+    iw = torch.minimum(a[:, None, 2], b[None, :, 2]) - torch.maximum(a[:, None, 0], b[None, :, 0])
+    ih = torch.minimum(a[:, None, 3], b[None, :, 3]) - torch.maximum(a[:, None, 1], b[None, :, 1])
     inter = iw.clamp(min=0) * ih.clamp(min=0)
     area_a = ((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]))[:, None]
     area_b = ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))[None, :]
@@ -79,8 +81,9 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
 
 
-def saliency_boxes(saliency: Any, threshold: float = 0.5,
-                   component: Literal["largest", "all"] = "largest") -> torch.Tensor:
+def saliency_boxes(
+    saliency: Any, threshold: float = 0.5, component: Literal["largest", "all"] = "largest"
+) -> torch.Tensor:
     """One box per map from its thresholded saliency, (B, 4) int64 ``(x0, y0, x1, y1)``.
 
     Each map is min-max normalised to [0, 1]; pixels ``>= threshold`` are kept and the box
@@ -113,9 +116,13 @@ def saliency_boxes(saliency: Any, threshold: float = 0.5,
     return torch.from_numpy(out)
 
 
-def localisation_error(saliency: Any, boxes: BoxesSpec, threshold: float = 0.5,
-                       iou_threshold: float = 0.5,
-                       component: Literal["largest", "all"] = "largest") -> torch.Tensor:
+def localisation_error(
+    saliency: Any,
+    boxes: BoxesSpec,
+    threshold: float = 0.5,
+    iou_threshold: float = 0.5,
+    component: Literal["largest", "all"] = "largest",
+) -> torch.Tensor:
     """Box-localisation errors (ILSVRC protocol, as in CAM and Du et al. 2018, Sec. 5.2).
 
     The predicted box is :func:`saliency_boxes` of the map; an image is an error (1.0) when its
@@ -130,6 +137,6 @@ def localisation_error(saliency: Any, boxes: BoxesSpec, threshold: float = 0.5,
     pred = saliency_boxes(saliency, threshold, component)
     out = torch.ones(len(pred), dtype=torch.float64)
     for i, b in enumerate(_box_list(boxes, len(pred))):
-        if b.numel() and float(box_iou(pred[i:i + 1], b).max()) >= iou_threshold:
+        if b.numel() and float(box_iou(pred[i : i + 1], b).max()) >= iou_threshold:
             out[i] = 0.0
     return out

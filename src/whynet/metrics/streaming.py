@@ -81,11 +81,13 @@ class PointingGame(StreamingMetric):
 class LocalisationError(StreamingMetric):
     """Streaming :func:`whynet.metrics.localisation_error`; ``compute()`` is the error rate."""
 
-    def __init__(self, threshold: float = 0.5, iou_threshold: float = 0.5,
-                 component: str = "largest") -> None:
+    def __init__(
+        self, threshold: float = 0.5, iou_threshold: float = 0.5, component: str = "largest"
+    ) -> None:
         super().__init__()
         self.threshold, self.iou_threshold, self.component = threshold, iou_threshold, component
 
     def update(self, saliency: Any, boxes: BoxesSpec) -> torch.Tensor:
-        return self._add(localisation_error(saliency, boxes, self.threshold, self.iou_threshold,
-                                            self.component))  # type: ignore[arg-type]
+        return self._add(
+            localisation_error(saliency, boxes, self.threshold, self.iou_threshold, self.component)
+        )  # type: ignore[arg-type]

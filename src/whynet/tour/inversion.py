@@ -55,28 +55,40 @@ def _canvas(section: Section, fast: bool, progress: bool | None) -> None:
     ds = canvas("test", n=n)
     x, y = ds.tensors()
     boxes = ds.boxes
-    gfi = GuidedFeatureInversion(model, "pool", "features.block4", batch_size=16,
-                                 progress=progress)
+    gfi = GuidedFeatureInversion(model, "pool", "features.block4", batch_size=16, progress=progress)
     t0 = time.perf_counter()
     e = gfi.explain(x, y)
     per_image = (time.perf_counter() - t0) / n
-    maps = {"GFI stage 2 (class)": e.values, "GFI stage 1 (class-agnostic)":
-            e.extras["stage1_mask"], "Grad-CAM (features.block4)":
-            _gradcam(model, x, y, "features.block4"), "centre baseline": _centre(x)}
+    maps = {
+        "GFI stage 2 (class)": e.values,
+        "GFI stage 1 (class-agnostic)": e.extras["stage1_mask"],
+        "Grad-CAM (features.block4)": _gradcam(model, x, y, "features.block4"),
+        "centre baseline": _centre(x),
+    }
     names = info.get("class_names") or [str(i) for i in range(10)]
     hits = pointing_game(e.values, boxes)
     k = 8
-    imgs = ([x[i, 0].numpy() for i in range(k)]
-            + [overlay(x[i, 0].numpy(), e.extras["stage1_mask"][i].numpy()) for i in range(k)]
-            + [overlay(x[i, 0].numpy(), e.values[i].numpy()) for i in range(k)])
-    titles = ([names[int(y[i])] for i in range(k)] + ["stage 1"] * k
-              + [f"stage 2 {'hit' if hits[i] else 'miss'}" for i in range(k)])
-    section.figures.append(Figure(
-        caption=("canvas-cnn on canvas test images: input with its label (top), the "
-                 "class-agnostic stage-1 mask (middle) and the class-discriminative stage-2 mask "
-                 "(bottom; 'hit' = the mask's maximum lies in the item's exact box). Paper "
-                 f"settings (10 + 70 Adam steps), {per_image:.2f} s per image at batch 16."),
-        png=grid_png(imgs, ncol=k, titles=titles)))
+    imgs = (
+        [x[i, 0].numpy() for i in range(k)]
+        + [overlay(x[i, 0].numpy(), e.extras["stage1_mask"][i].numpy()) for i in range(k)]
+        + [overlay(x[i, 0].numpy(), e.values[i].numpy()) for i in range(k)]
+    )
+    titles = (
+        [names[int(y[i])] for i in range(k)]
+        + ["stage 1"] * k
+        + [f"stage 2 {'hit' if hits[i] else 'miss'}" for i in range(k)]
+    )
+    section.figures.append(
+        Figure(
+            caption=(
+                "canvas-cnn on canvas test images: input with its label (top), the "
+                "class-agnostic stage-1 mask (middle) and the class-discriminative stage-2 mask "
+                "(bottom; 'hit' = the mask's maximum lies in the item's exact box). Paper "
+                f"settings (10 + 70 Adam steps), {per_image:.2f} s per image at batch 16."
+            ),
+            png=grid_png(imgs, ncol=k, titles=titles),
+        )
+    )
     rows = []
     metrics: dict[str, Any] = {}
     for name, s in maps.items():
@@ -84,19 +96,25 @@ def _canvas(section: Section, fast: bool, progress: bool | None) -> None:
             "pointing game": float(pointing_game(s, boxes).mean()),
             "loc. error @0.5": float(localisation_error(s, boxes, 0.5).mean()),
             "deletion AUC": float(deletion_auc(model, x, s, y, baseline="zero", steps=16).mean()),
-            "insertion AUC": float(insertion_auc(model, x, s, y, baseline="blur", blur_sigma=3.0,
-                                                 steps=16).mean()),
+            "insertion AUC": float(
+                insertion_auc(model, x, s, y, baseline="blur", blur_sigma=3.0, steps=16).mean()
+            ),
         }
         metrics[name] = row
         rows.append([name] + [f"{v:.3f}" for v in row.values()])
-    section.tables.append(Table(
-        caption=(f"Localisation and faithfulness on {n} canvas test images (target = label). "
-                 "Pointing game: higher is better; localisation error (box of the largest "
-                 "component >= 0.5 x max, IoU < 0.5): lower; deletion AUC (pixels zeroed in "
-                 "saliency order): lower; insertion AUC (pixels restored into a blurred copy): "
-                 "higher. 16 steps. The full comparison with Captum is in docs/inversion.md."),
-        columns=["method", "pointing game", "loc. error @0.5", "deletion AUC", "insertion AUC"],
-        rows=rows))
+    section.tables.append(
+        Table(
+            caption=(
+                f"Localisation and faithfulness on {n} canvas test images (target = label). "
+                "Pointing game: higher is better; localisation error (box of the largest "
+                "component >= 0.5 x max, IoU < 0.5): lower; deletion AUC (pixels zeroed in "
+                "saliency order): lower; insertion AUC (pixels restored into a blurred copy): "
+                "higher. 16 steps. The full comparison with Captum is in docs/inversion.md."
+            ),
+            columns=["method", "pointing game", "loc. error @0.5", "deletion AUC", "insertion AUC"],
+            rows=rows,
+        )
+    )
     section.metrics["canvas"] = {"n_images": n, "s_per_image_gfi": per_image, "methods": metrics}
 
 
@@ -113,35 +131,56 @@ def _photos(section: Section, fast: bool, progress: bool | None) -> None:
     ph = photos(["coffee"] if fast else ["coffee", "chelsea", "motorcycle", "flower"])
     x = info["preprocess"]([p.image for p in ph])
     s1, s2 = (5, 25) if fast else (10, 70)
-    gfi = GuidedFeatureInversion(model, "_avg_pooling", "_bn1", basis_transform=F.relu6,
-                                 stage1_steps=s1, stage2_steps=s2, batch_size=4,
-                                 progress=progress)
+    gfi = GuidedFeatureInversion(
+        model,
+        "_avg_pooling",
+        "_bn1",
+        basis_transform=F.relu6,
+        stage1_steps=s1,
+        stage2_steps=s2,
+        batch_size=4,
+        progress=progress,
+    )
     t0 = time.perf_counter()
     e = gfi.explain(x)
     dt = time.perf_counter() - t0
     names = info["class_names"]
+    assert e.target is not None
     rgb = [to_rgb(imagenet_deprocess(x[i]).numpy()) for i in range(len(ph))]
     imgs, titles = [], []
     for i in range(len(ph)):
-        imgs += [rgb[i], overlay(rgb[i], e.extras["stage1_mask"][i].numpy()),
-                 overlay(rgb[i], e.values[i].numpy())]
+        imgs += [
+            rgb[i],
+            overlay(rgb[i], e.extras["stage1_mask"][i].numpy()),
+            overlay(rgb[i], e.values[i].numpy()),
+        ]
         p_kept, p_rem = float(e.extras["prob_kept"][i]), float(e.extras["prob_removed"][i])
         titles += [names[int(e.target[i])], "stage 1", f"stage 2: p {p_kept:.2f} / {p_rem:.2f}"]
-    section.figures.append(Figure(
-        caption=("EfficientNet-Lite0 on bundled photos, predicted class: image, stage-1 mask, "
-                 "stage-2 mask with the class probability of the masked image / of the image "
-                 "with the mask blurred out. Basis: the head convolution after ReLU6 (_bn1 + "
-                 f"ReLU6, 7x7), inversion layer: the global average pool. {s1} + {s2} steps, "
-                 f"{dt / len(ph):.1f} s per image."),
-        png=grid_png(imgs, ncol=3, titles=titles, size=2.2)))
+    section.figures.append(
+        Figure(
+            caption=(
+                "EfficientNet-Lite0 on bundled photos, predicted class: image, stage-1 mask, "
+                "stage-2 mask with the class probability of the masked image / of the image "
+                "with the mask blurred out. Basis: the head convolution after ReLU6 (_bn1 + "
+                f"ReLU6, 7x7), inversion layer: the global average pool. {s1} + {s2} steps, "
+                f"{dt / len(ph):.1f} s per image."
+            ),
+            png=grid_png(imgs, ncol=3, titles=titles, size=2.2),
+        )
+    )
     d = deletion_auc(model, x, e.values, e.target, baseline="zero", steps=8, batch_size=16)
     ins = insertion_auc(model, x, e.values, e.target, baseline="blur", steps=8, batch_size=16)
-    section.metrics["photos"] = {"photos": [p.name for p in ph], "s_per_image_gfi": dt / len(ph),
-                                 "deletion_auc": d.tolist(), "insertion_auc": ins.tolist(),
-                                 "steps": [s1, s2]}
+    section.metrics["photos"] = {
+        "photos": [p.name for p in ph],
+        "s_per_image_gfi": dt / len(ph),
+        "deletion_auc": d.tolist(),
+        "insertion_auc": ins.tolist(),
+        "steps": [s1, s2],
+    }
     section.notes.append(
         f"Photos: deletion AUC {float(d.mean()):.3f}, insertion AUC {float(ins.mean()):.3f} "
-        "(8 steps; stage-2 masks).")
+        "(8 steps; stage-2 masks)."
+    )
 
 
 def run(out: Path, fast: bool = True, progress: bool | None = None) -> Section:
@@ -157,5 +196,6 @@ def run(out: Path, fast: bool = True, progress: bool | None = None) -> Section:
         "initialised to 0.1, Adam lr 0.01 (halved every 10 steps in stage 2), gamma = 10, "
         "lambda = 1, delta = 1; omega clamped >= 0 after every step. Images in a batch are "
         "optimised jointly with independent losses, so a batch explains many images for "
-        "little more than the cost of one.")
+        "little more than the cost of one."
+    )
     return section
