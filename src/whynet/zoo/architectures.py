@@ -29,12 +29,12 @@ def conv_block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
 class FashionCNN(nn.Module):
     """Fashion-MNIST classifier: input (B, 1, 28, 28) in [0, 1], output logits (B, 10).
 
-    Layers: ``features.block1`` (32x14x14), ``features.block2`` (64x7x7), ``features.block3``
-    (128x7x7), ``features.block4`` (128x7x7, last conv block), ``pool`` (global average pool),
+    Layers: ``features.block1`` (24x14x14), ``features.block2`` (48x7x7), ``features.block3``
+    (96x7x7), ``features.block4`` (128x7x7, last conv block), ``pool`` (global average pool),
     ``flatten`` (B, 128) and ``head`` = Linear(128, 10).
     """
 
-    def __init__(self, widths: tuple[int, int, int, int] = (32, 64, 128, 128)) -> None:
+    def __init__(self, widths: tuple[int, int, int, int] = (24, 48, 96, 128)) -> None:
         super().__init__()
         w1, w2, w3, w4 = widths
         self.features = nn.Sequential()
@@ -57,12 +57,12 @@ class FashionCNN(nn.Module):
 class CanvasCNN(nn.Module):
     """Classifier of ``whynet.data.canvas`` images: input (B, 1, 64, 64) in [0, 1], logits (B, 10).
 
-    Fully convolutional ``features`` (``block1`` 24x32x32, ``block2`` 48x16x16, ``block3``
-    96x8x8, ``block4`` 128x8x8 = last conv block, ``features.block4.0`` = last conv), then
+    Fully convolutional ``features`` (``block1`` 16x32x32, ``block2`` 32x16x16, ``block3``
+    64x8x8, ``block4`` 128x8x8 = last conv block, ``features.block4.0`` = last conv), then
     ``pool`` (global average pool), ``flatten`` and ``head`` = Linear(128, 10).
     """
 
-    def __init__(self, widths: tuple[int, int, int, int] = (24, 48, 96, 128)) -> None:
+    def __init__(self, widths: tuple[int, int, int, int] = (16, 32, 64, 128)) -> None:
         super().__init__()
         w1, w2, w3, w4 = widths
         self.features = nn.Sequential()

@@ -1,0 +1,396 @@
+"""Deterministic (seeded, CPU) training of whynet's reference models.
+
+Usage: ``python -m whynet.zoo.train NAME [--out DIR]`` with NAME one of :data:`TRAINABLE`.
+Writes ``NAME.safetensors`` and ``NAME.json`` (metrics, sha256, training time, hyperparameters,
+vocabulary) into ``whynet/zoo/weights`` (or ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from whynet.zoo.architectures import CanvasCNN, FashionCNN, SentimentGRU, SmilesRegressor
+
+__all__ = ["train", "TRAINABLE", "save_weights", "sha256_file"]
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+FORMAT_VERSION = 1
+Result = tuple[nn.Module, dict[str, Any], dict[str, Any], dict[str, Any]]
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_weights(model: nn.Module, meta: dict[str, Any], out_dir: str | Path, name: str) -> Path:
+    """Save ``model``'s state dict as safetensors and ``meta`` (+ sha256) as JSON, atomically."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = out / f"{name}.safetensors"
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    _atomic_write(weights, lambda p: save_file(state, p, metadata={"name": name}))
+    meta = dict(meta)
+    meta["format_version"] = FORMAT_VERSION
+    meta["weights_file"] = weights.name
+    meta["sha256"] = sha256_file(weights)
+    meta["size_bytes"] = weights.stat().st_size
+
+    def _write_json(p: str) -> None:
+        with open(p, "w") as fh:
+            json.dump(meta, fh, indent=1, sort_keys=False)
+            fh.write("\n")
+
+    _atomic_write(out / f"{name}.json", _write_json)
+    return weights
+
+
+_THREADS = [1]
+
+
+def _seed(seed: int) -> torch.Generator:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    torch.set_num_threads(_THREADS[0])
+    return torch.Generator().manual_seed(seed)
+
+
+def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
+    perm = torch.randperm(n, generator=gen)
+    return list(perm.split(batch_size))
+
+
+def _onecycle(opt: torch.optim.Optimizer, lr: float, steps: int) -> Any:
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def _shift_flip(x: torch.Tensor, gen: torch.Generator, shift: int, flip: bool) -> torch.Tensor:
+    """Light augmentation: random translation by up to ``shift`` px and horizontal flip."""
+    b, _, h, w = x.shape
+    if shift:
+        padded = F.pad(x, (shift, shift, shift, shift))
+        oy = torch.randint(0, 2 * shift + 1, (b,), generator=gen)
+        ox = torch.randint(0, 2 * shift + 1, (b,), generator=gen)
+        rows = (oy[:, None] + torch.arange(h))[:, :, None]
+        cols = (ox[:, None] + torch.arange(w))[:, None, :]
+        x = padded[torch.arange(b)[:, None, None], 0, rows, cols].unsqueeze(1)
+    if flip:
+        m = torch.rand(b, generator=gen) < 0.5
+        x = torch.where(m[:, None, None, None], x.flip(-1), x)
+    return x
+
+
+def _train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, hp: dict[str, Any],
+                      gen: torch.Generator, augment: Callable[[torch.Tensor], torch.Tensor] | None,
+                      log: Callable[[str], None]) -> None:
+    steps = hp["epochs"] * math.ceil(len(x) / hp["batch_size"])
+    opt = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+    sched = _onecycle(opt, hp["lr"], steps)
+    for epoch in range(hp["epochs"]):
+        model.train()
+        total, t0 = 0.0, time.time()
+        for idx in _batches(len(x), hp["batch_size"], gen):
+            xb = x[idx] if augment is None else augment(x[idx])
+            loss = F.cross_entropy(model(xb), y[idx], label_smoothing=hp.get("label_smoothing", 0.0))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        log(f"epoch {epoch + 1}/{hp['epochs']}: loss {total / len(x):.4f} ({time.time() - t0:.0f} s)")
+
+
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    return float((_predict(model, x).argmax(1) == y).float().mean())
+
+
+def train_fashion_cnn(log: Callable[[str], None], quick: bool = False) -> Result:
+    from whynet.data import fashion_mnist
+
+    hp = {"seed": 0, "epochs": 1 if quick else 5, "batch_size": 128, "lr": 4e-3,
+          "weight_decay": 5e-4, "label_smoothing": 0.05, "optimizer": "AdamW + OneCycle",
+          "augmentation": "random shift <= 2 px, horizontal flip", "widths": [24, 48, 96, 128]}
+    gen = _seed(hp["seed"])
+    x, y = fashion_mnist("train").tensors()
+    xt, yt = fashion_mnist("test").tensors()
+    if quick:
+        x, y = x[:2000], y[:2000]
+    model = FashionCNN(tuple(hp["widths"]))
+    _train_classifier(model, x, y, hp, gen, lambda b: _shift_flip(b, gen, 2, True), log)
+    metrics = {"test_accuracy": _accuracy(model, xt, yt),
+               "test_first1000_accuracy": _accuracy(model, xt[:1000], yt[:1000]),
+               "train_accuracy": _accuracy(model, x, y)}
+    return model, metrics, hp, {"class_names": fashion_mnist("test").class_names}
+
+
+def train_canvas_cnn(log: Callable[[str], None], quick: bool = False) -> Result:
+    from whynet.data import canvas
+
+    hp = {"seed": 0, "epochs": 1 if quick else 3, "batch_size": 128, "lr": 4e-3,
+          "weight_decay": 5e-4, "label_smoothing": 0.05, "optimizer": "AdamW + OneCycle",
+          "augmentation": "horizontal flip", "widths": [16, 32, 64, 128],
+          "data": "canvas('train', size=64, n=30000, seed=0)"}
+    gen = _seed(hp["seed"])
+    n = 2000 if quick else 30000
+    t0 = time.time()
+    x, y = canvas("train", size=64, n=n, seed=0).tensors()
+    xt, yt = canvas("test", size=64, seed=0).tensors()
+    log(f"canvas data generated in {time.time() - t0:.0f} s")
+    model = CanvasCNN(tuple(hp["widths"]))
+    _train_classifier(model, x, y, hp, gen, lambda b: _shift_flip(b, gen, 0, True), log)
+    metrics = {"test_accuracy": _accuracy(model, xt, yt),
+               "test_first1000_accuracy": _accuracy(model, xt[:1000], yt[:1000]),
+               "train_accuracy": _accuracy(model, x[:10000], y[:10000])}
+    return model, metrics, hp, {"class_names": canvas("test", n=10).class_names}
+
+
+def _seq_batch(ids: list[list[int]]) -> torch.Tensor:
+    width = max(1, max(len(s) for s in ids))
+    out = torch.zeros(len(ids), width, dtype=torch.long)
+    for i, s in enumerate(ids):
+        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return out
+
+
+def _trim(x: torch.Tensor) -> torch.Tensor:
+    """Drop all-padding columns at the end of a padded batch."""
+    width = int((x != 0).sum(1).max().clamp_min(1))
+    return x[:, :width]
+
+
+def _fit_sequences(model: nn.Module, sample_epoch: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+                   xv: torch.Tensor, yv: torch.Tensor, hp: dict[str, Any], gen: torch.Generator,
+                   loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                   score: Callable[[torch.Tensor, torch.Tensor], float],
+                   log: Callable[[str], None]) -> dict[str, Any]:
+    """Train for ``hp['epochs']`` epochs, keep the state with the best validation score."""
+    opt = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+    x0, _ = sample_epoch(0)
+    steps = hp["epochs"] * math.ceil(len(x0) / hp["batch_size"])
+    sched = _onecycle(opt, hp["lr"], steps)
+    best: dict[str, Any] = {"score": -math.inf, "epoch": 0, "state": None}
+    for epoch in range(hp["epochs"]):
+        x, y = sample_epoch(epoch)
+        model.train()
+        total, t0 = 0.0, time.time()
+        for idx in _batches(len(x), hp["batch_size"], gen):
+            loss = loss_fn(model(_trim(x[idx])), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), hp.get("clip", 5.0))
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        val = score(_predict(model, xv, 512), yv)
+        if val > best["score"]:
+            best = {"score": val, "epoch": epoch + 1,
+                    "state": {k: v.clone() for k, v in model.state_dict().items()}}
+        log(f"epoch {epoch + 1}/{hp['epochs']}: loss {total / len(x):.4f} val {val:.4f} "
+            f"({time.time() - t0:.0f} s)")
+    model.load_state_dict(best["state"])
+    return {"best_epoch": best["epoch"], "val_score": best["score"]}
+
+
+def _split_val(n: int, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    perm = np.random.default_rng(seed).permutation(n)
+    k = int(round(frac * n))
+    return np.sort(perm[k:]), np.sort(perm[:k])
+
+
+def train_sentiment_gru(log: Callable[[str], None], quick: bool = False) -> Result:
+    from whynet.data.text import rotten_tomatoes
+
+    hp = {"seed": 0, "epochs": 1 if quick else 8, "batch_size": 64, "lr": 3e-3,
+          "weight_decay": 1e-4, "embed_dim": 64, "hidden": 64, "dropout": 0.5, "clip": 5.0,
+          "max_len": 64, "min_freq": 2, "val_fraction": 0.1, "optimizer": "AdamW + OneCycle",
+          "selection": "best validation accuracy (10% of train held out)"}
+    gen = _seed(hp["seed"])
+    train = rotten_tomatoes("train", max_len=hp["max_len"])
+    test = rotten_tomatoes("test", vocab=train.vocab, max_len=hp["max_len"])
+    tr, va = _split_val(len(train), hp["val_fraction"], hp["seed"])
+    if quick:
+        tr = tr[:1000]
+    x, y = train.x[tr], train.y[tr]
+    model = SentimentGRU(len(train.vocab), hp["embed_dim"], hp["hidden"], hp["dropout"])
+    sel = _fit_sequences(model, lambda e: (x, y), train.x[va], train.y[va], hp, gen,
+                         F.cross_entropy, lambda p, t: float((p.argmax(1) == t).float().mean()), log)
+    metrics = {"test_accuracy": _accuracy(model, test.x, test.y),
+               "test_first1000_accuracy": _accuracy(model, test.x[:1000], test.y[:1000]),
+               "val_accuracy": sel["val_score"],
+               "test_majority_baseline": float(max(test.y.float().mean(), 1 - test.y.float().mean()))}
+    hp["best_epoch"] = sel["best_epoch"]
+    return model, metrics, hp, {"class_names": train.class_names, "vocab": train.vocab.itos}
+
+
+def _random_smiles(smiles: list[str], k: int, seed: int) -> list[list[str]]:
+    from rdkit import Chem
+
+    out = []
+    for i, smi in enumerate(smiles):
+        mol = Chem.MolFromSmiles(smi)
+        out.append(list(Chem.MolToRandomSmilesVect(mol, k, randomSeed=seed + i)))
+    return out
+
+
+def _regression_metrics(pred: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    pred, y = pred.reshape(-1).double(), y.reshape(-1).double()
+    ss_res = float(((pred - y) ** 2).sum())
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    return {"r2": 1.0 - ss_res / ss_tot, "rmse": math.sqrt(ss_res / len(y)),
+            "mae": float((pred - y).abs().mean())}
+
+
+def _train_smiles(smiles: list[str], y: torch.Tensor, test_smiles: list[str], yt: torch.Tensor,
+                  hp: dict[str, Any], log: Callable[[str], None]) -> Result:
+    from whynet.data.molecules import encode_smiles, smiles_vocab
+
+    gen = _seed(hp["seed"])
+    vocab = smiles_vocab()
+    tr, va = _split_val(len(smiles), hp["val_fraction"], hp["seed"])
+    tr_smiles = [smiles[i] for i in tr]
+    variants = _random_smiles(tr_smiles, hp["random_smiles"], hp["seed"])
+    ytr = y[tr].float()
+    mean, std = float(ytr.mean()), float(ytr.std())
+    model = SmilesRegressor(len(vocab), hp["embed_dim"], hp["channels"], hp["kernel"],
+                            hp["hidden"], hp["dropout"])
+    model.target_mean.fill_(mean)
+    model.target_std.fill_(std)
+    epoch_x = [encode_smiles(tr_smiles, vocab)] + [
+        encode_smiles([v[j] for v in variants], vocab) for j in range(hp["random_smiles"])
+    ]
+
+    def sample(epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return epoch_x[epoch % len(epoch_x)], ytr
+
+    def loss_fn(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss((pred.reshape(-1) - mean) / std, (target - mean) / std)
+
+    xv = encode_smiles([smiles[i] for i in va], vocab)
+    sel = _fit_sequences(model, sample, xv, y[va].float(), hp, gen, loss_fn,
+                         lambda p, t: _regression_metrics(p, t)["r2"], log)
+    pred = _predict(model, encode_smiles(test_smiles, vocab), 512)
+    m = _regression_metrics(pred, yt)
+    first = _regression_metrics(pred[:200], yt[:200])
+    metrics = {"test_r2": m["r2"], "test_rmse": m["rmse"], "test_mae": m["mae"],
+               "test_first200_r2": first["r2"], "test_first200_rmse": first["rmse"],
+               "val_r2": sel["val_score"], "target_mean": mean, "target_std": std}
+    hp["best_epoch"] = sel["best_epoch"]
+    return model, metrics, hp, {"vocab": vocab.itos}
+
+
+_SMILES_HP = {"seed": 0, "batch_size": 32, "lr": 2e-3, "weight_decay": 1e-4, "embed_dim": 32,
+              "channels": 64, "kernel": 5, "hidden": 64, "dropout": 0.1, "clip": 5.0,
+              "val_fraction": 0.1, "random_smiles": 20, "optimizer": "AdamW + OneCycle",
+              "augmentation": "epoch 0 canonical SMILES, epoch e uses RDKit random SMILES "
+                              "variant (e-1) mod 20 of each molecule",
+              "selection": "best validation R^2 (10% of train held out)"}
+
+
+def train_solubility_smiles(log: Callable[[str], None], quick: bool = False) -> Result:
+    from whynet.data.molecules import solubility
+
+    hp = dict(_SMILES_HP, epochs=2 if quick else 60, target="logS")
+    train, test = solubility("train"), solubility("test")
+    return _train_smiles(train.smiles, train.y, test.smiles, test.y, hp, log)
+
+
+def train_tpsa_smiles(log: Callable[[str], None], quick: bool = False) -> Result:
+    from whynet.data.molecules import nci_molecules
+
+    hp = dict(_SMILES_HP, epochs=2 if quick else 30, batch_size=64, target="TPSA",
+              data="nci_molecules(split, max_len=120, seed=0, test_fraction=0.2)")
+    train, test = nci_molecules("train"), nci_molecules("test")
+    return _train_smiles(train.smiles, train.y, test.smiles, test.y, hp, log)
+
+
+TRAINERS: dict[str, Callable[..., Result]] = {
+    "fashion-cnn": train_fashion_cnn,
+    "canvas-cnn": train_canvas_cnn,
+    "sentiment-gru": train_sentiment_gru,
+    "solubility-smiles": train_solubility_smiles,
+    "tpsa-smiles": train_tpsa_smiles,
+}
+TRAINABLE = sorted(TRAINERS)
+
+TASKS = {"fashion-cnn": "classification", "canvas-cnn": "classification",
+         "sentiment-gru": "classification", "solubility-smiles": "regression",
+         "tpsa-smiles": "regression"}
+
+
+def train(name: str, out_dir: str | Path = WEIGHTS_DIR, quick: bool = False,
+          log: Callable[[str], None] = print, threads: int = 1) -> dict[str, Any]:
+    """Train model ``name`` from scratch (seeded, CPU) and save it; returns the JSON metadata."""
+    if name not in TRAINERS:
+        raise KeyError(f"unknown trainable model {name!r}; choose from {TRAINABLE}")
+    _THREADS[0] = threads
+    torch.set_num_threads(threads)
+    t0 = time.time()
+    model, metrics, hp, extra = TRAINERS[name](log=log, quick=quick)
+    elapsed = time.time() - t0
+    model.eval()
+    meta: dict[str, Any] = {
+        "name": name,
+        "task": TASKS[name],
+        "metrics": {k: round(v, 5) for k, v in metrics.items()},
+        "training_time_s": round(elapsed, 1),
+        "params": sum(p.numel() for p in model.parameters()),
+        "hyperparameters": hp,
+        "trained_with": {"torch": torch.__version__, "python": platform.python_version(),
+                         "threads": torch.get_num_threads(), "device": "cpu", "quick": quick},
+        **extra,
+    }
+    path = save_weights(model, meta, out_dir, name)
+    log(f"{name}: {meta['metrics']} in {elapsed:.0f} s -> {path}")
+    return json.loads((Path(out_dir) / f"{name}.json").read_text())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("name", choices=TRAINABLE)
+    parser.add_argument("--out", default=str(WEIGHTS_DIR), help="output folder")
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run (not for release)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 2)")
+    args = parser.parse_args(argv)
+    train(args.name, args.out, quick=args.quick, log=lambda s: print(s, flush=True),
+          threads=args.threads)
+
+
+if __name__ == "__main__":
+    main()
