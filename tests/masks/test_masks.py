@@ -80,10 +80,12 @@ def token_model() -> nn.Module:
 
 
 def small_image_net() -> nn.Module:
+    torch.manual_seed(0)  # a given network is used as is (not re-initialised by the seed)
     return ImageMaskNet(in_channels=1, width=4, depth=2)
 
 
 def small_seq_net() -> nn.Module:
+    torch.manual_seed(0)
     return SequenceMaskNet(embed_dim=6, hidden=8)
 
 
@@ -174,11 +176,12 @@ def test_sequence_masks_zero_on_padding_and_concentrate_on_key_token(
 def test_mask_size_falls_as_sparsity_grows(img_model: nn.Module) -> None:
     x, _ = region_task(128)
     sizes = []
-    for sparsity in (0.0, 0.3, 3.0):
-        me = MaskExplainer(img_model, "image", small_image_net(), sparsity=sparsity, fill="blur",
-                           lr=2e-2, batch_size=32, seed=0, progress=False).fit(x, epochs=3)
+    for sparsity in (0.0, 0.01, 0.1, 1.0, 10.0):
+        me = MaskExplainer(img_model, "image", small_image_net(), sparsity=sparsity, fill="zero",
+                           lr=5e-2, batch_size=32, seed=0, progress=False).fit(x, epochs=10)
         sizes.append(float(me.explain(x).values.mean()))
-    assert sizes[0] > sizes[1] > sizes[2], sizes
+    assert all(a > b for a, b in zip(sizes, sizes[1:])), sizes
+    assert sizes[0] > 0.9 and sizes[-1] < 0.05, sizes
 
 
 def test_fit_leaves_model_untouched(tok_model: nn.Module) -> None:
@@ -283,3 +286,32 @@ def test_bad_input(img_fitted: MaskExplainer, tok_fitted: MaskExplainer,
         MaskExplainer(model, "sequence", embedding="head").fit(ids)
     with pytest.raises(ValueError, match="not fitted"):
         MaskExplainer(model, "sequence").explain(ids)
+
+
+def test_label_target_and_data_forms(img_model: nn.Module) -> None:
+    x, y = region_task(64)
+    ds = torch.utils.data.TensorDataset(x, y)
+    loader = torch.utils.data.DataLoader(ds, batch_size=16)
+    fits = []
+    for data, labels in ((x, y), (ds, None), (loader, None)):
+        me = MaskExplainer(img_model, "image", small_image_net(), target="label", lr=2e-2,
+                           batch_size=16, progress=False).fit(data, labels, epochs=1)
+        fits.append(me)
+        assert me.history_[0]["fidelity"] >= 0.0
+    # a tensor and a Dataset of the same pairs, same seed: the same shuffled order -> same net
+    a, b = fits[0].explain(x).values, fits[1].explain(x).values
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+def test_explain_is_batch_invariant(img_fitted: MaskExplainer) -> None:
+    x, _ = region_task(10, seed=13)
+    full = img_fitted.explain(x).values
+    bs = img_fitted.batch_size
+    img_fitted.batch_size = 3
+    try:
+        chunked = img_fitted.explain(x).values
+    finally:
+        img_fitted.batch_size = bs
+    torch.testing.assert_close(chunked, full, rtol=0, atol=1e-12)
+    one = img_fitted.explain(x[4:5]).values
+    torch.testing.assert_close(one[0], full[4], rtol=0, atol=1e-12)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from whynet.core import (
     Explainer,
@@ -279,7 +279,8 @@ class MaskExplainer(FittedMixin, Explainer):
             data = data[perm]
             labels = None if labels is None else labels[perm.to(labels.device)]
         elif isinstance(data, Dataset) and not isinstance(data, DataLoader):
-            data = DataLoader(data, batch_size=self.batch_size, shuffle=True, generator=gen)
+            # the same permutation as for a tensor of the same examples
+            data = Subset(data, torch.randperm(len(data), generator=gen).tolist())
         yield from iter_batches(data, labels, batch_size=self.batch_size, need_labels=need,
                                 device=device)
 
