@@ -290,7 +290,7 @@ class PCAEmbed(nn.Module):
     @classmethod
     def fit(cls, x: torch.Tensor, dim: int, seed: int = 0) -> PCAEmbed:
         flat = x.flatten(1).float()
-        mean = flat.double().mean(0).float()
+        mean = flat.mean(0, dtype=torch.float64).float()
         dim = min(dim, flat.shape[0], flat.shape[1])
         with torch.random.fork_rng():  # svd_lowrank draws its sketch from the global generator
             torch.manual_seed(seed)

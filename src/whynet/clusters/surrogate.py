@@ -609,10 +609,10 @@ class ClusterSurrogate(FittedMixin, Explainer):
 
 def _accumulate(stats: dict[str, list[torch.Tensor]], name: str, a: torch.Tensor) -> None:
     """Running per-channel (conv) or per-feature sums for standardisation, in float64."""
-    a64 = a.double()
     dims = (0, 2, 3) if a.dim() == 4 else (0,)
     per = a.shape[0] * (a.shape[2] * a.shape[3] if a.dim() == 4 else 1)
-    s, sq = a64.sum(dims).cpu(), a64.pow(2).sum(dims).cpu()
+    # per-batch sums in float32 (cheap), accumulated across batches in float64
+    s, sq = a.sum(dims).double().cpu(), (a * a).sum(dims).double().cpu()
     if name not in stats:
         stats[name] = [s, sq, torch.tensor(float(per), dtype=torch.float64)]
     else:
