@@ -1,0 +1,396 @@
+"""Representer points: fidelity, dataset debugging and speed, beside dattri and Captum.
+
+Usage::
+
+    python benchmarks/bench_representer.py [fidelity|debug|speed|all] [--quick]
+
+Prints JSON and writes ``benchmarks/results/representer.json`` (one key per experiment; a run
+of one experiment keeps the others' last results). Peak memory is the growth of the process's
+maximum RSS (``resource.getrusage``) over the step, so it is only an upper bound once an
+earlier step went higher; timings are medians over repeats, whynet and its peers timed in the
+same process on the same model and data. The machine is shared: compare ratios, not seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from whynet.representer import RepresenterPoints, augment
+
+RESULTS = Path(__file__).resolve().parent / "results" / "representer.json"
+
+
+# ---- data and models -------------------------------------------------------------------------
+
+def fashion(split: str, n: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    from whynet.data import fashion_mnist
+
+    ds = fashion_mnist(split)
+    x = torch.from_numpy(np.asarray(ds.images)).float().div(255.0).unsqueeze(1)
+    y = torch.as_tensor(np.asarray(ds.labels)).long()
+    if n is not None and n < len(y):
+        idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:n]
+        x, y = x[idx], y[idx]
+    return x, y
+
+
+class SmallCNN(nn.Module):
+    """Two conv blocks, a 64-unit embedding and a linear ``head`` (~55k parameters)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+            nn.Linear(32 * 7 * 7, 32), nn.ReLU())
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def train(x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int = 0,
+          snapshots: bool = False) -> tuple[nn.Module, list[dict[str, torch.Tensor]]]:
+    """Adam 1e-3, batch 128; optionally the state after each epoch (TracIn checkpoints)."""
+    torch.manual_seed(seed)
+    model = SmallCNN()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(seed)
+    states = []
+    for _ in range(epochs):
+        model.train()
+        for idx in torch.randperm(len(y), generator=g).split(128):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+        if snapshots:
+            states.append({k: v.clone() for k, v in model.state_dict().items()})
+    model.eval()
+    return model, states
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    pred = torch.cat([model(x[i:i + 1000]).argmax(1) for i in range(0, len(x), 1000)])
+    return float((pred == y).float().mean())
+
+
+def reference_model(quick: bool) -> tuple[nn.Module, str]:
+    """zoo ``fashion-cnn`` when its weights are shipped, else a SmallCNN trained here."""
+    try:
+        from whynet.zoo import load_model
+
+        model, _ = load_model("fashion-cnn")
+        return model.eval(), "fashion-cnn (zoo)"
+    except Exception as e:  # weights not shipped yet
+        print(f"zoo fashion-cnn unavailable ({type(e).__name__}: {e}); training SmallCNN",
+              file=sys.stderr)
+    cache = Path(tempfile.gettempdir()) / f"whynet_bench_smallcnn_{int(quick)}.pt"
+    model = SmallCNN()
+    if cache.is_file():
+        model.load_state_dict(torch.load(cache, weights_only=True))
+    else:
+        x, y = fashion("train", 20000 if quick else None)
+        model, _ = train(x, y, epochs=1 if quick else 2)
+        torch.save(model.state_dict(), cache)
+    return model.eval(), "SmallCNN trained in the benchmark"
+
+
+class Peak:
+    """Growth of the max RSS (MB) over a block: an upper bound, see the module docstring."""
+
+    def __enter__(self) -> Peak:
+        self.start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - self.start) / 1024
+
+
+def timed(fn: Any, repeats: int) -> tuple[float, list[float], Any]:
+    times, out = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), times, out
+
+
+# ---- 1. fidelity -----------------------------------------------------------------------------
+
+def fidelity(quick: bool) -> dict[str, Any]:
+    """Pearson r between the model's softmax and the decomposition's softmax (paper Sec. 4.1)."""
+    model, name = reference_model(quick)
+    xtr, ytr = fashion("train", 10000 if quick else None)
+    xte, yte = fashion("test", 2000 if quick else None)
+    t = time.perf_counter()
+    rp = RepresenterPoints(model, head="head", batch_size=500).fit(xtr, ytr)
+    fit_s = time.perf_counter() - t
+    fa = augment(rp.features_, torch.float64)
+    w_repr = rp.alpha_.T @ fa  # sum_i alpha_i [f_i, 1]: the decomposition for every test point
+    out: dict[str, Any] = {"model": name, "n_train": len(ytr), "n_test": len(yte),
+                           "fit_s": round(fit_s, 2), "n_iter": rp.n_iter_,
+                           "converged": rp.converged_, "grad_mean": rp.grad_norm_,
+                           "grad_mean0": rp.grad_norm0_}
+    for split, x in (("train", xtr), ("test", xte)):
+        with torch.no_grad():
+            f, outputs = rp._forward(x)
+        model_p = torch.softmax(outputs.double(), 1)
+        dec_p = torch.softmax(augment(f, torch.float64) @ w_repr.T, 1)
+        r = float(np.corrcoef(model_p.flatten().numpy(), dec_p.flatten().numpy())[0, 1])
+        out[f"pearson_{split}"] = round(r, 5)
+        out[f"argmax_agreement_{split}"] = round(float((model_p.argmax(1) == dec_p.argmax(1))
+                                                       .float().mean()), 5)
+    # the blocked sum over training points equals the matrix form on a few test points
+    e = rp.explain(xte[:20])
+    direct = (augment(rp._forward(xte[:20])[0], torch.float64) @ w_repr.T).gather(
+        1, e.target[:, None])[:, 0]
+    out["max_abs_sum_vs_matrix_form"] = float((e.values.sum(1) - direct).abs().max())
+    out["max_abs_sum_vs_finetuned_logit"] = float((e.values.sum(1) - e.extras["logits"]).abs()
+                                                  .max())
+    return out
+
+
+# ---- 2. dataset debugging --------------------------------------------------------------------
+
+def _self_influence_tracin(model: nn.Module, states: list[dict[str, torch.Tensor]],
+                           x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    from captum.influence import TracInCPFast
+
+    def load(m: nn.Module, key: str) -> float:
+        m.load_state_dict(states[int(key)])
+        return 1.0
+
+    tracin = TracInCPFast(model, "head", TensorDataset(x, y), [str(i) for i in range(len(states))],
+                          checkpoints_load_func=load,
+                          loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=500)
+    scores = tracin.self_influence(DataLoader(TensorDataset(x, y), batch_size=500))
+    model.load_state_dict(states[-1])
+    return scores
+
+
+def _self_influence_dattri(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                           chunk: int = 2000) -> torch.Tensor:
+    """dattri RPS self-attribution (its diagonal), computed chunk by chunk of test columns."""
+    from dattri.algorithm import RPSAttributor
+    from dattri.task import AttributionTask
+
+    def loss(pre: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(pre, target)
+
+    task = AttributionTask(loss_func=loss, model=model, checkpoints=model.state_dict())
+    att = RPSAttributor(task, final_linear_layer_name="head", l2_strength=0.003, epoch=3000)
+    train_dl = DataLoader(TensorDataset(x, y), batch_size=500)
+    att.cache(train_dl)
+    diag = []
+    for a in range(0, len(y), chunk):
+        test_dl = DataLoader(TensorDataset(x[a:a + chunk], y[a:a + chunk]), batch_size=500)
+        scores = att.attribute(train_dl, test_dl)  # (n_train, chunk)
+        diag.append(scores[torch.arange(a, a + scores.shape[1]), torch.arange(scores.shape[1])])
+    return torch.cat(diag).abs()
+
+
+def debug(quick: bool) -> dict[str, Any]:
+    """Flip labels, train on the noisy set, rank, check the top fraction, fix, retrain."""
+    from whynet.data.noise import with_noisy_labels
+
+    n = 5000 if quick else 10000
+    epochs = 3 if quick else 4
+    xtr, ytr = fashion("train", n, seed=1)
+    xte, yte = fashion("test", 2000 if quick else None)
+    fractions = [0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5]
+    fix_at = 0.2
+    out: dict[str, Any] = {"n_train": n, "epochs": epochs, "fix_at": fix_at,
+                           "model": "SmallCNN", "noise": {}}
+    for noise in ([0.2] if quick else [0.1, 0.2, 0.4]):
+        noisy = with_noisy_labels(ytr, noise, seed=7, num_classes=10)
+        yn, flipped = noisy.labels, noisy.flipped.bool()
+        model, states = train(xtr, yn, epochs, snapshots=True)
+        res: dict[str, Any] = {"test_acc_noisy": round(accuracy(model, xte, yte), 4)}
+        scores: dict[str, torch.Tensor] = {}
+        secs: dict[str, float] = {}
+        t = time.perf_counter()
+        rp = RepresenterPoints(model, head="head", targets="labels", batch_size=500).fit(xtr, yn)
+        scores["representer"] = rp.global_importance()
+        secs["representer"] = time.perf_counter() - t
+        t = time.perf_counter()
+        rp_m = RepresenterPoints(model, head="head", targets="model", batch_size=500).fit(xtr, yn)
+        scores["representer_model_targets"] = rp_m.global_importance()
+        secs["representer_model_targets"] = time.perf_counter() - t
+        t = time.perf_counter()
+        with torch.no_grad():
+            scores["loss"] = nn.functional.cross_entropy(
+                torch.cat([model(xtr[i:i + 1000]) for i in range(0, n, 1000)]), yn,
+                reduction="none")
+        secs["loss"] = time.perf_counter() - t
+        scores["random"] = torch.rand(n, generator=torch.Generator().manual_seed(3))
+        peers = {"captum_tracincpfast": (_self_influence_tracin, (model, states, xtr, yn)),
+                 "dattri_rps": (_self_influence_dattri, (model, xtr, yn))}
+        for name, (fn, fn_args) in peers.items():
+            t = time.perf_counter()
+            try:
+                scores[name] = fn(*fn_args)
+            except Exception as e:  # report, keep going
+                res[f"{name}_error"] = f"{type(e).__name__}: {e}"[:300]
+            secs[name] = time.perf_counter() - t
+        res["seconds"] = {k: round(v, 2) for k, v in secs.items()}
+        found, acc = {}, {}
+        for name, s in scores.items():
+            order = torch.argsort(s.double(), descending=True, stable=True)
+            found[name] = [round(float(flipped[order[:int(f * n)]].sum() / flipped.sum()), 4)
+                           for f in fractions]
+            fixed = yn.clone()
+            checked = order[:int(fix_at * n)]
+            fixed[checked] = ytr[checked]  # checking a label reveals the true one
+            acc[name] = round(accuracy(train(xtr, fixed, epochs)[0], xte, yte), 4)
+        res["fraction_flipped_found"] = {"checked": fractions, **found}
+        res["test_acc_after_fixing"] = acc
+        res["test_acc_all_fixed"] = round(accuracy(train(xtr, ytr, epochs)[0], xte, yte), 4)
+        out["noise"][str(noise)] = res
+        print(json.dumps({str(noise): res}), file=sys.stderr)
+    return out
+
+
+# ---- 3. speed --------------------------------------------------------------------------------
+
+def speed(quick: bool) -> dict[str, Any]:
+    """fit + explain 1,000 test points over the training set, whynet vs dattri vs Captum."""
+    model, name = reference_model(quick)
+    xtr, ytr = fashion("train", 10000 if quick else None)
+    xte, yte = fashion("test", 200 if quick else 1000)
+    repeats = 1 if quick else 2
+    out: dict[str, Any] = {"model": name, "n_train": len(ytr), "n_test": len(yte),
+                           "threads": torch.get_num_threads(), "repeats": repeats,
+                           "memory": "growth of max RSS (upper bound)"}
+
+    def ours() -> torch.Tensor:
+        rp = RepresenterPoints(model, head="head", batch_size=500).fit(xtr, ytr)
+        return rp.explain(xte).values
+
+    with Peak() as pk:
+        med, times, values = timed(ours, repeats)
+    out["whynet"] = {"fit_explain_s": round(med, 2), "runs": [round(t, 2) for t in times],
+                     "peak_rss_mb": round(pk.mb)}
+    rp = RepresenterPoints(model, head="head", batch_size=500).fit(xtr, ytr)
+    f_te = rp._forward(xte)[0]
+    cls = rp._classes(model(xte[:1]).detach(), "predicted")
+    one = f_te[:1]
+    med1, _, _ = timed(lambda: rp.values_features(one, cls), 20)
+    out["whynet"]["per_test_point_ms_given_features"] = round(med1 * 1000, 3)
+    del values
+
+    # dattri RPSAttributor: cache (fit) + attribute (explain)
+    def dattri_run() -> torch.Tensor:
+        from dattri.algorithm import RPSAttributor
+        from dattri.task import AttributionTask
+
+        task = AttributionTask(loss_func=lambda p, t: nn.functional.cross_entropy(p, t),
+                               model=model, checkpoints=model.state_dict())
+        att = RPSAttributor(task, final_linear_layer_name="head", l2_strength=0.003, epoch=3000)
+        train_dl = DataLoader(TensorDataset(xtr, ytr), batch_size=500)
+        att.cache(train_dl)
+        return att.attribute(train_dl, DataLoader(TensorDataset(xte, yte), batch_size=500))
+
+    try:
+        with Peak() as pk:
+            med, times, _ = timed(dattri_run, repeats)
+        out["dattri_rps"] = {"fit_explain_s": round(med, 2), "runs": [round(t, 2) for t in times],
+                             "peak_rss_mb": round(pk.mb)}
+        out["ratio_dattri_over_whynet"] = round(med / out["whynet"]["fit_explain_s"], 2)
+    except Exception as e:
+        out["dattri_rps"] = {"error": f"{type(e).__name__}: {e}"[:300]}
+
+    # Captum TracInCPFast, one checkpoint (the final model), influence scores for every pair
+    def captum_run() -> torch.Tensor:
+        from captum.influence import TracInCPFast
+
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+
+        def load(m: nn.Module, key: str) -> float:
+            m.load_state_dict(state)
+            return 1.0
+
+        tr = TracInCPFast(model, "head", TensorDataset(xtr, ytr), ["final"],
+                          checkpoints_load_func=load,
+                          loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=500)
+        return tr.influence((xte, yte))
+
+    try:
+        with Peak() as pk:
+            med, times, _ = timed(captum_run, 1)
+        out["captum_tracincpfast_1ckpt"] = {"fit_explain_s": round(med, 2),
+                                            "peak_rss_mb": round(pk.mb)}
+        out["ratio_captum_over_whynet"] = round(med / out["whynet"]["fit_explain_s"], 2)
+    except Exception as e:
+        out["captum_tracincpfast_1ckpt"] = {"error": f"{type(e).__name__}: {e}"[:300]}
+
+    out["simulated_1m"] = simulated_million(rp, f_te, quick)
+    return out
+
+
+def simulated_million(rp: RepresenterPoints, f_te: torch.Tensor, quick: bool) -> dict[str, Any]:
+    """n = 1M memory-mapped float32 features (the real ones tiled, jittered), blocked values."""
+    n = 200_000 if quick else 1_000_000
+    d = rp.features_.shape[1]
+    path = Path(tempfile.gettempdir()) / f"whynet_bench_rp_{n}.npy"
+    if not path.is_file():
+        mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, d))
+        rng = np.random.default_rng(0)
+        base = rp.features_.numpy()
+        for a in range(0, n, len(base)):
+            b = min(n, a + len(base))
+            mm[a:b] = base[: b - a] + rng.normal(0, 0.01, (b - a, d)).astype(np.float32)
+        mm.flush()
+        del mm
+    big = RepresenterPoints(rp.model, head="head", block_size=131072)
+    big.features_ = torch.from_numpy(np.load(path, mmap_mode="c"))
+    reps = n // len(rp.alpha_) + 1
+    big.alpha_ = rp.alpha_.repeat(reps, 1)[:n] / reps
+    big.weight_, big.labels_ = rp.weight_, None
+    cls = torch.zeros(len(f_te), dtype=torch.long)
+    res: dict[str, Any] = {"n": n, "storage": "np.load(mmap_mode='c') float32, page cache warm"}
+    for kdt in (torch.float64, torch.float32):
+        big.kernel_dtype = kdt
+        big.values_features(f_te[:1], cls[:1])  # warm the page cache
+        with Peak() as pk:
+            med1, _, _ = timed(lambda: big.values_features(f_te[:1], cls[:1]), 5)
+            med64, _, _ = timed(lambda: big.values_features(f_te[:64], cls[:64]), 2)
+        res[f"kernel_{str(kdt)[6:]}"] = {"one_point_ms": round(med1 * 1000, 1),
+                                         "batch64_ms_per_point": round(med64 * 1000 / 64, 2),
+                                         "rss_growth_mb": round(pk.mb)}
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("what", nargs="?", default="all", choices=["fidelity", "debug", "speed", "all"])
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    for name, fn in (("fidelity", fidelity), ("debug", debug), ("speed", speed)):
+        if args.what in (name, "all"):
+            t = time.perf_counter()
+            results[name] = fn(args.quick)
+            results[name]["quick"] = args.quick
+            results[name]["wall_s"] = round(time.perf_counter() - t, 1)
+            print(json.dumps({name: results[name]}, indent=1))
+            RESULTS.parent.mkdir(parents=True, exist_ok=True)
+            RESULTS.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
