@@ -138,6 +138,11 @@ def speed_case(name: str, model, layer, x, steps, batch_size, captum_chunk, repe
     for bs in extra:
         rows[f"whynet InternalInfluence (batch_size={bs})"] = (
             lambda bs=bs: run_ours(model, layer, x, target, steps, bs))
+    # warm-up (oneDNN primitives, allocator pools) on a slice, for every method alike
+    run_ours(model, layer, x[:captum_chunk], target[:captum_chunk], 2, batch_size)
+    for kind in ("internal_influence", "conductance"):
+        run_captum(kind, model, layer, x[:captum_chunk], target[:captum_chunk], 2, None,
+                   captum_chunk)
     times: dict[str, list[float]] = {k: [] for k in rows}
     results: dict[str, torch.Tensor] = {}
     for _ in range(repeats):  # interleaved so machine load hits every method alike
