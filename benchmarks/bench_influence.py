@@ -245,7 +245,9 @@ def part_memory(quick: bool) -> list[dict[str, Any]]:
                          "peak_rss_growth_mb": round(r["peak_mb"], 1),
                          "time_s": round(r["time_s"], 3)})
             print(json.dumps(rows[-1]), file=sys.stderr)
-    return [{"case": "fashion-cnn", "layer": FASHION_LAYER, "whynet_batch_size": 64,
+    _, info = fashion()
+    return [{"case": "fashion-cnn", "weights": info.get("weights", "zoo"),
+             "layer": FASHION_LAYER, "whynet_batch_size": 64,
              "captum": "defaults (internal_batch_size=None)",
              "measure": "VmHWM - VmRSS after setup, KiB->MiB, fresh subprocess per row",
              "rows": rows}]
