@@ -14,6 +14,8 @@ Parts (``--only``):
 - ``speed``: time of whynet vs Captum ``InternalInfluence`` / ``LayerConductance`` on the same
   model, layer, inputs and steps (fashion-cnn 1,000 inputs x 50 steps; efficientnet-lite0
   8 photos x 32 steps), medians over repeats, interleaved, same process; max |difference|.
+- ``figures``: the tour's figures/tables (comparative channels, EfficientNet-Lite0 channels)
+  as PNG files under ``benchmarks/results/influence_figures/``.
 - ``memory``: peak RSS growth (VmHWM from /proc, each configuration in a fresh subprocess,
   above the RSS after setup) as steps go 16 -> 256.
 
@@ -319,8 +321,25 @@ def part_comparative(quick: bool) -> dict[str, Any]:
             "pairs": out}
 
 
+def part_figures(quick: bool) -> dict[str, Any]:
+    """Neuron visualisations for the comparative pairs and EfficientNet (PNG files)."""
+    from whynet.tour import influence as tour
+
+    folder = OUT.parent / "influence_figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    sec = tour.run(folder, fast=quick, progress=False)
+    files = []
+    for i, fig in enumerate(sec.figures):
+        if fig.png is not None:
+            path = folder / f"figure{i + 1}.png"
+            path.write_bytes(fig.png)
+            files.append({"file": str(path.relative_to(ROOT)), "caption": fig.caption})
+    tables = [{"caption": t.caption, "columns": t.columns, "rows": t.rows} for t in sec.tables]
+    return {"figures": files, "tables": tables, "notes": sec.notes}
+
+
 PARTS = {"classes": part_classes, "essence": part_essence, "comparative": part_comparative,
-         "speed": part_speed, "memory": part_memory}
+         "figures": part_figures, "speed": part_speed, "memory": part_memory}
 
 
 def main() -> None:
