@@ -255,29 +255,42 @@ def part_photos(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def part_speed(args: argparse.Namespace) -> dict[str, Any]:
-    from whynet.data.canvas import canvas
+def _speed_model(name: str, zoo_dir: str | None) -> tuple[nn.Module, str]:
     from whynet.zoo import load_model
+    from whynet.zoo.architectures import CanvasCNN, FashionCNN
+
+    try:
+        return load_model(name, weights_dir=zoo_dir if name == "canvas-cnn" else None)[0], "zoo"
+    except FileNotFoundError:  # timing does not depend on the weights' values: same architecture
+        torch.manual_seed(0)
+        arch = CanvasCNN() if name == "canvas-cnn" else FashionCNN()
+        return arch.eval(), "random init (zoo weights not found)"
+
+
+def part_speed(args: argparse.Namespace) -> dict[str, Any]:
+    """Images per second at batch 1 vs 16, same 16 images, interleaved repeats."""
+    from whynet.data import fashion_mnist
+    from whynet.data.canvas import canvas
 
     out: dict[str, Any] = {}
-    try:
-        model, _ = load_model("canvas-cnn", weights_dir=args.zoo_dir)
-        out["weights"] = "zoo"
-    except FileNotFoundError:  # timing does not depend on the weights' values: same architecture
-        from whynet.zoo.architectures import CanvasCNN
-
-        torch.manual_seed(0)
-        model, out["weights"] = CanvasCNN().eval(), "random init (zoo weights not found)"
-    x, y = canvas("test", n=16).tensors()
-    for bs in (1, 16):
-        gfi = GuidedFeatureInversion(model, "pool", "features.block4", batch_size=bs)
-        runs = []
+    for name in ("canvas-cnn", "fashion-cnn"):
+        model, weights = _speed_model(name, args.zoo_dir)
+        ds = canvas("test", n=16) if name == "canvas-cnn" else fashion_mnist("test")
+        x, y = (t[:16] for t in ds.tensors())
+        runs: dict[int, list[float]] = {1: [], 16: []}
         for _ in range(args.repeats):
-            _, dt, _ = measured(lambda gfi=gfi: gfi.explain(x, y).values)
-            runs.append(dt)
-        med = statistics.median(runs)
-        out[f"batch_{bs}"] = {"s_runs": [round(r, 3) for r in runs], "images_per_s": 16 / med}
-    out["speedup"] = out["batch_16"]["images_per_s"] / out["batch_1"]["images_per_s"]
+            for bs in (1, 16):
+                gfi = GuidedFeatureInversion(model, "pool", "features.block4", batch_size=bs)
+                _, dt, _ = measured(lambda gfi=gfi, x=x, y=y: gfi.explain(x, y).values)
+                runs[bs].append(dt)
+        row: dict[str, Any] = {"weights": weights, "input": list(x.shape[1:])}
+        for bs, r in runs.items():
+            row[f"batch_{bs}"] = {
+                "s_runs": [round(v, 3) for v in r],
+                "images_per_s": 16 / statistics.median(r),
+            }
+        row["speedup"] = row["batch_16"]["images_per_s"] / row["batch_1"]["images_per_s"]
+        out[name] = row
     return out
 
 
