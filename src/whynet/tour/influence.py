@@ -139,7 +139,7 @@ def _effnet(sec: Section, progress: bool | None) -> None:
     for i, p in enumerate(ph):
         rows.append([p.name, classes[int(pred[i])], ", ".join(map(str, idx[i].tolist()))])
         for c in idx[i].tolist():
-            heat, _ = visualize_neuron(model, EFF_LAYER, c, x[i:i + 1], blur=4.0,
+            heat, _ = visualize_neuron(model, EFF_LAYER, c, x[i:i + 1], blur=8.0,
                                        percentile=0.8, progress=progress)
             images.append(overlay(x[i], heat[0], alpha=0.5))
             titles.append(f"{p.name}: ch {c}")
