@@ -190,3 +190,12 @@ def test_guard_never_returns_an_all_zero_omega() -> None:
     e = GuidedFeatureInversion(small(), "5", "4", **FAST).explain(images(2))
     assert bool((e.extras["omega"] > 0).any(1).all())
     assert bool((e.extras["omega_stage1"] > 0).any(1).all())
+
+
+def test_registry_and_top_level_export() -> None:
+    import whynet
+    from whynet.registry import get_explainer
+
+    assert get_explainer("inversion") is GuidedFeatureInversion
+    assert whynet.GuidedFeatureInversion is GuidedFeatureInversion
+    assert GuidedFeatureInversion.method == "inversion"
