@@ -14,23 +14,15 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import hook_count
+from tests.conftest import TinyCNN, hook_count
 from whynet.registry import get_explainer, list_explainers
 
 
-class BoomCNN(nn.Module):
-    """A tiny CNN whose forward can be made to raise after its first layer."""
+class BoomCNN(TinyCNN):
+    """The tiny CNN, able to raise after its first layer."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 4, 3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(4, 6, 3, padding=1),
-            nn.ReLU(),
-        )
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(6, 3)
         self.boom = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
