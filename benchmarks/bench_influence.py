@@ -140,15 +140,18 @@ def speed_case(name: str, model, layer, x, steps, batch_size, captum_chunk, repe
     for bs in extra:
         rows[f"whynet InternalInfluence (batch_size={bs})"] = (
             lambda bs=bs: run_ours(model, layer, x, target, steps, bs))
-    # warm-up (oneDNN primitives, allocator pools) on a slice, for every method alike
-    run_ours(model, layer, x[:captum_chunk], target[:captum_chunk], 2, batch_size)
+    # warm-up at full pass size (oneDNN primitives, allocator pools grown): otherwise the
+    # first method timed pays the page faults of the largest buffers
+    xs, ts = x[:captum_chunk], target[:captum_chunk]
+    run_ours(model, layer, xs, ts, steps, max(batch_size, *extra, len(xs) * steps))
     for kind in ("internal_influence", "conductance"):
-        run_captum(kind, model, layer, x[:captum_chunk], target[:captum_chunk], 2, None,
-                   captum_chunk)
+        run_captum(kind, model, layer, xs, ts, steps, captum_ibs, captum_chunk)
     times: dict[str, list[float]] = {k: [] for k in rows}
     results: dict[str, torch.Tensor] = {}
-    for _ in range(repeats):  # interleaved so machine load hits every method alike
-        for k, fn in rows.items():
+    names = list(rows)
+    for rep in range(repeats):  # interleaved, order rotated: load and warm-up hit all alike
+        for k in names[rep % len(names):] + names[:rep % len(names)]:
+            fn = rows[k]
             t, out = timed(fn)
             times[k].append(t)
             results[k] = out
