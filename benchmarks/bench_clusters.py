@@ -95,7 +95,7 @@ def fashion(args: argparse.Namespace, res: dict[str, Any]) -> dict[str, ClusterS
     from whynet.data import fashion_mnist
     from whynet.zoo import load_model
 
-    model, info = load_model("fashion-cnn")
+    model, info = load_model("fashion-cnn", weights_dir=args.weights_dir)
     xtr, ytr = fashion_mnist("train").tensors()
     xte, yte = fashion_mnist("test").tensors()
     if args.quick:
@@ -177,7 +177,7 @@ def sentiment(args: argparse.Namespace, res: dict[str, Any]) -> None:
     from whynet.data.text import rotten_tomatoes
     from whynet.zoo import load_model
 
-    model, info = load_model("sentiment-gru")
+    model, info = load_model("sentiment-gru", weights_dir=args.weights_dir)
     tr = rotten_tomatoes("train", vocab=info["vocab"])
     te = rotten_tomatoes("test", vocab=info["vocab"])
     out: dict[str, Any] = {"n_train": len(tr), "n_test": len(te),
@@ -281,6 +281,7 @@ def main() -> None:
     ap.add_argument("--idec-iter", type=int, default=420)
     ap.add_argument("--tmp", default="/tmp/whynet-bench-clusters")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--weights-dir", default=None, help="zoo weights folder (default: bundled)")
     args = ap.parse_args()
     if args.quick:
         args.idec_points, args.pretrain_epochs, args.idec_iter = 3000, 2, 140

@@ -202,7 +202,7 @@ class ActivationStore:
         out: dict[str, np.ndarray] = {}
         for name, shape in self.shapes.items():
             if self.folder is None:
-                out[name] = np.concatenate(self.chunks[name])
+                out[name] = np.concatenate(self.chunks.pop(name))  # free chunks as we go
             else:
                 self.files[name].close()
                 out[name] = np.memmap(self.paths[name], dtype=np.float32, mode="r",

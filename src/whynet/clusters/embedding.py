@@ -80,13 +80,13 @@ def kmeans(x: np.ndarray, k: int, *, n_init: int = 10, seed: int = 0, max_iter: 
 class ConvAE(nn.Module):
     """Convolutional autoencoder of a ``(C, H, W)`` activation map (Liu & Arik's embedding).
 
-    Encoder: conv ``widths`` (default 32/64/128), stride 2, kernels 5/5/3 with 'same'-style
+    Encoder: conv ``widths`` (default 32/64/128), stride 2, 3x3 kernels with 'same'-style
     padding, ReLU; dense to ``embed_dim``; L2-normalised to ``radius``. The decoder mirrors it
     with transposed convolutions whose output padding restores the exact input size.
     """
 
     def __init__(self, in_shape: Sequence[int], embed_dim: int = 20,
-                 widths: Sequence[int] = (32, 64, 128), kernels: Sequence[int] = (5, 5, 3),
+                 widths: Sequence[int] = (32, 64, 128), kernels: Sequence[int] = (3, 3, 3),
                  radius: float = 8.0) -> None:
         super().__init__()
         c, h, w = (int(v) for v in in_shape)

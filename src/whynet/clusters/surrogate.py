@@ -275,7 +275,7 @@ class ClusterSurrogate(FittedMixin, Explainer):
         mean_t = mean.float().view(view).to(device)
         std_t = std.float().view(view).to(device)
         sample = np.arange(n) if fit_idx is None else fit_idx
-        x_fit = (torch.from_numpy(np.array(arr[sample])).to(device) - mean_t) / std_t
+        x_fit = torch.from_numpy(np.array(arr[sample])).to(device).sub_(mean_t).div_(std_t)
         torch.manual_seed(self.seed + li)
         history: dict[str, list[float]] = {}
         embedder: nn.Module
@@ -284,7 +284,7 @@ class ClusterSurrogate(FittedMixin, Explainer):
             if len(shape) == 3:
                 ae = ConvAE(shape, self.embed_dim, radius=self.idec.radius)
                 config = {"kind": "conv", "in_shape": list(shape), "embed_dim": self.embed_dim,
-                          "widths": [32, 64, 128], "kernels": [5, 5, 3],
+                          "widths": [32, 64, 128], "kernels": [3, 3, 3],
                           "radius": self.idec.radius}
             else:
                 ae = DenseAE(shape[0], self.embed_dim, radius=self.idec.radius)
@@ -300,8 +300,8 @@ class ClusterSurrogate(FittedMixin, Explainer):
         del x_fit
         embedder.eval()
         emb = torch.cat([
-            encode_all(embedder, (torch.from_numpy(np.array(arr[i:i + 4096])).to(device)
-                                  - mean_t) / std_t)
+            encode_all(embedder, torch.from_numpy(np.array(arr[i:i + 4096])).to(device)
+                       .sub_(mean_t).div_(std_t))
             for i in range(0, n, 4096)
         ])
         if centres is None:
