@@ -48,23 +48,35 @@ EFFNET_LAYER = "_blocks.15"
 
 # ------------------------------------------------------------------------------- setup
 ALLOW_UNTRAINED = os.environ.get("WHYNET_BENCH_UNTRAINED") == "1"
+STANDIN = os.environ.get("WHYNET_BENCH_FASHION_WEIGHTS")  # a state_dict, zoo architecture
+ZOO_WIDTHS = (24, 48, 96, 128)
 
 
 def fashion() -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The zoo's fashion-cnn; with WHYNET_BENCH_UNTRAINED=1 and no weights, the same
-    architecture untrained (timings and equality only; recorded in the output)."""
+    """The zoo's fashion-cnn. While its weights are missing: a stand-in state_dict of the same
+    architecture (WHYNET_BENCH_FASHION_WEIGHTS), or untrained (WHYNET_BENCH_UNTRAINED=1, timings
+    and equality only); either is recorded in the output as ``weights``."""
     from whynet.zoo import load_model
+    from whynet.zoo.architectures import FashionCNN
 
     try:
         model, info = load_model("fashion-cnn")
     except FileNotFoundError:
+        if STANDIN:
+            model = FashionCNN(ZOO_WIDTHS)
+            model.load_state_dict(torch.load(STANDIN, weights_only=True))
+            meta = Path(STANDIN).with_name("meta.json")
+            extra = json.loads(meta.read_text()) if meta.exists() else {}
+            return model.eval(), {"weights": f"STAND-IN {STANDIN} {extra}"}
         if not ALLOW_UNTRAINED:
             raise
-        from whynet.zoo.architectures import FashionCNN
-
         torch.manual_seed(0)
-        return FashionCNN().eval(), {"weights": "UNTRAINED (zoo weights missing)"}
+        return FashionCNN(ZOO_WIDTHS).eval(), {"weights": "UNTRAINED (zoo weights missing)"}
     return model.eval(), info
+
+
+def _weights_tag() -> str:
+    return str(fashion()[1].get("weights", "zoo"))
 
 
 def fashion_data(split: str, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -264,7 +276,8 @@ def part_classes(quick: bool) -> dict[str, Any]:
     xtr, ytr, names = fashion_data("train", 6000 if quick else 20000)
     xte, yte, _ = fashion_data("test", 1000 if quick else 10000)
     k = 5
-    res: dict[str, Any] = {"layer": FASHION_LAYER, "reduce": "sum", "k": k, "classes": []}
+    res: dict[str, Any] = {"layer": FASHION_LAYER, "reduce": "sum", "k": k, "classes": [],
+                           "weights": _weights_tag()}
     expl = InternalInfluence(model, FASHION_LAYER, batch_size=256)
     for c in range(10):
         cw = InternalInfluence(model, FASHION_LAYER, qoi=c, batch_size=256).explain_dataset(
@@ -302,7 +315,8 @@ def part_essence(quick: bool) -> dict[str, Any]:
                                                            else v for k, v in row.items()}})
             print(json.dumps(rows[-1]), file=sys.stderr)
         _partial("essence", {"rows": rows})
-    return {"layer": FASHION_LAYER, "ablation": "zero", "influence_data": "train subset",
+    return {"layer": FASHION_LAYER, "ablation": "zero", "influence_data": f"train ({len(xtr)})",
+            "weights": _weights_tag(),
             "eval": f"test ({len(xte)})", "rows": rows}
 
 
@@ -321,6 +335,7 @@ def part_comparative(quick: bool) -> dict[str, Any]:
                     "channels_for_second": neg.tolist(),
                     "scores_second": [round(-float(s), 4) for s in sn]})
     return {"layer": FASHION_LAYER, "qoi": "y[a] - y[b]", "doi": "train examples of a and b",
+            "weights": _weights_tag(),
             "pairs": out}
 
 
