@@ -341,11 +341,20 @@ def part_comparative(quick: bool) -> dict[str, Any]:
 
 def part_figures(quick: bool) -> dict[str, Any]:
     """Neuron visualisations for the comparative pairs and EfficientNet (PNG files)."""
+    import whynet.zoo as zoo
     from whynet.tour import influence as tour
 
     folder = OUT.parent / "influence_figures"
     folder.mkdir(parents=True, exist_ok=True)
-    sec = tour.run(folder, fast=quick, progress=False)
+    original = zoo.load_model
+    model, info = fashion()
+    if "weights" in info:  # zoo weights missing: the tour gets the same stand-in
+        zoo.load_model = lambda name, *a, **k: (  # type: ignore[assignment]
+            (model, info) if name == "fashion-cnn" else original(name, *a, **k))
+    try:
+        sec = tour.run(folder, fast=quick, progress=False)
+    finally:
+        zoo.load_model = original
     files = []
     for i, fig in enumerate(sec.figures):
         if fig.png is not None:
@@ -353,7 +362,8 @@ def part_figures(quick: bool) -> dict[str, Any]:
             path.write_bytes(fig.png)
             files.append({"file": str(path.relative_to(ROOT)), "caption": fig.caption})
     tables = [{"caption": t.caption, "columns": t.columns, "rows": t.rows} for t in sec.tables]
-    return {"figures": files, "tables": tables, "notes": sec.notes}
+    return {"figures": files, "tables": tables, "notes": sec.notes, "metrics": sec.metrics,
+            "weights": str(info.get("weights", "zoo"))}
 
 
 PARTS = {"classes": part_classes, "essence": part_essence, "comparative": part_comparative,
