@@ -150,9 +150,9 @@ def _molecules(section: Section, fast: bool) -> None:
     section.metrics["tpsa_atom_auc"] = auc
     section.notes.append(
         f"Ground truth on {len(aucs)} held-out NCI molecules: ROC AUC of the tpsa-smiles mask "
-        f"(per atom) for the atoms that carry TPSA = {auc:.3f} (0.5 = chance). TPSA "
-        "contributions sit exactly on N, O (and some S, P) atoms, so this checks that the mask "
-        "finds them, not that it discovers anything subtle.")
+        f"(per atom) for the atoms that carry TPSA = {auc:.3f} (0.5 = chance). RDKit's TPSA "
+        "counts N and O atoms only, so this checks that the mask finds them, not that it "
+        "discovers anything subtle.")
 
 
 def _table(section: Section) -> None:
