@@ -187,6 +187,11 @@ def main(argv: list[str] | None = None) -> None:
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+        record_path = Path(args.out) / f"{args.name}.json"
+        if record_path.is_file():  # keep the sweep beside the shipped explainer (the tour shows it)
+            record = json.loads(record_path.read_text())
+            record["sweep"] = rows
+            record_path.write_text(json.dumps(record, indent=1) + "\n")
         return
     me, record = train_explainer(args.name, args.sparsity, args.epochs, args.n,
                                  zoo_dir=args.zoo_dir)
