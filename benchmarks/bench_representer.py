@@ -62,11 +62,29 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
+class SmallMLP(nn.Module):
+    """784-128-32 MLP and a linear ``head``: cheap enough to retrain many times."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(),
+                                      nn.Linear(128, 32), nn.ReLU())
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
 def train(x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int = 0,
-          snapshots: bool = False) -> tuple[nn.Module, list[dict[str, torch.Tensor]]]:
+          snapshots: bool = False, arch: type[nn.Module] = SmallCNN,
+          ) -> tuple[nn.Module, list[dict[str, torch.Tensor]]]:
     """Adam 1e-3, batch 128; optionally the state after each epoch (TracIn checkpoints)."""
     torch.manual_seed(seed)
-    model = SmallCNN()
+    model = arch()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(seed)
     states = []
@@ -104,8 +122,9 @@ def reference_model(quick: bool) -> tuple[nn.Module, str]:
     if cache.is_file():
         model.load_state_dict(torch.load(cache, weights_only=True))
     else:
-        x, y = fashion("train", 20000 if quick else None)
-        model, _ = train(x, y, epochs=1 if quick else 2)
+        x, y = fashion("train", 10000 if quick else 20000)
+        model, _ = train(x, y, epochs=1)
+        log("trained SmallCNN for the benchmark")
         torch.save(model.state_dict(), cache)
     return model.eval(), "SmallCNN trained in the benchmark"
 
@@ -204,22 +223,24 @@ def _self_influence_dattri(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     return torch.cat(diag).abs()
 
 
-def debug(quick: bool) -> dict[str, Any]:
+def debug(quick: bool, noises: list[float] | None = None, n: int | None = None) -> dict[str, Any]:
     """Flip labels, train on the noisy set, rank, check the top fraction, fix, retrain."""
     from whynet.data.noise import with_noisy_labels
 
-    n = 5000 if quick else 10000
-    epochs = 3 if quick else 4
+    n = n or (5000 if quick else 10000)
+    epochs = 5
+    arch = SmallMLP
     xtr, ytr = fashion("train", n, seed=1)
     xte, yte = fashion("test", 2000 if quick else None)
     fractions = [0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5]
     fix_at = 0.2
     out: dict[str, Any] = {"n_train": n, "epochs": epochs, "fix_at": fix_at,
-                           "model": "SmallCNN", "noise": {}}
-    for noise in ([0.2] if quick else [0.1, 0.2, 0.4]):
+                           "model": "SmallMLP 784-128-32-10", "noise": {}}
+    for noise in noises or ([0.2] if quick else [0.1, 0.2, 0.4]):
         noisy = with_noisy_labels(ytr, noise, seed=7, num_classes=10)
         yn, flipped = noisy.labels, noisy.flipped.bool()
-        model, states = train(xtr, yn, epochs, snapshots=True)
+        model, states = train(xtr, yn, epochs, snapshots=True, arch=arch)
+        log(f"noise {noise}: trained")
         res: dict[str, Any] = {"test_acc_noisy": round(accuracy(model, xte, yte), 4)}
         scores: dict[str, torch.Tensor] = {}
         secs: dict[str, float] = {}
@@ -247,7 +268,11 @@ def debug(quick: bool) -> dict[str, Any]:
             except Exception as e:  # report, keep going
                 res[f"{name}_error"] = f"{type(e).__name__}: {e}"[:300]
             secs[name] = time.perf_counter() - t
+            log(f"noise {noise}: {name} {secs[name]:.1f}s")
         res["seconds"] = {k: round(v, 2) for k, v in secs.items()}
+        res["representer_fit"] = {"n_iter": rp.n_iter_, "converged": rp.converged_,
+                                  "n_iter_model_targets": rp_m.n_iter_,
+                                  "converged_model_targets": rp_m.converged_}
         found, acc = {}, {}
         for name, s in scores.items():
             order = torch.argsort(s.double(), descending=True, stable=True)
@@ -256,10 +281,11 @@ def debug(quick: bool) -> dict[str, Any]:
             fixed = yn.clone()
             checked = order[:int(fix_at * n)]
             fixed[checked] = ytr[checked]  # checking a label reveals the true one
-            acc[name] = round(accuracy(train(xtr, fixed, epochs)[0], xte, yte), 4)
+            acc[name] = round(accuracy(train(xtr, fixed, epochs, arch=arch)[0], xte, yte), 4)
         res["fraction_flipped_found"] = {"checked": fractions, **found}
         res["test_acc_after_fixing"] = acc
-        res["test_acc_all_fixed"] = round(accuracy(train(xtr, ytr, epochs)[0], xte, yte), 4)
+        res["test_acc_all_fixed"] = round(accuracy(train(xtr, ytr, epochs, arch=arch)[0], xte,
+                                                   yte), 4)
         out["noise"][str(noise)] = res
         print(json.dumps({str(noise): res}), file=sys.stderr)
     return out
@@ -267,12 +293,12 @@ def debug(quick: bool) -> dict[str, Any]:
 
 # ---- 3. speed --------------------------------------------------------------------------------
 
-def speed(quick: bool) -> dict[str, Any]:
+def speed(quick: bool, n: int | None = None) -> dict[str, Any]:
     """fit + explain 1,000 test points over the training set, whynet vs dattri vs Captum."""
     model, name = reference_model(quick)
-    xtr, ytr = fashion("train", 10000 if quick else None)
+    xtr, ytr = fashion("train", n or (5000 if quick else None))
     xte, yte = fashion("test", 200 if quick else 1000)
-    repeats = 1 if quick else 2
+    repeats = 1
     out: dict[str, Any] = {"model": name, "n_train": len(ytr), "n_test": len(yte),
                            "threads": torch.get_num_threads(), "repeats": repeats,
                            "memory": "growth of max RSS (upper bound)"}
@@ -305,6 +331,7 @@ def speed(quick: bool) -> dict[str, Any]:
         att.cache(train_dl)
         return att.attribute(train_dl, DataLoader(TensorDataset(xte, yte), batch_size=500))
 
+    log("whynet done")
     try:
         with Peak() as pk:
             med, times, _ = timed(dattri_run, repeats)
@@ -329,6 +356,7 @@ def speed(quick: bool) -> dict[str, Any]:
                           loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=500)
         return tr.influence((xte, yte))
 
+    log("dattri done")
     try:
         with Peak() as pk:
             med, times, _ = timed(captum_run, 1)
@@ -338,6 +366,22 @@ def speed(quick: bool) -> dict[str, Any]:
     except Exception as e:
         out["captum_tracincpfast_1ckpt"] = {"error": f"{type(e).__name__}: {e}"[:300]}
 
+    log("captum done")
+    if len(ytr) < 60000 and not quick:  # whynet alone at the full training set
+        xtr, ytr = fashion("train")
+
+        def ours60() -> RepresenterPoints:
+            r = RepresenterPoints(model, head="head", batch_size=500).fit(xtr, ytr)
+            r.explain(xte)
+            return r
+
+        with Peak() as pk:
+            med, _, rp = timed(ours60, 1)
+        med1, _, _ = timed(lambda: rp.values_features(one, cls), 20)
+        out["whynet_60k"] = {"fit_explain_s": round(med, 2), "peak_rss_mb": round(pk.mb),
+                             "n_iter": rp.n_iter_, "converged": rp.converged_,
+                             "per_test_point_ms_given_features": round(med1 * 1000, 3)}
+        log("whynet 60k done")
     out["simulated_1m"] = simulated_million(rp, f_te, quick)
     return out
 
@@ -379,17 +423,34 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("what", nargs="?", default="all", choices=["fidelity", "debug", "speed", "all"])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--n", type=int, default=None, help="training points (debug, speed)")
+    ap.add_argument("--noise", type=float, nargs="*", default=None, help="debug noise levels")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: on a shared, oversubscribed 2-core machine "
+                         "OpenMP threads spin against each other; 0 keeps torch's default)")
     args = ap.parse_args()
-    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    for name, fn in (("fidelity", fidelity), ("debug", debug), ("speed", speed)):
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    results: dict[str, Any] = {}
+    runs = {"fidelity": lambda: fidelity(args.quick),
+            "debug": lambda: debug(args.quick, args.noise, args.n),
+            "speed": lambda: speed(args.quick, args.n)}
+    for name, fn in runs.items():
         if args.what in (name, "all"):
             t = time.perf_counter()
-            results[name] = fn(args.quick)
+            key = name if args.n is None and args.noise is None else \
+                f"{name}_n{args.n or 'default'}" + ("" if args.noise is None else
+                                                    "_noise" + "-".join(map(str, args.noise)))
+            results[key] = fn()
+            name = key
             results[name]["quick"] = args.quick
             results[name]["wall_s"] = round(time.perf_counter() - t, 1)
+            results[name]["torch_threads"] = torch.get_num_threads()
             print(json.dumps({name: results[name]}, indent=1))
             RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            RESULTS.write_text(json.dumps(results, indent=1))
+            latest = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+            latest[name] = results[name]  # another run may have written meanwhile
+            RESULTS.write_text(json.dumps(latest, indent=1))
 
 
 if __name__ == "__main__":
