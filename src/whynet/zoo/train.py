@@ -73,6 +73,8 @@ def save_weights(model: nn.Module, meta: dict[str, Any], out_dir: str | Path, na
             fh.write("\n")
 
     _atomic_write(out / f"{name}.json", _write_json)
+    for path in (weights, out / f"{name}.json"):
+        path.chmod(0o644)
     return weights
 
 
@@ -334,7 +336,7 @@ def train_solubility_smiles(log: Callable[[str], None], quick: bool = False) -> 
 def train_tpsa_smiles(log: Callable[[str], None], quick: bool = False) -> Result:
     from whynet.data.molecules import nci_molecules
 
-    hp = dict(_SMILES_HP, epochs=2 if quick else 30, batch_size=64, target="TPSA",
+    hp = dict(_SMILES_HP, epochs=2 if quick else 12, batch_size=64, target="TPSA",
               data="nci_molecules(split, max_len=120, seed=0, test_fraction=0.2)")
     train, test = nci_molecules("train"), nci_molecules("test")
     return _train_smiles(train.smiles, train.y, test.smiles, test.y, hp, log)
@@ -361,15 +363,16 @@ def train(name: str, out_dir: str | Path = WEIGHTS_DIR, quick: bool = False,
         raise KeyError(f"unknown trainable model {name!r}; choose from {TRAINABLE}")
     _THREADS[0] = threads
     torch.set_num_threads(threads)
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     model, metrics, hp, extra = TRAINERS[name](log=log, quick=quick)
-    elapsed = time.time() - t0
+    elapsed, cpu = time.time() - t0, time.process_time() - c0
     model.eval()
     meta: dict[str, Any] = {
         "name": name,
         "task": TASKS[name],
         "metrics": {k: round(v, 5) for k, v in metrics.items()},
         "training_time_s": round(elapsed, 1),
+        "training_cpu_time_s": round(cpu, 1),
         "params": sum(p.numel() for p in model.parameters()),
         "hyperparameters": hp,
         "trained_with": {"torch": torch.__version__, "python": platform.python_version(),
