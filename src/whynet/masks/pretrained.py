@@ -7,6 +7,7 @@ the zoo model it explains and its measured validation mask size and fidelity.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +50,20 @@ def load_pretrained(name: str, model: nn.Module | None = None, *,
     when ``model`` is given).
     """
     wdir = WEIGHTS_DIR if weights_dir is None else Path(weights_dir)
-    if weights_dir is None:
-        pretrained_info(name)
+    if name not in PRETRAINED:
+        raise ValueError(f"unknown pretrained explainer {name!r}; known: {sorted(PRETRAINED)}")
+    record_path = wdir / f"{name}.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
     info: dict[str, Any] = {}
     if model is None:
         from whynet.zoo import load_model
 
         model, info = load_model(PRETRAINED[name], weights_dir=zoo_dir)
+        trained_on = record.get("model_sha256")
+        current = info.get("meta", {}).get("sha256")
+        if trained_on and current and trained_on != current:
+            warnings.warn(f"the {name!r} explainer was trained for a different version of the "
+                          f"zoo model (sha256 {trained_on[:12]}..., now {current[:12]}...); "
+                          f"retrain it with `python -m whynet.masks.train {name}`", stacklevel=2)
     explainer = MaskExplainer.load(wdir / f"{name}.safetensors", model)
     return explainer, model, info

@@ -123,7 +123,7 @@ def train_explainer(name: str, sparsity: float | None = None, epochs: int | None
     from whynet.zoo import load_model
 
     spec = TASKS[name]
-    model, _ = load_model(spec.model, weights_dir=zoo_dir)
+    model, info = load_model(spec.model, weights_dir=zoo_dir)
     x, y, xv, yv = load_task_data(name, n_train, n_val, zoo_dir)
     sparsity = spec.sparsity if sparsity is None else sparsity
     epochs = spec.epochs if epochs is None else epochs
@@ -136,6 +136,7 @@ def train_explainer(name: str, sparsity: float | None = None, epochs: int | None
     best = min(me.history_, key=lambda h: h["val_loss"])
     record = {
         "name": name, "model": spec.model, "modality": spec.modality, "task": spec.task,
+        "model_sha256": info.get("meta", {}).get("sha256"),
         "sparsity": sparsity, "epochs_max": epochs, "epochs_run": len(me.history_),
         "n_train": len(x), "n_val": len(xv), "fill": spec.fill, "smoothness": spec.smoothness,
         "lr": spec.lr, "batch_size": spec.batch_size, "seed": seed,
