@@ -110,7 +110,8 @@ def _molecules(section: Section, fast: bool) -> None:
         if shown == 3:
             break
         smi = ds.smiles[i]
-        if not 12 <= len(smi) <= min(me.max_length_, 40):
+        # molecules with heteroatoms make the more telling pictures
+        if not 15 <= len(smi) <= min(me.max_length_, 45) or not any(c in smi for c in "NOno"):
             continue
         m = me.explain(ds.x[i:i + 1, : int(lengths[i])]).values[0]
         mt = atom_token_mask(smi).numpy().astype(np.float64)
