@@ -137,7 +137,7 @@ def part_canvas(quick: bool) -> dict[str, Any]:
     from whynet.metrics import deletion_auc, insertion_auc, mask_fidelity, pointing_game
 
     me, model, _ = load_pretrained("canvas-cnn", **DIRS)
-    n = 24 if quick else 96
+    n = 16 if quick else 64
     ds = canvas("test", n=1000 + n)
     x, y = ds.tensors()
     x, y, boxes = x[1000:], y[1000:], ds.boxes[1000:]
