@@ -18,7 +18,7 @@ def small():
 def test_canvas_shapes_and_labels(small):
     x, y = small.tensors()
     assert x.shape == (300, 1, 64, 64) and x.dtype == torch.float32
-    assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
     src = fashion_mnist("test")
     assert torch.equal(y, src.labels[:300])
     assert small.boxes.shape == (300, 4) and small.class_names == src.class_names

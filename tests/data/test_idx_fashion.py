@@ -61,8 +61,10 @@ def test_idx_truncated_and_corrupt(tmp_path):
 def _fake_fashion(folder, n=12):
     rng = np.random.default_rng(0)
     for prefix in ("train", "t10k"):
-        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz",
-                  rng.integers(0, 256, (n, 28, 28)).astype(np.uint8))
+        write_idx(
+            folder / f"{prefix}-images-idx3-ubyte.gz",
+            rng.integers(0, 256, (n, 28, 28)).astype(np.uint8),
+        )
         write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", (np.arange(n) % 10).astype(np.uint8))
 
 
@@ -103,7 +105,7 @@ def test_fashion_mnist_real(split, n):
     assert torch.bincount(ds.labels).tolist() == [n // 10] * 10
     x, y = ds[0]
     assert x.shape == (1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
-    assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
     xs, ys = ds.tensors()
     assert xs.shape == (n, 1, 28, 28)
     torch.testing.assert_close(xs[0], x)

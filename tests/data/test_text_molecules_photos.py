@@ -66,8 +66,7 @@ def test_atom_char_spans(smiles):
     m = atom_token_mask(smiles)
     assert m.shape == (len(spans), len(smiles))
     assert float(m.sum()) == sum(e - s for _, s, e in spans)
-    np.testing.assert_allclose(per_atom(smiles, np.ones(len(smiles))),
-                               [e - s for _, s, e in spans])
+    np.testing.assert_allclose(per_atom(smiles, np.ones(len(smiles))), [e - s for _, s, e in spans])
 
 
 def test_encode_smiles():
@@ -115,8 +114,16 @@ def test_photos():
     pytest.importorskip("skimage", reason="scikit-image (whynet[data] extra) not installed")
     pytest.importorskip("sklearn", reason="scikit-learn (whynet[data] extra) not installed")
     ph = photos()
-    assert [p.name for p in ph] == ["coffee", "chelsea", "rocket", "astronaut", "motorcycle",
-                                    "china", "flower", "grace_hopper"]
+    assert [p.name for p in ph] == [
+        "coffee",
+        "chelsea",
+        "rocket",
+        "astronaut",
+        "motorcycle",
+        "china",
+        "flower",
+        "grace_hopper",
+    ]
     for p in ph:
         assert p.image.dtype == np.uint8 and p.image.ndim == 3 and p.image.shape[2] == 3
         assert min(p.image.shape[:2]) >= 256

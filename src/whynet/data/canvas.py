@@ -36,8 +36,15 @@ class CanvasDataset(ImageDataset):
         int64 (N,) index of the item in ``fashion_mnist(split)``.
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, boxes: np.ndarray,
-                 offsets: np.ndarray, source_index: np.ndarray, **kw: Any) -> None:
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        boxes: np.ndarray,
+        offsets: np.ndarray,
+        source_index: np.ndarray,
+        **kw: Any,
+    ) -> None:
         super().__init__(images, labels, **kw)
         self.boxes = torch.from_numpy(boxes)
         self.offsets = torch.from_numpy(offsets)
@@ -68,8 +75,9 @@ def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> boo
 
 
 @functools.lru_cache(maxsize=4)
-def _generate(split: str, size: int, n: int, seed: int, fragments: int, noise: float,
-              root: str | None) -> tuple[np.ndarray, ...]:
+def _generate(
+    split: str, size: int, n: int, seed: int, fragments: int, noise: float, root: str | None
+) -> tuple[np.ndarray, ...]:
     src = fashion_mnist(split, root=root)
     items, labels = src.images, src.labels.numpy()
     m = len(items)
@@ -99,11 +107,13 @@ def _generate(split: str, size: int, n: int, seed: int, fragments: int, noise: f
             for _try in range(20):
                 fr, fc = int(rng.integers(0, size - h + 1)), int(rng.integers(0, size - w + 1))
                 if not _overlaps((fc, fr, fc + w, fr + h), box):
-                    img[fr : fr + h, fc : fc + w] = np.maximum(img[fr : fr + h, fc : fc + w],
-                                                               patch * 0.8)
+                    img[fr : fr + h, fc : fc + w] = np.maximum(
+                        img[fr : fr + h, fc : fc + w], patch * 0.8
+                    )
                     break
-        img[r : r + 28, c : c + 28] = np.maximum(img[r : r + 28, c : c + 28],
-                                                 items[k].astype(np.float32) / 255.0)
+        img[r : r + 28, c : c + 28] = np.maximum(
+            img[r : r + 28, c : c + 28], items[k].astype(np.float32) / 255.0
+        )
         if noise > 0:
             img += rng.normal(0.0, noise, size=img.shape).astype(np.float32)
         out[i] = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
@@ -113,8 +123,15 @@ def _generate(split: str, size: int, n: int, seed: int, fragments: int, noise: f
     return out, labels[index].astype(np.int64), boxes, offsets, index
 
 
-def canvas(split: str = "train", size: int = 64, n: int | None = None, seed: int = 0,
-           fragments: int = 3, noise: float = 0.05, root: str | None = None) -> CanvasDataset:
+def canvas(
+    split: str = "train",
+    size: int = 64,
+    n: int | None = None,
+    seed: int = 0,
+    fragments: int = 3,
+    noise: float = 0.05,
+    root: str | None = None,
+) -> CanvasDataset:
     """Cluttered-canvas localisation data built from Fashion-MNIST ``split``.
 
     Image ``i`` holds item ``i % len(fashion_mnist(split))`` at a uniformly random offset,
@@ -141,11 +158,25 @@ def canvas(split: str = "train", size: int = 64, n: int | None = None, seed: int
         raise ValueError("size must be at least 28")
     if n is None:
         n = len(fashion_mnist(split, root=root))
-    images, labels, boxes, offsets, index = _generate(split, size, int(n), seed, fragments,
-                                                      float(noise), None if root is None else str(root))
+    images, labels, boxes, offsets, index = _generate(
+        split, size, int(n), seed, fragments, float(noise), None if root is None else str(root)
+    )
     from whynet.data.fashion import FASHION_CLASSES
 
-    return CanvasDataset(images, labels, boxes, offsets, index, name="fashion-canvas", split=split,
-                         class_names=list(FASHION_CLASSES),
-                         meta={"size": size, "seed": seed, "fragments": fragments, "noise": noise,
-                               "box_format": "(x0, y0, x1, y1), end exclusive"})
+    return CanvasDataset(
+        images,
+        labels,
+        boxes,
+        offsets,
+        index,
+        name="fashion-canvas",
+        split=split,
+        class_names=list(FASHION_CLASSES),
+        meta={
+            "size": size,
+            "seed": seed,
+            "fragments": fragments,
+            "noise": noise,
+            "box_format": "(x0, y0, x1, y1), end exclusive",
+        },
+    )

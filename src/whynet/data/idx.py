@@ -17,9 +17,22 @@ from whynet.data._base import DatasetMissingError
 
 __all__ = ["read_idx", "write_idx"]
 
-_DTYPES: dict[int, str] = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-_CODES: dict[str, int] = {"uint8": 0x08, "int8": 0x09, "int16": 0x0B, "int32": 0x0C,
-                          "float32": 0x0D, "float64": 0x0E}
+_DTYPES: dict[int, str] = {
+    0x08: "u1",
+    0x09: "i1",
+    0x0B: ">i2",
+    0x0C: ">i4",
+    0x0D: ">f4",
+    0x0E: ">f8",
+}
+_CODES: dict[str, int] = {
+    "uint8": 0x08,
+    "int8": 0x09,
+    "int16": 0x0B,
+    "int32": 0x0C,
+    "float32": 0x0D,
+    "float64": 0x0E,
+}
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -57,7 +70,8 @@ def read_idx(path: str | Path) -> np.ndarray:
     if body != expected:
         kind = "truncated" if body < expected else "has trailing bytes"
         raise ValueError(
-            f"corrupt IDX file {path}: {kind} (header says {dims} = {expected} bytes, body has {body})"
+            f"corrupt IDX file {path}: {kind} (header says {dims} = {expected} bytes, "
+            f"body has {body})"
         )
     arr = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
     return arr.astype(dtype.newbyteorder("="), copy=True)

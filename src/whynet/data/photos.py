@@ -10,8 +10,16 @@ from whynet.data._base import require
 
 __all__ = ["Photo", "photos", "PHOTO_NAMES"]
 
-PHOTO_NAMES = ["coffee", "chelsea", "rocket", "astronaut", "motorcycle", "china", "flower",
-               "grace_hopper"]
+PHOTO_NAMES = [
+    "coffee",
+    "chelsea",
+    "rocket",
+    "astronaut",
+    "motorcycle",
+    "china",
+    "flower",
+    "grace_hopper",
+]
 
 # name -> (source, description, ImageNet class indices a person would accept, in order of
 # preference; empty when no single ImageNet class is clearly right)
@@ -20,12 +28,18 @@ _EXPECTED: dict[str, tuple[str, str, tuple[int, ...]]] = {
     "chelsea": ("skimage.data.chelsea", "Chelsea the cat", (281, 282, 285, 283, 284, 287)),
     "rocket": ("skimage.data.rocket", "a rocket on its launch pad", (657, 744, 812)),
     "astronaut": ("skimage.data.astronaut", "Eileen Collins in her NASA portrait", ()),
-    "motorcycle": ("skimage.data.stereo_motorcycle (left image)", "a motorcycle in a workshop",
-                   (665, 670, 671, 518, 535)),
+    "motorcycle": (
+        "skimage.data.stereo_motorcycle (left image)",
+        "a motorcycle in a workshop",
+        (665, 670, 671, 518, 535),
+    ),
     "china": ("sklearn.datasets.load_sample_images (china.jpg)", "a Chinese temple", (698, 832)),
     "flower": ("sklearn.datasets.load_sample_images (flower.jpg)", "a daisy-like flower", (985,)),
-    "grace_hopper": ("matplotlib sample_data grace_hopper.jpg",
-                     "Grace Hopper in navy uniform", (652, 457, 906)),
+    "grace_hopper": (
+        "matplotlib sample_data grace_hopper.jpg",
+        "Grace Hopper in navy uniform",
+        (652, 457, 906),
+    ),
 }
 
 

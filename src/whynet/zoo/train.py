@@ -119,9 +119,15 @@ def _shift_flip(x: torch.Tensor, gen: torch.Generator, shift: int, flip: bool) -
     return x
 
 
-def _train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, hp: dict[str, Any],
-                      gen: torch.Generator, augment: Callable[[torch.Tensor], torch.Tensor] | None,
-                      log: Callable[[str], None]) -> None:
+def _train_classifier(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    hp: dict[str, Any],
+    gen: torch.Generator,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None,
+    log: Callable[[str], None],
+) -> None:
     steps = hp["epochs"] * math.ceil(len(x) / hp["batch_size"])
     opt = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
     sched = _onecycle(opt, hp["lr"], steps)
@@ -130,13 +136,18 @@ def _train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, hp: di
         total, t0 = 0.0, time.time()
         for idx in _batches(len(x), hp["batch_size"], gen):
             xb = x[idx] if augment is None else augment(x[idx])
-            loss = F.cross_entropy(model(xb), y[idx], label_smoothing=hp.get("label_smoothing", 0.0))
+            loss = F.cross_entropy(
+                model(xb), y[idx], label_smoothing=hp.get("label_smoothing", 0.0)
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             total += loss.item() * len(idx)
-        log(f"epoch {epoch + 1}/{hp['epochs']}: loss {total / len(x):.4f} ({time.time() - t0:.0f} s)")
+        log(
+            f"epoch {epoch + 1}/{hp['epochs']}: loss {total / len(x):.4f} "
+            f"({time.time() - t0:.0f} s)"
+        )
 
 
 def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -146,9 +157,17 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 def train_fashion_cnn(log: Callable[[str], None], quick: bool = False) -> Result:
     from whynet.data import fashion_mnist
 
-    hp = {"seed": 0, "epochs": 1 if quick else 5, "batch_size": 128, "lr": 4e-3,
-          "weight_decay": 5e-4, "label_smoothing": 0.05, "optimizer": "AdamW + OneCycle",
-          "augmentation": "random shift <= 2 px, horizontal flip", "widths": [24, 48, 96, 128]}
+    hp: dict[str, Any] = {
+        "seed": 0,
+        "epochs": 1 if quick else 5,
+        "batch_size": 128,
+        "lr": 4e-3,
+        "weight_decay": 5e-4,
+        "label_smoothing": 0.05,
+        "optimizer": "AdamW + OneCycle",
+        "augmentation": "random shift <= 2 px, horizontal flip",
+        "widths": [24, 48, 96, 128],
+    }
     gen = _seed(hp["seed"])
     x, y = fashion_mnist("train").tensors()
     xt, yt = fashion_mnist("test").tensors()
@@ -156,19 +175,29 @@ def train_fashion_cnn(log: Callable[[str], None], quick: bool = False) -> Result
         x, y = x[:2000], y[:2000]
     model = FashionCNN(tuple(hp["widths"]))
     _train_classifier(model, x, y, hp, gen, lambda b: _shift_flip(b, gen, 2, True), log)
-    metrics = {"test_accuracy": _accuracy(model, xt, yt),
-               "test_first1000_accuracy": _accuracy(model, xt[:1000], yt[:1000]),
-               "train_accuracy": _accuracy(model, x, y)}
+    metrics = {
+        "test_accuracy": _accuracy(model, xt, yt),
+        "test_first1000_accuracy": _accuracy(model, xt[:1000], yt[:1000]),
+        "train_accuracy": _accuracy(model, x, y),
+    }
     return model, metrics, hp, {"class_names": fashion_mnist("test").class_names}
 
 
 def train_canvas_cnn(log: Callable[[str], None], quick: bool = False) -> Result:
     from whynet.data import canvas
 
-    hp = {"seed": 0, "epochs": 1 if quick else 3, "batch_size": 128, "lr": 4e-3,
-          "weight_decay": 5e-4, "label_smoothing": 0.05, "optimizer": "AdamW + OneCycle",
-          "augmentation": "horizontal flip", "widths": [16, 32, 64, 128],
-          "data": "canvas('train', size=64, n=30000, seed=0)"}
+    hp: dict[str, Any] = {
+        "seed": 0,
+        "epochs": 1 if quick else 3,
+        "batch_size": 128,
+        "lr": 4e-3,
+        "weight_decay": 5e-4,
+        "label_smoothing": 0.05,
+        "optimizer": "AdamW + OneCycle",
+        "augmentation": "horizontal flip",
+        "widths": [16, 32, 64, 128],
+        "data": "canvas('train', size=64, n=30000, seed=0)",
+    }
     gen = _seed(hp["seed"])
     n = 2000 if quick else 30000
     t0 = time.time()
@@ -177,9 +206,11 @@ def train_canvas_cnn(log: Callable[[str], None], quick: bool = False) -> Result:
     log(f"canvas data generated in {time.time() - t0:.0f} s")
     model = CanvasCNN(tuple(hp["widths"]))
     _train_classifier(model, x, y, hp, gen, lambda b: _shift_flip(b, gen, 0, True), log)
-    metrics = {"test_accuracy": _accuracy(model, xt, yt),
-               "test_first1000_accuracy": _accuracy(model, xt[:1000], yt[:1000]),
-               "train_accuracy": _accuracy(model, x[:10000], y[:10000])}
+    metrics = {
+        "test_accuracy": _accuracy(model, xt, yt),
+        "test_first1000_accuracy": _accuracy(model, xt[:1000], yt[:1000]),
+        "train_accuracy": _accuracy(model, x[:10000], y[:10000]),
+    }
     return model, metrics, hp, {"class_names": canvas("test", n=10).class_names}
 
 
@@ -197,11 +228,17 @@ def _trim(x: torch.Tensor) -> torch.Tensor:
     return x[:, :width]
 
 
-def _fit_sequences(model: nn.Module, sample_epoch: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
-                   xv: torch.Tensor, yv: torch.Tensor, hp: dict[str, Any], gen: torch.Generator,
-                   loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                   score: Callable[[torch.Tensor, torch.Tensor], float],
-                   log: Callable[[str], None]) -> dict[str, Any]:
+def _fit_sequences(
+    model: nn.Module,
+    sample_epoch: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+    xv: torch.Tensor,
+    yv: torch.Tensor,
+    hp: dict[str, Any],
+    gen: torch.Generator,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    score: Callable[[torch.Tensor, torch.Tensor], float],
+    log: Callable[[str], None],
+) -> dict[str, Any]:
     """Train for ``hp['epochs']`` epochs, keep the state with the best validation score."""
     opt = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
     x0, _ = sample_epoch(0)
@@ -222,10 +259,15 @@ def _fit_sequences(model: nn.Module, sample_epoch: Callable[[int], tuple[torch.T
             total += loss.item() * len(idx)
         val = score(_predict(model, xv, 512), yv)
         if val > best["score"]:
-            best = {"score": val, "epoch": epoch + 1,
-                    "state": {k: v.clone() for k, v in model.state_dict().items()}}
-        log(f"epoch {epoch + 1}/{hp['epochs']}: loss {total / len(x):.4f} val {val:.4f} "
-            f"({time.time() - t0:.0f} s)")
+            best = {
+                "score": val,
+                "epoch": epoch + 1,
+                "state": {k: v.clone() for k, v in model.state_dict().items()},
+            }
+        log(
+            f"epoch {epoch + 1}/{hp['epochs']}: loss {total / len(x):.4f} val {val:.4f} "
+            f"({time.time() - t0:.0f} s)"
+        )
     model.load_state_dict(best["state"])
     return {"best_epoch": best["epoch"], "val_score": best["score"]}
 
@@ -239,10 +281,22 @@ def _split_val(n: int, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def train_sentiment_gru(log: Callable[[str], None], quick: bool = False) -> Result:
     from whynet.data.text import rotten_tomatoes
 
-    hp = {"seed": 0, "epochs": 1 if quick else 8, "batch_size": 64, "lr": 3e-3,
-          "weight_decay": 1e-4, "embed_dim": 64, "hidden": 64, "dropout": 0.5, "clip": 5.0,
-          "max_len": 64, "min_freq": 2, "val_fraction": 0.1, "optimizer": "AdamW + OneCycle",
-          "selection": "best validation accuracy (10% of train held out)"}
+    hp: dict[str, Any] = {
+        "seed": 0,
+        "epochs": 1 if quick else 8,
+        "batch_size": 64,
+        "lr": 3e-3,
+        "weight_decay": 1e-4,
+        "embed_dim": 64,
+        "hidden": 64,
+        "dropout": 0.5,
+        "clip": 5.0,
+        "max_len": 64,
+        "min_freq": 2,
+        "val_fraction": 0.1,
+        "optimizer": "AdamW + OneCycle",
+        "selection": "best validation accuracy (10% of train held out)",
+    }
     gen = _seed(hp["seed"])
     train = rotten_tomatoes("train", max_len=hp["max_len"])
     test = rotten_tomatoes("test", vocab=train.vocab, max_len=hp["max_len"])
@@ -251,12 +305,23 @@ def train_sentiment_gru(log: Callable[[str], None], quick: bool = False) -> Resu
         tr = tr[:1000]
     x, y = train.x[tr], train.y[tr]
     model = SentimentGRU(len(train.vocab), hp["embed_dim"], hp["hidden"], hp["dropout"])
-    sel = _fit_sequences(model, lambda e: (x, y), train.x[va], train.y[va], hp, gen,
-                         F.cross_entropy, lambda p, t: float((p.argmax(1) == t).float().mean()), log)
-    metrics = {"test_accuracy": _accuracy(model, test.x, test.y),
-               "test_first1000_accuracy": _accuracy(model, test.x[:1000], test.y[:1000]),
-               "val_accuracy": sel["val_score"],
-               "test_majority_baseline": float(max(test.y.float().mean(), 1 - test.y.float().mean()))}
+    sel = _fit_sequences(
+        model,
+        lambda e: (x, y),
+        train.x[va],
+        train.y[va],
+        hp,
+        gen,
+        F.cross_entropy,
+        lambda p, t: float((p.argmax(1) == t).float().mean()),
+        log,
+    )
+    metrics = {
+        "test_accuracy": _accuracy(model, test.x, test.y),
+        "test_first1000_accuracy": _accuracy(model, test.x[:1000], test.y[:1000]),
+        "val_accuracy": sel["val_score"],
+        "test_majority_baseline": float(max(test.y.float().mean(), 1 - test.y.float().mean())),
+    }
     hp["best_epoch"] = sel["best_epoch"]
     return model, metrics, hp, {"class_names": train.class_names, "vocab": train.vocab.itos}
 
@@ -275,12 +340,21 @@ def _regression_metrics(pred: torch.Tensor, y: torch.Tensor) -> dict[str, float]
     pred, y = pred.reshape(-1).double(), y.reshape(-1).double()
     ss_res = float(((pred - y) ** 2).sum())
     ss_tot = float(((y - y.mean()) ** 2).sum())
-    return {"r2": 1.0 - ss_res / ss_tot, "rmse": math.sqrt(ss_res / len(y)),
-            "mae": float((pred - y).abs().mean())}
+    return {
+        "r2": 1.0 - ss_res / ss_tot,
+        "rmse": math.sqrt(ss_res / len(y)),
+        "mae": float((pred - y).abs().mean()),
+    }
 
 
-def _train_smiles(smiles: list[str], y: torch.Tensor, test_smiles: list[str], yt: torch.Tensor,
-                  hp: dict[str, Any], log: Callable[[str], None]) -> Result:
+def _train_smiles(
+    smiles: list[str],
+    y: torch.Tensor,
+    test_smiles: list[str],
+    yt: torch.Tensor,
+    hp: dict[str, Any],
+    log: Callable[[str], None],
+) -> Result:
     from whynet.data.molecules import encode_smiles, smiles_vocab
 
     gen = _seed(hp["seed"])
@@ -290,10 +364,11 @@ def _train_smiles(smiles: list[str], y: torch.Tensor, test_smiles: list[str], yt
     variants = _random_smiles(tr_smiles, hp["random_smiles"], hp["seed"])
     ytr = y[tr].float()
     mean, std = float(ytr.mean()), float(ytr.std())
-    model = SmilesRegressor(len(vocab), hp["embed_dim"], hp["channels"], hp["kernel"],
-                            hp["hidden"], hp["dropout"])
-    model.target_mean.fill_(mean)
-    model.target_std.fill_(std)
+    model = SmilesRegressor(
+        len(vocab), hp["embed_dim"], hp["channels"], hp["kernel"], hp["hidden"], hp["dropout"]
+    )
+    model.get_buffer("target_mean").fill_(mean)
+    model.get_buffer("target_std").fill_(std)
     epoch_x = [encode_smiles(tr_smiles, vocab)] + [
         encode_smiles([v[j] for v in variants], vocab) for j in range(hp["random_smiles"])
     ]
@@ -305,30 +380,58 @@ def _train_smiles(smiles: list[str], y: torch.Tensor, test_smiles: list[str], yt
         return F.mse_loss((pred.reshape(-1) - mean) / std, (target - mean) / std)
 
     xv = encode_smiles([smiles[i] for i in va], vocab)
-    sel = _fit_sequences(model, sample, xv, y[va].float(), hp, gen, loss_fn,
-                         lambda p, t: _regression_metrics(p, t)["r2"], log)
+    sel = _fit_sequences(
+        model,
+        sample,
+        xv,
+        y[va].float(),
+        hp,
+        gen,
+        loss_fn,
+        lambda p, t: _regression_metrics(p, t)["r2"],
+        log,
+    )
     pred = _predict(model, encode_smiles(test_smiles, vocab), 512)
     m = _regression_metrics(pred, yt)
     first = _regression_metrics(pred[:200], yt[:200])
-    metrics = {"test_r2": m["r2"], "test_rmse": m["rmse"], "test_mae": m["mae"],
-               "test_first200_r2": first["r2"], "test_first200_rmse": first["rmse"],
-               "val_r2": sel["val_score"], "target_mean": mean, "target_std": std}
+    metrics = {
+        "test_r2": m["r2"],
+        "test_rmse": m["rmse"],
+        "test_mae": m["mae"],
+        "test_first200_r2": first["r2"],
+        "test_first200_rmse": first["rmse"],
+        "val_r2": sel["val_score"],
+        "target_mean": mean,
+        "target_std": std,
+    }
     hp["best_epoch"] = sel["best_epoch"]
     return model, metrics, hp, {"vocab": vocab.itos}
 
 
-_SMILES_HP = {"seed": 0, "batch_size": 32, "lr": 2e-3, "weight_decay": 1e-4, "embed_dim": 32,
-              "channels": 64, "kernel": 5, "hidden": 64, "dropout": 0.1, "clip": 5.0,
-              "val_fraction": 0.1, "random_smiles": 20, "optimizer": "AdamW + OneCycle",
-              "augmentation": "epoch 0 canonical SMILES, epoch e uses RDKit random SMILES "
-                              "variant (e-1) mod 20 of each molecule",
-              "selection": "best validation R^2 (10% of train held out)"}
+_SMILES_HP: dict[str, Any] = {
+    "seed": 0,
+    "batch_size": 32,
+    "lr": 2e-3,
+    "weight_decay": 1e-4,
+    "embed_dim": 32,
+    "channels": 64,
+    "kernel": 5,
+    "hidden": 64,
+    "dropout": 0.1,
+    "clip": 5.0,
+    "val_fraction": 0.1,
+    "random_smiles": 20,
+    "optimizer": "AdamW + OneCycle",
+    "augmentation": "epoch 0 canonical SMILES, epoch e uses RDKit random SMILES "
+    "variant (e-1) mod 20 of each molecule",
+    "selection": "best validation R^2 (10% of train held out)",
+}
 
 
 def train_solubility_smiles(log: Callable[[str], None], quick: bool = False) -> Result:
     from whynet.data.molecules import solubility
 
-    hp = dict(_SMILES_HP, epochs=2 if quick else 60, target="logS")
+    hp: dict[str, Any] = dict(_SMILES_HP, epochs=2 if quick else 60, target="logS")
     train, test = solubility("train"), solubility("test")
     return _train_smiles(train.smiles, train.y, test.smiles, test.y, hp, log)
 
@@ -336,8 +439,13 @@ def train_solubility_smiles(log: Callable[[str], None], quick: bool = False) -> 
 def train_tpsa_smiles(log: Callable[[str], None], quick: bool = False) -> Result:
     from whynet.data.molecules import nci_molecules
 
-    hp = dict(_SMILES_HP, epochs=2 if quick else 12, batch_size=64, target="TPSA",
-              data="nci_molecules(split, max_len=120, seed=0, test_fraction=0.2)")
+    hp: dict[str, Any] = dict(
+        _SMILES_HP,
+        epochs=2 if quick else 12,
+        batch_size=64,
+        target="TPSA",
+        data="nci_molecules(split, max_len=120, seed=0, test_fraction=0.2)",
+    )
     train, test = nci_molecules("train"), nci_molecules("test")
     return _train_smiles(train.smiles, train.y, test.smiles, test.y, hp, log)
 
@@ -351,13 +459,22 @@ TRAINERS: dict[str, Callable[..., Result]] = {
 }
 TRAINABLE = sorted(TRAINERS)
 
-TASKS = {"fashion-cnn": "classification", "canvas-cnn": "classification",
-         "sentiment-gru": "classification", "solubility-smiles": "regression",
-         "tpsa-smiles": "regression"}
+TASKS = {
+    "fashion-cnn": "classification",
+    "canvas-cnn": "classification",
+    "sentiment-gru": "classification",
+    "solubility-smiles": "regression",
+    "tpsa-smiles": "regression",
+}
 
 
-def train(name: str, out_dir: str | Path = WEIGHTS_DIR, quick: bool = False,
-          log: Callable[[str], None] = print, threads: int = 1) -> dict[str, Any]:
+def train(
+    name: str,
+    out_dir: str | Path = WEIGHTS_DIR,
+    quick: bool = False,
+    log: Callable[[str], None] = print,
+    threads: int = 1,
+) -> dict[str, Any]:
     """Train model ``name`` from scratch (seeded, CPU) and save it; returns the JSON metadata."""
     if name not in TRAINERS:
         raise KeyError(f"unknown trainable model {name!r}; choose from {TRAINABLE}")
@@ -375,8 +492,13 @@ def train(name: str, out_dir: str | Path = WEIGHTS_DIR, quick: bool = False,
         "training_cpu_time_s": round(cpu, 1),
         "params": sum(p.numel() for p in model.parameters()),
         "hyperparameters": hp,
-        "trained_with": {"torch": torch.__version__, "python": platform.python_version(),
-                         "threads": torch.get_num_threads(), "device": "cpu", "quick": quick},
+        "trained_with": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "threads": torch.get_num_threads(),
+            "device": "cpu",
+            "quick": quick,
+        },
         **extra,
     }
     path = save_weights(model, meta, out_dir, name)
@@ -391,8 +513,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (not for release)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 2)")
     args = parser.parse_args(argv)
-    train(args.name, args.out, quick=args.quick, log=lambda s: print(s, flush=True),
-          threads=args.threads)
+    train(
+        args.name,
+        args.out,
+        quick=args.quick,
+        log=lambda s: print(s, flush=True),
+        threads=args.threads,
+    )
 
 
 if __name__ == "__main__":
