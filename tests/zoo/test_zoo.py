@@ -190,6 +190,8 @@ def test_efficientnet_predicts_what_a_person_sees(models, monkeypatch):
     model, info = models("efficientnet-lite0")
     assert info["preprocess"] is imagenet_preprocess and len(info["class_names"]) == 1000
     ph = [p for p in photos() if p.expected]
+    for p in ph:
+        assert list(p.expected_names) == [info["class_names"][i] for i in p.expected]
     with torch.no_grad():
         logits = model(torch.stack([info["preprocess"](p.image) for p in ph]))
     top5 = logits.topk(5, dim=1).indices

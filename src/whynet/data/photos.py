@@ -31,7 +31,7 @@ _EXPECTED: dict[str, tuple[str, str, tuple[int, ...]]] = {
     "motorcycle": (
         "skimage.data.stereo_motorcycle (left image)",
         "a motorcycle in a workshop",
-        (665, 670, 671, 518, 535),
+        (665, 670, 518, 535),
     ),
     "china": ("sklearn.datasets.load_sample_images (china.jpg)", "a Chinese temple", (698, 832)),
     "flower": ("sklearn.datasets.load_sample_images (flower.jpg)", "a daisy-like flower", (985,)),
@@ -40,6 +40,31 @@ _EXPECTED: dict[str, tuple[str, str, tuple[int, ...]]] = {
         "Grace Hopper in navy uniform",
         (652, 457, 906),
     ),
+}
+# short ImageNet names of the indices above (checked against whynet.zoo.imagenet_classes())
+_NAMES = {
+    967: "espresso",
+    968: "cup",
+    504: "coffee mug",
+    281: "tabby",
+    282: "tiger cat",
+    285: "Egyptian cat",
+    283: "Persian cat",
+    284: "Siamese cat",
+    287: "lynx",
+    657: "missile",
+    744: "projectile",
+    812: "space shuttle",
+    665: "moped",
+    670: "motor scooter",
+    518: "crash helmet",
+    535: "disk brake",
+    698: "palace",
+    832: "stupa",
+    985: "daisy",
+    652: "military uniform",
+    457: "bow tie",
+    906: "Windsor tie",
 }
 
 
@@ -53,6 +78,7 @@ class Photo:
     source: str
     description: str
     expected: tuple[int, ...] = field(default_factory=tuple)
+    expected_names: tuple[str, ...] = field(default_factory=tuple)
 
 
 def _load(name: str) -> np.ndarray:
@@ -88,5 +114,6 @@ def photos(names: list[str] | None = None) -> list[Photo]:
         img = _load(name)
         if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
             raise ValueError(f"photo {name}: unexpected array {img.dtype} {img.shape}")
-        out.append(Photo(name, np.ascontiguousarray(img), source, desc, expected))
+        names_ = tuple(_NAMES[i] for i in expected)
+        out.append(Photo(name, np.ascontiguousarray(img), source, desc, expected, names_))
     return out
