@@ -8,7 +8,15 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from tests.conftest import hook_count
-from whynet.representer import RepresenterPoints, alpha_from, augment, gradient, objective, solve
+from whynet.representer import (
+    RepresenterPoints,
+    alpha_from,
+    augment,
+    gradient,
+    objective,
+    solve,
+    solve_lbfgs,
+)
 
 L2 = 0.003
 FAST = 0.03  # lambda for fits that must converge tightly: 10x fewer steps on a loaded machine
@@ -105,6 +113,30 @@ def test_solver_decreases_and_keeps_best() -> None:
     assert few.n_iter == 3 and not few.converged
     with pytest.raises(ValueError, match="l2"):
         solve(f, w0, t, 0.0)
+
+
+def test_lbfgs_reaches_the_same_minimiser() -> None:
+    """The objective is strongly convex: both solvers must land on one W (and one alpha)."""
+    g = torch.Generator().manual_seed(6)
+    f = augment(torch.relu(torch.randn(150, 6, generator=g, dtype=torch.float64)) * 3)
+    t = nn.functional.one_hot(torch.randint(0, 4, (150,), generator=g), 4).double()
+    w0 = torch.randn(4, 7, generator=g, dtype=torch.float64)
+    gd = solve(f, w0, t, FAST, max_iter=20000, tol=1e-11)
+    lb = solve_lbfgs(f, w0, t, FAST, max_iter=2000, tol=1e-11)
+    assert gd.converged and lb.converged and lb.n_iter < gd.n_iter
+    torch.testing.assert_close(lb.weight, gd.weight, rtol=0, atol=1e-8)
+    torch.testing.assert_close(alpha_from(lb.phi, t, FAST), alpha_from(gd.phi, t, FAST),
+                               rtol=0, atol=1e-9)
+
+
+def test_explainer_lbfgs_decomposition() -> None:
+    x, y = data()
+    rp = RepresenterPoints(make_model(), head="4", solver="lbfgs", tol=1e-10).fit(x, y)
+    assert rp.converged_
+    e = rp.explain(x[:9])
+    torch.testing.assert_close(e.values.sum(1), e.extras["logits"], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="solver"):
+        RepresenterPoints(make_model(), solver="adam")
 
 
 # ---- the explainer ---------------------------------------------------------------------------

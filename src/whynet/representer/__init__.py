@@ -4,8 +4,16 @@ Which training examples does a prediction rest on? The fine-tuned last layer's l
 exactly into one term per training point: ``Phi(x_t) = sum_i alpha_i [f_i, 1] . [f_t, 1]``.
 """
 
-from whynet.representer._solver import SolveResult, alpha_from, augment, gradient, objective, solve
+from whynet.representer._solver import (
+                                     SolveResult,
+                                     alpha_from,
+                                     augment,
+                                     gradient,
+                                     objective,
+                                     solve,
+                                     solve_lbfgs,
+)
 from whynet.representer.explainer import RepresenterPoints, TopPoints
 
 __all__ = ["RepresenterPoints", "SolveResult", "TopPoints", "alpha_from", "augment", "gradient",
-           "objective", "solve"]
+           "objective", "solve", "solve_lbfgs"]
