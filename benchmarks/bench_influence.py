@@ -50,6 +50,7 @@ EFFNET_LAYER = "_blocks.15"
 ALLOW_UNTRAINED = os.environ.get("WHYNET_BENCH_UNTRAINED") == "1"
 STANDIN = os.environ.get("WHYNET_BENCH_FASHION_WEIGHTS")  # a state_dict, zoo architecture
 ZOO_WIDTHS = (24, 48, 96, 128)
+ABLATION = os.environ.get("WHYNET_BENCH_ABLATION", "zero")  # essence: "zero" or "mean"
 
 
 def fashion() -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -308,14 +309,14 @@ def part_essence(quick: bool) -> dict[str, Any]:
     rows = []
     for c in range(10):
         r = essence(model, FASHION_LAYER, c, [1, 3, 5, 10], xte, yte, influence_data=xtr,
-                    influence_labels=ytr, ablation="zero", random_draws=3,
+                    influence_labels=ytr, ablation=ABLATION, random_draws=3,
                     seed=0, batch_size=500)
         for row in r.rows:
             rows.append({"class": c, "name": names[c], **{k: round(v, 4) if isinstance(v, float)
                                                            else v for k, v in row.items()}})
             print(json.dumps(rows[-1]), file=sys.stderr)
         _partial("essence", {"rows": rows})
-    return {"layer": FASHION_LAYER, "ablation": "zero", "influence_data": f"train ({len(xtr)})",
+    return {"layer": FASHION_LAYER, "ablation": ABLATION, "influence_data": f"train ({len(xtr)})",
             "weights": _weights_tag(),
             "eval": f"test ({len(xte)})", "rows": rows}
 
