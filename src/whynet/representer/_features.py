@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -155,7 +156,7 @@ class FeatureCache:
 
     names = ("features", "outputs", "labels")
 
-    def __init__(self, folder: str | Path, key: str) -> None:
+    def __init__(self, folder: str | os.PathLike[str], key: str) -> None:
         self.folder = Path(folder)
         self.key = key[:24]
         self.meta_path = self.folder / f"features-{self.key}.json"
@@ -172,9 +173,9 @@ class FeatureCache:
             t = arrays.get(name)
             if t is None:
                 continue
-            arr = t.detach().cpu()
-            arr = (arr.long() if name == "labels" else arr.float() if name == "features"
-                   else arr.double()).numpy()
+            cpu = t.detach().cpu()
+            arr = (cpu.long() if name == "labels" else cpu.float() if name == "features"
+                   else cpu.double()).numpy()
             _save_npy(self.path(name), arr)
             meta["files"][name] = {"sha256": file_sha256(self.path(name)),
                                    "shape": list(arr.shape), "dtype": str(arr.dtype)}

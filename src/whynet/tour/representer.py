@@ -31,7 +31,7 @@ def _images(split: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, 
     ds = fashion_mnist(split)
     idx = np.random.default_rng(seed).permutation(len(ds.labels))[:n]
     x = torch.from_numpy(np.asarray(ds.images)[idx]).float().div(255.0).unsqueeze(1)
-    return x, torch.as_tensor(np.asarray(ds.labels)[idx]).long(), list(ds.class_names)
+    return x, torch.as_tensor(np.asarray(ds.labels)[idx]).long(), list(ds.class_names or [])
 
 
 def run(out: Path, fast: bool = True, progress: bool | None = None) -> Section:
