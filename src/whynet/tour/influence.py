@@ -68,8 +68,8 @@ def run(out: Path, fast: bool = True, progress: bool | None = None) -> Section:
                      f"{float(sc[0]):.3f}"])
     sec.tables.append(Table(
         caption=(f"fashion-cnn, layer {LAYER}: top-5 channels per class by class-wide "
-                 f"influence (QoI = class logit, DoI = {len(xtr)} training images of the class, "
-                 "spatial sum)"),
+                 "influence (QoI = class logit, DoI = the class's images among the first "
+                 f"{len(xtr)} training images, spatial sum)"),
         columns=["class", "examples", "top channels", "top influence"], rows=rows))
 
     # 2. what the top channels of one class respond to
