@@ -48,6 +48,7 @@ from whynet.masks import load_pretrained
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "masks.json"
 DIRS: dict[str, Any] = {}  # --weights-dir / --zoo-dir overrides for load_pretrained
+N_IMAGES: dict[str, int] = {}  # --n override for the canvas part
 
 
 def rss_kb(field: str) -> int:
@@ -137,7 +138,7 @@ def part_canvas(quick: bool) -> dict[str, Any]:
     from whynet.metrics import deletion_auc, insertion_auc, mask_fidelity, pointing_game
 
     me, model, _ = load_pretrained("canvas-cnn", **DIRS)
-    n = 16 if quick else 64
+    n = N_IMAGES.get("canvas") or (16 if quick else 64)
     ds = canvas("test", n=1000 + n)
     x, y = ds.tensors()
     x, y, boxes = x[1000:], y[1000:], ds.boxes[1000:]
@@ -289,6 +290,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", default=",".join(PARTS))
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--n", type=int, default=None, help="canvas images (default 64)")
     parser.add_argument("--out", default=str(OUT))
     parser.add_argument("--weights-dir", default=None, help="explainers (default: shipped)")
     parser.add_argument("--zoo-dir", default=None, help="zoo models (default: shipped)")
@@ -297,6 +299,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     DIRS.update(weights_dir=args.weights_dir, zoo_dir=args.zoo_dir)
+    if args.n:
+        N_IMAGES["canvas"] = args.n
     result: dict[str, Any] = {
         "quick": args.quick, "threads": torch.get_num_threads(), "torch": torch.__version__,
         "python": platform.python_version(), "time": time.strftime("%Y-%m-%d %H:%M:%S"),
