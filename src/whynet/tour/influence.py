@@ -25,7 +25,7 @@ def _fashion(fast: bool) -> tuple[Any, ...]:
     xtr, ytr = tr.tensors()
     xte, yte = te.tensors()
     n_tr, n_te = (3000, 1000) if fast else (20000, 10000)
-    return model.eval(), xtr[:n_tr], ytr[:n_tr], xte[:n_te], yte[:n_te], list(tr.class_names)
+    return model.eval(), xtr[:n_tr], ytr[:n_tr], xte[:n_te], yte[:n_te], list(tr.class_names or [])
 
 
 def _neuron_grid(model: Any, layer: str, channels: list[int], x: torch.Tensor,
