@@ -50,11 +50,11 @@ class Task:
 
 TASKS: dict[str, Task] = {
     "canvas-cnn": Task("canvas-cnn", "image", "classification", sparsity=1.0, epochs=3,
-                       n_train=6000, n_val=500, smoothness=0.1,
-                       network={"width": 8, "depth": 3}),
+                       n_train=6000, n_val=500, smoothness=0.1, lr=1e-2,
+                       network={"width": 8, "depth": 3, "init_bias": 1.0}),
     "fashion-cnn": Task("fashion-cnn", "image", "classification", sparsity=1.0, epochs=3,
-                        n_train=6000, n_val=500, smoothness=0.1,
-                        network={"width": 8, "depth": 2}),
+                        n_train=6000, n_val=500, smoothness=0.1, lr=1e-2,
+                        network={"width": 8, "depth": 2, "init_bias": 1.0}),
     "sentiment-gru": Task("sentiment-gru", "sequence", "classification", sparsity=1.0,
                           epochs=4, n_train=10000, n_val=1000, network={"hidden": 32}),
     "solubility-smiles": Task("solubility-smiles", "sequence", "regression", sparsity=0.3,
