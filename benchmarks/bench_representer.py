@@ -311,7 +311,14 @@ def speed(quick: bool, n: int | None = None) -> dict[str, Any]:
         med, times, values = timed(ours, repeats)
     out["whynet"] = {"fit_explain_s": round(med, 2), "runs": [round(t, 2) for t in times],
                      "peak_rss_mb": round(pk.mb)}
-    rp = RepresenterPoints(model, head="head", batch_size=500).fit(xtr, ytr)
+    def ours_lbfgs() -> RepresenterPoints:
+        r = RepresenterPoints(model, head="head", batch_size=500, solver="lbfgs").fit(xtr, ytr)
+        r.explain(xte)
+        return r
+
+    med, times, rp = timed(ours_lbfgs, 2)
+    out["whynet_lbfgs"] = {"fit_explain_s": round(med, 2), "runs": [round(t, 2) for t in times],
+                           "n_iter": rp.n_iter_}
     f_te = rp._forward(xte)[0]
     cls = rp._classes(model(xte[:1]).detach(), "predicted")
     one = f_te[:1]
@@ -338,6 +345,8 @@ def speed(quick: bool, n: int | None = None) -> dict[str, Any]:
         out["dattri_rps"] = {"fit_explain_s": round(med, 2), "runs": [round(t, 2) for t in times],
                              "peak_rss_mb": round(pk.mb)}
         out["ratio_dattri_over_whynet"] = round(med / out["whynet"]["fit_explain_s"], 2)
+        out["ratio_dattri_over_whynet_lbfgs"] = round(med / out["whynet_lbfgs"]["fit_explain_s"],
+                                                      2)
     except Exception as e:
         out["dattri_rps"] = {"error": f"{type(e).__name__}: {e}"[:300]}
 
@@ -363,6 +372,8 @@ def speed(quick: bool, n: int | None = None) -> dict[str, Any]:
         out["captum_tracincpfast_1ckpt"] = {"fit_explain_s": round(med, 2),
                                             "peak_rss_mb": round(pk.mb)}
         out["ratio_captum_over_whynet"] = round(med / out["whynet"]["fit_explain_s"], 2)
+        out["ratio_captum_over_whynet_lbfgs"] = round(med / out["whynet_lbfgs"]["fit_explain_s"],
+                                                      2)
     except Exception as e:
         out["captum_tracincpfast_1ckpt"] = {"error": f"{type(e).__name__}: {e}"[:300]}
 
