@@ -168,17 +168,23 @@ def part_canvas(args: argparse.Namespace) -> dict[str, Any]:
     methods: dict[str, Saliency] = {"GFI": lambda x, t: gfi.explain(x, t).values}
     methods.update(captum_methods(model, model.features.block4, (8, 4), 16, 64))
     methods["centre"] = centre
+    if args.methods:  # re-run some methods only; the other rows are kept from the results file
+        methods = {k: v for k, v in methods.items() if k in args.methods.split(",")}
+    size = (x.shape[-2], x.shape[-1])  # Grad-CAM maps are 8x8: boxes are in image pixels
     with frozen_eval(model):
         acc = float((predict_logits(model, x).argmax(1) == y).float().mean())
         maps, timing = run_methods(methods, x, y, args.repeats)
-        # stage-1 masks come with the stage-2 run (same call): recompute once without timing
-        maps["GFI stage 1"] = gfi.explain(x, y).extras["stage1_mask"]
+        if "GFI" in methods:
+            # stage-1 masks come with the stage-2 run (same call): recompute once, untimed
+            maps["GFI stage 1"] = gfi.explain(x, y).extras["stage1_mask"]
         rows: dict[str, Any] = {}
+        if args.methods and OUT.is_file():
+            rows = dict(json.loads(OUT.read_text()).get("canvas", {}).get("methods", {}))
         for name, s in maps.items():
             row: dict[str, Any] = {
-                "pointing_game": float(pointing_game(s, boxes).mean()),
+                "pointing_game": float(pointing_game(s, boxes, size=size).mean()),
                 **{
-                    f"loc_error@{th}": float(localisation_error(s, boxes, th).mean())
+                    f"loc_error@{th}": float(localisation_error(s, boxes, th, size=size).mean())
                     for th in (0.2, 0.35, 0.5)
                 },
                 "deletion_auc": float(
@@ -352,6 +358,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--train-canvas", default=None, help="train a fallback canvas-cnn here")
+    ap.add_argument("--methods", default=None, help="canvas: only these methods (comma list)")
     ap.add_argument("--fresh", action="store_true", help="overwrite the results file")
     ap.add_argument("--zoo-dir", default=None, help="canvas-cnn weights folder (development)")
     args = ap.parse_args()

@@ -241,3 +241,17 @@ def test_as_saliency_shapes() -> None:
     torch.testing.assert_close(as_saliency(s), s.sum(1))
     up = as_saliency(torch.ones(2, 2, 2), (8, 8))
     assert up.shape == (2, 8, 8) and bool((up == 1).all())
+
+
+def test_low_resolution_maps_need_the_image_size() -> None:
+    # a 2x2 map whose maximum cell is the bottom-right quarter of a 16x16 image
+    s = torch.tensor([[[0.0, 0.1], [0.2, 1.0]]])
+    box = torch.tensor([[8, 8, 16, 16]])
+    assert pointing_game(s, box, size=(16, 16)).tolist() == [1.0]
+    assert saliency_boxes(s, 0.9).tolist() == [[1, 1, 2, 2]]  # map cells, not pixels
+    x0, y0, x1, y1 = saliency_boxes(s, 0.9, size=(16, 16))[0].tolist()
+    assert x0 >= 8 and y0 >= 8 and x1 == 16 and y1 == 16
+    assert localisation_error(s, box, threshold=0.9).tolist() == [1.0]
+    pg = PointingGame(size=(16, 16))
+    pg.update(s, box)
+    assert pg.compute() == 1.0

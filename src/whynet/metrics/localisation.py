@@ -36,18 +36,26 @@ def _box_list(boxes: BoxesSpec, n: int) -> list[torch.Tensor]:
     return [b.long().cpu() for b in out]
 
 
-def max_points(saliency: Any) -> torch.Tensor:
-    """(B, 2) ``(row, col)`` of each map's maximum (first in row-major order on ties)."""
-    s = as_saliency(saliency)
+def max_points(saliency: Any, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """(B, 2) ``(row, col)`` of each map's maximum (first in row-major order on ties), after
+    bilinear upsampling to ``size`` (the image's (H, W)) when given."""
+    s = as_saliency(saliency, size)
     idx = s.flatten(1).argmax(1).cpu()
     w = s.shape[-1]
     return torch.stack([idx // w, idx % w], 1)
 
 
-def pointing_game(saliency: Any, boxes: BoxesSpec, tolerance: float = 0.0) -> torch.Tensor:
+def pointing_game(
+    saliency: Any,
+    boxes: BoxesSpec,
+    tolerance: float = 0.0,
+    size: tuple[int, int] | None = None,
+) -> torch.Tensor:
     """Pointing-game hits (Zhang et al., "Top-down neural attention by excitation backprop",
     ECCV 2016): 1.0 where the map's maximum lies inside a box, or within ``tolerance`` pixels
     (Euclidean distance to the box; the paper uses 15 px on VOC/COCO images), else 0.0.
+    Box coordinates are image pixels: pass ``size=(H, W)`` for maps of another resolution
+    (a 7x7 Grad-CAM), which are then bilinearly upsampled.
 
     Returns
     -------
@@ -56,7 +64,7 @@ def pointing_game(saliency: Any, boxes: BoxesSpec, tolerance: float = 0.0) -> to
     """
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
-    pts = max_points(saliency)
+    pts = max_points(saliency, size)
     out = torch.zeros(len(pts), dtype=torch.float64)
     for i, (b, (r, c)) in enumerate(zip(_box_list(boxes, len(pts)), pts.tolist())):
         if not b.numel():
@@ -82,14 +90,17 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def saliency_boxes(
-    saliency: Any, threshold: float = 0.5, component: Literal["largest", "all"] = "largest"
+    saliency: Any,
+    threshold: float = 0.5,
+    component: Literal["largest", "all"] = "largest",
+    size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """One box per map from its thresholded saliency, (B, 4) int64 ``(x0, y0, x1, y1)``.
 
     Each map is min-max normalised to [0, 1]; pixels ``>= threshold`` are kept and the box
     covers the largest 8-connected component of them (CAM, Zhou et al. CVPR 2016, Sec. 3) or all
     of them (``component="all"``). A map with no pixel kept (e.g. constant, threshold > 0) gets
-    the empty box (0, 0, 0, 0).
+    the empty box (0, 0, 0, 0). ``size=(H, W)`` upsamples maps to the image first.
     """
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
@@ -97,7 +108,7 @@ def saliency_boxes(
         raise ValueError(f"component must be 'largest' or 'all', got {component!r}")
     from scipy import ndimage
 
-    s = as_saliency(saliency).double()
+    s = as_saliency(saliency, size).double()
     lo = s.flatten(1).min(1).values.view(-1, 1, 1)
     hi = s.flatten(1).max(1).values.view(-1, 1, 1)
     span = hi - lo
@@ -122,6 +133,7 @@ def localisation_error(
     threshold: float = 0.5,
     iou_threshold: float = 0.5,
     component: Literal["largest", "all"] = "largest",
+    size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Box-localisation errors (ILSVRC protocol, as in CAM and Du et al. 2018, Sec. 5.2).
 
@@ -134,7 +146,7 @@ def localisation_error(
     torch.Tensor
         (B,) float64 of 0/1; its mean is the localisation error rate.
     """
-    pred = saliency_boxes(saliency, threshold, component)
+    pred = saliency_boxes(saliency, threshold, component, size)
     out = torch.ones(len(pred), dtype=torch.float64)
     for i, b in enumerate(_box_list(boxes, len(pred))):
         if b.numel() and float(box_iou(pred[i : i + 1], b).max()) >= iou_threshold:

@@ -70,24 +70,31 @@ class InsertionAUC(_Curve):
 class PointingGame(StreamingMetric):
     """Streaming :func:`whynet.metrics.pointing_game`; ``compute()`` is the accuracy."""
 
-    def __init__(self, tolerance: float = 0.0) -> None:
+    def __init__(self, tolerance: float = 0.0, size: tuple[int, int] | None = None) -> None:
         super().__init__()
-        self.tolerance = tolerance
+        self.tolerance, self.size = tolerance, size
 
     def update(self, saliency: Any, boxes: BoxesSpec) -> torch.Tensor:
-        return self._add(pointing_game(saliency, boxes, self.tolerance))
+        return self._add(pointing_game(saliency, boxes, self.tolerance, self.size))
 
 
 class LocalisationError(StreamingMetric):
     """Streaming :func:`whynet.metrics.localisation_error`; ``compute()`` is the error rate."""
 
     def __init__(
-        self, threshold: float = 0.5, iou_threshold: float = 0.5, component: str = "largest"
+        self,
+        threshold: float = 0.5,
+        iou_threshold: float = 0.5,
+        component: str = "largest",
+        size: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         self.threshold, self.iou_threshold, self.component = threshold, iou_threshold, component
+        self.size = size
 
     def update(self, saliency: Any, boxes: BoxesSpec) -> torch.Tensor:
         return self._add(
-            localisation_error(saliency, boxes, self.threshold, self.iou_threshold, self.component)
+            localisation_error(
+                saliency, boxes, self.threshold, self.iou_threshold, self.component, self.size
+            )
         )  # type: ignore[arg-type]

@@ -91,10 +91,11 @@ def _canvas(section: Section, fast: bool, progress: bool | None) -> None:
     )
     rows = []
     metrics: dict[str, Any] = {}
+    size = (x.shape[-2], x.shape[-1])  # the Grad-CAM map is 8x8; boxes are image pixels
     for name, s in maps.items():
         row = {
-            "pointing game": float(pointing_game(s, boxes).mean()),
-            "loc. error @0.5": float(localisation_error(s, boxes, 0.5).mean()),
+            "pointing game": float(pointing_game(s, boxes, size=size).mean()),
+            "loc. error @0.5": float(localisation_error(s, boxes, 0.5, size=size).mean()),
             "deletion AUC": float(deletion_auc(model, x, s, y, baseline="zero", steps=16).mean()),
             "insertion AUC": float(
                 insertion_auc(model, x, s, y, baseline="blur", blur_sigma=3.0, steps=16).mean()
