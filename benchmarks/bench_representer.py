@@ -4,6 +4,8 @@ Usage::
 
     python benchmarks/bench_representer.py [fidelity|debug|speed|all] [--quick]
 
+fidelity and speed use the zoo's ``fashion-cnn`` (``--model smallcnn``: the SmallCNN stand-in
+of the results taken before its weights shipped); debug trains its own MLP on noisy labels.
 Prints JSON and writes ``benchmarks/results/representer.json`` (one key per experiment; a run
 of one experiment keeps the others' last results). Peak memory is the growth of the process's
 maximum RSS (``resource.getrusage``) over the step, so it is only an upper bound once an
@@ -107,16 +109,17 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((pred == y).float().mean())
 
 
+MODEL = "fashion-cnn"  # --model; "smallcnn" = the stand-in used before the zoo weights shipped
+
+
 def reference_model(quick: bool) -> tuple[nn.Module, str]:
-    """zoo ``fashion-cnn`` when its weights are shipped, else a SmallCNN trained here."""
-    try:
+    """The zoo's ``fashion-cnn`` (default; an error if its weights are missing), or with
+    ``--model smallcnn`` the stand-in SmallCNN trained here (the earlier results' model)."""
+    if MODEL == "fashion-cnn":
         from whynet.zoo import load_model
 
         model, _ = load_model("fashion-cnn")
         return model.eval(), "fashion-cnn (zoo)"
-    except Exception as e:  # weights not shipped yet
-        print(f"zoo fashion-cnn unavailable ({type(e).__name__}: {e}); training SmallCNN",
-              file=sys.stderr)
     cache = Path(tempfile.gettempdir()) / f"whynet_bench_smallcnn_{int(quick)}.pt"
     model = SmallCNN()
     if cache.is_file():
@@ -126,7 +129,7 @@ def reference_model(quick: bool) -> tuple[nn.Module, str]:
         model, _ = train(x, y, epochs=1)
         log("trained SmallCNN for the benchmark")
         torch.save(model.state_dict(), cache)
-    return model.eval(), "SmallCNN trained in the benchmark"
+    return model.eval(), "SmallCNN stand-in trained in the benchmark"
 
 
 class Peak:
@@ -151,36 +154,50 @@ def timed(fn: Any, repeats: int) -> tuple[float, list[float], Any]:
 
 # ---- 1. fidelity -----------------------------------------------------------------------------
 
-def fidelity(quick: bool, solver: str = "lbfgs") -> dict[str, Any]:
-    """Pearson r between the model's softmax and the decomposition's softmax (paper Sec. 4.1)."""
+def fidelity(quick: bool, solvers: tuple[str, ...] = ("gd", "lbfgs")) -> dict[str, Any]:
+    """Pearson r between the model's softmax and the decomposition's softmax (paper Sec. 4.1).
+
+    Features and outputs are extracted once (``extract_s``) and every solver fits on them
+    (``fit_features``; ``fit_s`` = the solver alone).
+    """
     model, name = reference_model(quick)
     xtr, ytr = fashion("train", 10000 if quick else None)
     xte, yte = fashion("test", 2000 if quick else None)
     t = time.perf_counter()
-    rp = RepresenterPoints(model, head="head", batch_size=500, solver=solver).fit(xtr, ytr)
-    fit_s = time.perf_counter() - t
-    fa = augment(rp.features_, torch.float64)
-    w_repr = rp.alpha_.T @ fa  # sum_i alpha_i [f_i, 1]: the decomposition for every test point
+    ex = RepresenterPoints(model, head="head", batch_size=500)
+    feats = {"train": ex._forward(xtr), "test": ex._forward(xte)}
     out: dict[str, Any] = {"model": name, "n_train": len(ytr), "n_test": len(yte),
-                           "solver": solver, "fit_s": round(fit_s, 2), "n_iter": rp.n_iter_,
-                           "converged": rp.converged_, "grad_mean": rp.grad_norm_,
-                           "grad_mean0": rp.grad_norm0_}
-    for split, x in (("train", xtr), ("test", xte)):
-        with torch.no_grad():
-            f, outputs = rp._forward(x)
-        model_p = torch.softmax(outputs.double(), 1)
-        dec_p = torch.softmax(augment(f, torch.float64) @ w_repr.T, 1)
-        r = float(np.corrcoef(model_p.flatten().numpy(), dec_p.flatten().numpy())[0, 1])
-        out[f"pearson_{split}"] = round(r, 5)
-        out[f"argmax_agreement_{split}"] = round(float((model_p.argmax(1) == dec_p.argmax(1))
-                                                       .float().mean()), 5)
-    # the blocked sum over training points equals the matrix form on a few test points
-    e = rp.explain(xte[:20])
-    direct = (augment(rp._forward(xte[:20])[0], torch.float64) @ w_repr.T).gather(
-        1, e.target[:, None])[:, 0]
-    out["max_abs_sum_vs_matrix_form"] = float((e.values.sum(1) - direct).abs().max())
-    out["max_abs_sum_vs_finetuned_logit"] = float((e.values.sum(1) - e.extras["logits"]).abs()
-                                                  .max())
+                           "extract_s": round(time.perf_counter() - t, 2)}
+    for split, (_, outputs) in feats.items():
+        y = ytr if split == "train" else yte
+        out[f"model_accuracy_{split}"] = round(float((outputs.argmax(1) == y).float().mean()), 5)
+    log(f"features extracted in {out['extract_s']}s")
+    for solver in solvers:
+        t = time.perf_counter()
+        rp = RepresenterPoints(model, head="head", batch_size=500, solver=solver)
+        rp.fit_features(feats["train"][0], feats["train"][1].double(), ytr)
+        fit_s = time.perf_counter() - t
+        fa = augment(rp.features_, torch.float64)
+        w_repr = rp.alpha_.T @ fa  # sum_i alpha_i [f_i, 1]: the decomposition, all test points
+        res: dict[str, Any] = {"fit_s": round(fit_s, 2), "n_iter": rp.n_iter_,
+                               "converged": rp.converged_, "grad_mean": rp.grad_norm_,
+                               "grad_mean0": rp.grad_norm0_}
+        for split, (f, outputs) in feats.items():
+            model_p = torch.softmax(outputs.double(), 1)
+            dec_p = torch.softmax(augment(f, torch.float64) @ w_repr.T, 1)
+            r = float(np.corrcoef(model_p.flatten().numpy(), dec_p.flatten().numpy())[0, 1])
+            res[f"pearson_{split}"] = round(r, 5)
+            res[f"argmax_agreement_{split}"] = round(float((model_p.argmax(1) == dec_p.argmax(1))
+                                                           .float().mean()), 5)
+        # the blocked sum over training points equals the matrix form on a few test points
+        e = rp.explain(xte[:20])
+        direct = (augment(feats["test"][0][:20], torch.float64) @ w_repr.T).gather(
+            1, e.target[:, None])[:, 0]
+        res["max_abs_sum_vs_matrix_form"] = float((e.values.sum(1) - direct).abs().max())
+        res["max_abs_sum_vs_finetuned_logit"] = float((e.values.sum(1) - e.extras["logits"])
+                                                      .abs().max())
+        out[solver] = res
+        log(f"fidelity {solver}: {res}")
     return out
 
 
@@ -293,7 +310,7 @@ def debug(quick: bool, noises: list[float] | None = None, n: int | None = None) 
 
 # ---- 3. speed --------------------------------------------------------------------------------
 
-def speed(quick: bool, n: int | None = None) -> dict[str, Any]:
+def speed(quick: bool, n: int | None = None, extras: bool = True) -> dict[str, Any]:
     """fit + explain 1,000 test points over the training set, whynet vs dattri vs Captum."""
     model, name = reference_model(quick)
     xtr, ytr = fashion("train", n or (5000 if quick else None))
@@ -311,14 +328,16 @@ def speed(quick: bool, n: int | None = None) -> dict[str, Any]:
         med, times, values = timed(ours, repeats)
     out["whynet"] = {"fit_explain_s": round(med, 2), "runs": [round(t, 2) for t in times],
                      "peak_rss_mb": round(pk.mb)}
+    log(f"whynet gd {med:.1f}s")
     def ours_lbfgs() -> RepresenterPoints:
         r = RepresenterPoints(model, head="head", batch_size=500, solver="lbfgs").fit(xtr, ytr)
         r.explain(xte)
         return r
 
-    med, times, rp = timed(ours_lbfgs, 2)
+    med, times, rp = timed(ours_lbfgs, repeats)
     out["whynet_lbfgs"] = {"fit_explain_s": round(med, 2), "runs": [round(t, 2) for t in times],
-                           "n_iter": rp.n_iter_}
+                           "n_iter": rp.n_iter_, "converged": rp.converged_}
+    log(f"whynet lbfgs {med:.1f}s")
     f_te = rp._forward(xte)[0]
     cls = rp._classes(model(xte[:1]).detach(), "predicted")
     one = f_te[:1]
@@ -378,7 +397,7 @@ def speed(quick: bool, n: int | None = None) -> dict[str, Any]:
         out["captum_tracincpfast_1ckpt"] = {"error": f"{type(e).__name__}: {e}"[:300]}
 
     log("captum done")
-    if len(ytr) < 60000 and not quick:  # whynet alone at the full training set
+    if len(ytr) < 60000 and not quick and extras:  # whynet alone at the full training set
         xtr, ytr = fashion("train")
 
         def ours60() -> RepresenterPoints:  # L-BFGS: same minimiser, GD is too slow here
@@ -394,7 +413,8 @@ def speed(quick: bool, n: int | None = None) -> dict[str, Any]:
                              "n_iter": rp.n_iter_, "converged": rp.converged_,
                              "per_test_point_ms_given_features": round(med1 * 1000, 3)}
         log("whynet 60k done")
-    out["simulated_1m"] = simulated_million(rp, f_te, quick)
+    if extras:
+        out["simulated_1m"] = simulated_million(rp, f_te, quick)
     return out
 
 
@@ -402,7 +422,7 @@ def simulated_million(rp: RepresenterPoints, f_te: torch.Tensor, quick: bool) ->
     """n = 1M memory-mapped float32 features (the real ones tiled, jittered), blocked values."""
     n = 200_000 if quick else 1_000_000
     d = rp.features_.shape[1]
-    path = Path(tempfile.gettempdir()) / f"whynet_bench_rp_{n}.npy"
+    path = Path(tempfile.gettempdir()) / f"whynet_bench_rp_{n}_d{d}.npy"
     if not path.is_file():
         mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, d))
         rng = np.random.default_rng(0)
@@ -440,19 +460,30 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: on a shared, oversubscribed 2-core machine "
                          "OpenMP threads spin against each other; 0 keeps torch's default)")
+    ap.add_argument("--model", default="fashion-cnn", choices=["fashion-cnn", "smallcnn"],
+                    help="fidelity/speed model: the zoo's fashion-cnn (default) or the SmallCNN "
+                         "stand-in of the earlier results (debug always trains its own MLP)")
+    ap.add_argument("--solver", nargs="+", default=["gd", "lbfgs"], choices=["gd", "lbfgs"],
+                    help="fidelity solvers (default both: gd = the authors' procedure, lbfgs)")
+    ap.add_argument("--no-extras", action="store_true",
+                    help="speed: skip whynet alone at 60k and the simulated 1M")
     args = ap.parse_args()
+    global MODEL
+    MODEL = args.model
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     results: dict[str, Any] = {}
-    runs = {"fidelity": lambda: fidelity(args.quick),
+    runs = {"fidelity": lambda: fidelity(args.quick, tuple(args.solver)),
             "debug": lambda: debug(args.quick, args.noise, args.n),
-            "speed": lambda: speed(args.quick, args.n)}
+            "speed": lambda: speed(args.quick, args.n, not args.no_extras)}
     for name, fn in runs.items():
         if args.what in (name, "all"):
             t = time.perf_counter()
             key = name if args.n is None and args.noise is None else \
                 f"{name}_n{args.n or 'default'}" + ("" if args.noise is None else
                                                     "_noise" + "-".join(map(str, args.noise)))
+            if name != "debug" and args.model != "fashion-cnn":
+                key += f"_{args.model}"
             results[key] = fn()
             name = key
             results[name]["quick"] = args.quick
