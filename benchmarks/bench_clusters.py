@@ -13,7 +13,8 @@ Experiments (issue 8):
 
 Memory: peak resident set size (RSS) sampled every 20 ms from /proc/self/statm during each phase,
 reported as the increase over the RSS at the start of the phase (tracemalloc does not see
-PyTorch's allocations).
+PyTorch's allocations). RSS counts the pages of the memory-mapped activation cache once read
+(reclaimable page cache); newer runs also record the anonymous part (RssAnon) separately.
 
 Run:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_clusters.py [--quick] [--only NAME ...]
 (one intra-op thread: on the shared 2-core machine two threads made autoencoder training steps
@@ -44,8 +45,19 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def rss() -> int:
+    """Resident set size in bytes. It includes file-backed pages of memory-mapped files (the
+    activation cache once read), which the kernel can drop; see :func:`rss_anon`."""
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * PAGE
+
+
+def rss_anon() -> int:
+    """Anonymous resident memory (heap, tensors) in bytes, from /proc/self/status."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 class PeakRSS:
@@ -53,6 +65,7 @@ class PeakRSS:
 
     def __enter__(self) -> PeakRSS:
         self.base = self.peak = rss()
+        self.base_anon = self.peak_anon = rss_anon()
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
@@ -61,19 +74,26 @@ class PeakRSS:
     def _run(self) -> None:
         while not self._stop.wait(0.02):
             self.peak = max(self.peak, rss())
+            self.peak_anon = max(self.peak_anon, rss_anon())
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._t.join()
         self.peak = max(self.peak, rss())
         self.delta_mb = (self.peak - self.base) / 2**20
+        self.delta_anon_mb = (self.peak_anon - self.base_anon) / 2**20
+
+
+LAST: dict[str, float] = {}  # anonymous-memory peak of the latest timed() call
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    """(result, seconds, peak RSS increase in MB); the anonymous-memory peak goes to LAST."""
     with PeakRSS() as m:
         t0 = time.perf_counter()
         out = fn()
         dt = time.perf_counter() - t0
+    LAST["anon_mb"] = m.delta_anon_mb
     return out, dt, m.delta_mb
 
 
@@ -115,7 +135,8 @@ def fashion(args: argparse.Namespace, res: dict[str, Any]) -> dict[str, ClusterS
         log(f"fashion: fit {name} {kw}")
         s = ClusterSurrogate(model, layers, n_clusters=15, batch_size=256, seed=0, **kw)
         _, fit_s, fit_mb = timed(lambda s=s: s.fit(xtr, ytr))
-        log(f"fashion: {name} fit {fit_s:.1f} s, peak +{fit_mb:.0f} MB")
+        fit_anon = LAST["anon_mb"]
+        log(f"fashion: {name} fit {fit_s:.1f} s, peak +{fit_mb:.0f} MB (anon +{fit_anon:.0f})")
         rep, eval_s, _ = timed(lambda s=s: s.layer_report(xte, yte))
         hard = ClusterSurrogate.__new__(ClusterSurrogate)
         hard.__dict__.update(s.__dict__)
@@ -127,6 +148,7 @@ def fashion(args: argparse.Namespace, res: dict[str, Any]) -> dict[str, ClusterS
             weighted[label] = {"fidelity": float((p == _predict(model, xte)).float().mean()),
                                "accuracy": float((p == yte).float().mean())}
         out[name] = {"settings": kw, "fit_s": fit_s, "fit_peak_rss_mb": fit_mb,
+                     "fit_peak_anon_mb": fit_anon,
                      "spilled_to_disk": s.spilled_to_disk_, "report": rep,
                      "eval_s": eval_s, "combined_hard_assignment": rep_hard,
                      "other_weights": weighted,
@@ -223,6 +245,7 @@ def scale(args: argparse.Namespace, res: dict[str, Any]) -> None:
     log(f"scale: fit k-means path on {n} points")
     _, fit_s, fit_mb = timed(lambda: s.fit(x))
     out["whynet_fit_s"], out["whynet_fit_peak_rss_mb"] = fit_s, fit_mb
+    out["whynet_fit_peak_anon_mb"] = LAST["anon_mb"]
     out["spilled_to_disk"] = s.spilled_to_disk_
     log(f"scale: fit {fit_s:.1f} s peak +{fit_mb:.0f} MB (disk cache {s.spilled_to_disk_})")
     # peers on the same embedding (k-means step only): scikit-learn KMeans with the same

@@ -38,7 +38,7 @@ def _fashion(section: Section, fast: bool, progress: bool | None) -> None:
 
     model, info = load_model("fashion-cnn")
     names = info.get("class_names") or [str(i) for i in range(10)]
-    short = [n.split("/")[0][:8] for n in names]
+    short = [n.split("/")[0][:10] for n in names]
     xtr, ytr = fashion_mnist("train").tensors()
     xte, yte = fashion_mnist("test").tensors()
     n_tr, n_te = (4000, 1000) if fast else (20000, 10000)
