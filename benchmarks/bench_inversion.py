@@ -165,7 +165,12 @@ def part_canvas(args: argparse.Namespace) -> dict[str, Any]:
     x, y = ds.tensors()
     boxes = ds.boxes
     gfi = GuidedFeatureInversion(model, "pool", "features.block4", batch_size=16)
-    methods: dict[str, Saliency] = {"GFI": lambda x, t: gfi.explain(x, t).values}
+    # canvas backgrounds are black: "absence" is zero there, not a blurred item (a variant)
+    gfi0 = GuidedFeatureInversion(model, "pool", "features.block4", background="zero")
+    methods: dict[str, Saliency] = {
+        "GFI": lambda x, t: gfi.explain(x, t).values,
+        "GFI zero-bg": lambda x, t: gfi0.explain(x, t).values,
+    }
     methods.update(captum_methods(model, model.features.block4, (8, 4), 16, 64))
     methods["centre"] = centre
     if args.methods:  # re-run some methods only; the other rows are kept from the results file
