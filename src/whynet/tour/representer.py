@@ -97,8 +97,9 @@ def run(out: Path, fast: bool = True, progress: bool | None = None) -> Section:
     from whynet.data.noise import with_noisy_labels
 
     noisy = with_noisy_labels(ytr, 0.1, seed=3, num_classes=10)
+    # same images, so reuse the extracted head inputs instead of a second forward pass
     rl = RepresenterPoints(model, head="head", targets="labels", batch_size=500, solver=solver,
-                           progress=progress).fit(xtr, noisy.labels)
+                           progress=progress).fit_features(rp.features_, labels=noisy.labels)
     order = rl.mislabel_ranking()
     flipped = noisy.flipped.bool()
     rows = []
