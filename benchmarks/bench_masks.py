@@ -67,8 +67,10 @@ def reset_peak() -> bool:
         return False
 
 
-def measure(fn: Callable[[], torch.Tensor], repeats: int,
-            ) -> tuple[torch.Tensor, list[float], float]:
+def measure(
+    fn: Callable[[], torch.Tensor],
+    repeats: int,
+) -> tuple[torch.Tensor, list[float], float]:
     """(result, wall times, peak RSS growth in MB of the first call)."""
     base = rss_kb("VmRSS")
     ok = reset_peak()
@@ -85,8 +87,10 @@ def measure(fn: Callable[[], torch.Tensor], repeats: int,
 
 
 # ------------------------------------------------------------------------------- canvas
-def canvas_methods(model: torch.nn.Module, me: Any,
-                   ) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+def canvas_methods(
+    model: torch.nn.Module,
+    me: Any,
+) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     from captum.attr import (
         IntegratedGradients,
         LayerAttribution,
@@ -113,6 +117,7 @@ def canvas_methods(model: torch.nn.Module, me: Any,
             with frozen_eval(model):
                 t = predicted(x)
                 return run(x, t).detach()
+
         return f
 
     occ = Occlusion(model)
@@ -122,15 +127,25 @@ def canvas_methods(model: torch.nn.Module, me: Any,
     return {
         "masks (trained explainer)": masks,
         "guided feature inversion": inversion,
-        "captum Occlusion 8x8/4": captum(lambda x, t: occ.attribute(
-            x, target=t, sliding_window_shapes=(1, 8, 8), strides=(1, 4, 4), baselines=0.0,
-            perturbations_per_eval=64).sum(1)),
+        "captum Occlusion 8x8/4": captum(
+            lambda x, t: occ.attribute(
+                x,
+                target=t,
+                sliding_window_shapes=(1, 8, 8),
+                strides=(1, 4, 4),
+                baselines=0.0,
+                perturbations_per_eval=64,
+            ).sum(1)
+        ),
         "captum Saliency": captum(lambda x, t: sal.attribute(x, target=t).abs().sum(1)),
-        "captum IntegratedGradients": captum(lambda x, t: ig.attribute(
-            x, target=t, n_steps=32, internal_batch_size=256).sum(1)),
-        "captum LayerGradCam": captum(lambda x, t: LayerAttribution.interpolate(
-            gc.attribute(x, target=t, relu_attributions=True), x.shape[-2:],
-            "bilinear")[:, 0]),
+        "captum IntegratedGradients": captum(
+            lambda x, t: ig.attribute(x, target=t, n_steps=32, internal_batch_size=256).sum(1)
+        ),
+        "captum LayerGradCam": captum(
+            lambda x, t: LayerAttribution.interpolate(
+                gc.attribute(x, target=t, relu_attributions=True), x.shape[-2:], "bilinear"
+            )[:, 0]
+        ),
     }
 
 
@@ -169,10 +184,13 @@ def part_canvas(quick: bool) -> dict[str, Any]:
         print(name, json.dumps(rows[name]), flush=True)
     fid = mask_fidelity(model, x, me.explain(x).values, baseline="blur", blur_sigma=4.0)
     t_mask = rows["masks (trained explainer)"]["seconds_per_image"]
-    slow = {k: rows[k]["seconds_per_image"] / t_mask if k in rows else None
-            for k in ("guided feature inversion", "captum Occlusion 8x8/4")}
+    slow = {
+        k: rows[k]["seconds_per_image"] / t_mask if k in rows else None
+        for k in ("guided feature inversion", "captum Occlusion 8x8/4")
+    }
     return {
-        "images": n, "model_accuracy_on_them": float((pred == y).double().mean()),
+        "images": n,
+        "model_accuracy_on_them": float((pred == y).double().mean()),
         "methods": rows,
         "mask_mean_size": float(me.explain(x).values.mean()),
         "mask_kept_agreement": float(fid.agreement.mean()),
@@ -222,8 +240,11 @@ def part_tpsa(quick: bool) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     from whynet.data.molecules import parse_smiles
 
-    res: dict[str, list[float]] = {f"{k}_{m}": [] for k in ("auc", "spearman")
-                                   for m in ("mask", "gradxemb", "random", "is_N_or_O")}
+    res: dict[str, list[float]] = {
+        f"{k}_{m}": []
+        for k in ("auc", "spearman")
+        for m in ("mask", "gradxemb", "random", "is_N_or_O")
+    }
     rows = [i for i in range(n) if bool(keep[i])]
     for j, i in enumerate(rows):
         smi = ds.smiles[i]
@@ -239,8 +260,7 @@ def part_tpsa(quick: bool) -> dict[str, Any]:
         res["auc_random"].append(_auc(r, label))
         res["spearman_random"].append(_spearman(r, contrib))
         # a chemist's rule: TPSA (RDKit default) counts N and O atoms only
-        rule = np.array([float(a.GetSymbol() in ("N", "O"))
-                         for a in parse_smiles(smi).GetAtoms()])
+        rule = np.array([float(a.GetSymbol() in ("N", "O")) for a in parse_smiles(smi).GetAtoms()])
         res["auc_is_N_or_O"].append(_auc(rule, label))
         res["spearman_is_N_or_O"].append(_spearman(rule, contrib))
     summary = {k: float(np.nanmean(v)) for k, v in res.items()}
@@ -281,17 +301,22 @@ def part_sentiment(quick: bool) -> dict[str, Any]:
                 keep = torch.zeros_like(m).scatter_(1, idx, 1.0) * valid
                 agree = (me.masked_output(ids, keep).argmax(1) == pred).double().mean()
                 out[f"agreement_keep_{name}{k}"] = float(agree)
-    return {"texts": len(ids), "mask_mean_size": float((m.sum(1) / valid.sum(1)).mean()),
-            "masked_agreement": float((masked == pred).double().mean()),
-            "explain_seconds_per_text": t_mask / len(ids), **out}
+    return {
+        "texts": len(ids),
+        "mask_mean_size": float((m.sum(1) / valid.sum(1)).mean()),
+        "masked_agreement": float((masked == pred).double().mean()),
+        "explain_seconds_per_text": t_mask / len(ids),
+        **out,
+    }
 
 
 PARTS = {"canvas": part_canvas, "tpsa": part_tpsa, "sentiment": part_sentiment}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", default=",".join(PARTS))
     parser.add_argument("--threads", type=int, default=None)
@@ -309,8 +334,11 @@ def main() -> None:
         N_IMAGES["canvas"] = args.n
     METHODS.extend(m for m in args.methods.split(",") if m)
     result: dict[str, Any] = {
-        "quick": args.quick, "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "python": platform.python_version(), "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "quick": args.quick,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     for part in args.only.split(","):
         t0 = time.perf_counter()

@@ -102,15 +102,24 @@ def tok_model() -> nn.Module:
 @pytest.fixture(scope="module")
 def img_fitted(img_model: nn.Module) -> MaskExplainer:
     x, _ = region_task(192)
-    return MaskExplainer(img_model, "image", small_image_net(), sparsity=3.0, fill="zero",
-                         lr=2e-2, batch_size=32, progress=False).fit(x, epochs=8)
+    return MaskExplainer(
+        img_model,
+        "image",
+        small_image_net(),
+        sparsity=3.0,
+        fill="zero",
+        lr=2e-2,
+        batch_size=32,
+        progress=False,
+    ).fit(x, epochs=8)
 
 
 @pytest.fixture(scope="module")
 def tok_fitted(tok_model: nn.Module) -> MaskExplainer:
     ids, _, _ = token_task(256)
-    return MaskExplainer(tok_model, "sequence", small_seq_net(), sparsity=1.0, lr=3e-2,
-                         batch_size=32, progress=False).fit(ids, epochs=6)
+    return MaskExplainer(
+        tok_model, "sequence", small_seq_net(), sparsity=1.0, lr=3e-2, batch_size=32, progress=False
+    ).fit(ids, epochs=6)
 
 
 # ---------------------------------------------------------------- exact identities
@@ -161,7 +170,8 @@ def test_image_mask_concentrates_on_the_label_region(img_fitted: MaskExplainer) 
 
 
 def test_sequence_masks_zero_on_padding_and_concentrate_on_key_token(
-        tok_fitted: MaskExplainer) -> None:
+    tok_fitted: MaskExplainer,
+) -> None:
     ids, _, pos = token_task(100, seed=9)
     m = tok_fitted.explain(ids).values
     assert m.shape == ids.shape
@@ -177,8 +187,17 @@ def test_mask_size_falls_as_sparsity_grows(img_model: nn.Module) -> None:
     x, _ = region_task(128)
     sizes = []
     for sparsity in (0.0, 0.01, 0.1, 1.0, 10.0):
-        me = MaskExplainer(img_model, "image", small_image_net(), sparsity=sparsity, fill="zero",
-                           lr=5e-2, batch_size=32, seed=0, progress=False).fit(x, epochs=10)
+        me = MaskExplainer(
+            img_model,
+            "image",
+            small_image_net(),
+            sparsity=sparsity,
+            fill="zero",
+            lr=5e-2,
+            batch_size=32,
+            seed=0,
+            progress=False,
+        ).fit(x, epochs=10)
         sizes.append(float(me.explain(x).values.mean()))
     assert all(a > b for a, b in zip(sizes, sizes[1:])), sizes
     assert sizes[0] > 0.9 and sizes[-1] < 0.05, sizes
@@ -204,8 +223,9 @@ def test_fit_leaves_model_untouched(tok_model: nn.Module) -> None:
 def test_validation_early_stopping_keeps_best(img_model: nn.Module) -> None:
     x, _ = region_task(96)
     xv, _ = region_task(32, seed=3)
-    me = MaskExplainer(img_model, "image", small_image_net(), sparsity=1.0, lr=2e-2,
-                       batch_size=32, progress=False).fit(x, epochs=3, val_data=xv, patience=1)
+    me = MaskExplainer(
+        img_model, "image", small_image_net(), sparsity=1.0, lr=2e-2, batch_size=32, progress=False
+    ).fit(x, epochs=3, val_data=xv, patience=1)
     assert 1 <= len(me.history_) <= 3
     assert all("val_loss" in h and "val_fidelity" in h for h in me.history_)
 
@@ -214,8 +234,16 @@ def test_regression_sequence_preserves_prediction() -> None:
     torch.manual_seed(0)
     model = BagModel(out=1).double().eval()
     ids, _, _ = token_task(64)
-    me = MaskExplainer(model, "sequence", small_seq_net(), task="regression", sparsity=0.1,
-                       lr=3e-2, batch_size=32, progress=False).fit(ids, epochs=2)
+    me = MaskExplainer(
+        model,
+        "sequence",
+        small_seq_net(),
+        task="regression",
+        sparsity=0.1,
+        lr=3e-2,
+        batch_size=32,
+        progress=False,
+    ).fit(ids, epochs=2)
     assert me.output_scale_ > 0
     assert all(set(h) >= {"loss", "size", "fidelity"} for h in me.history_)
     m = me.explain(ids).values
@@ -223,8 +251,13 @@ def test_regression_sequence_preserves_prediction() -> None:
 
 
 # ---------------------------------------------------------------- files
-def test_save_load_round_trip(tmp_path, img_fitted: MaskExplainer, img_model: nn.Module,
-                              tok_fitted: MaskExplainer, tok_model: nn.Module) -> None:
+def test_save_load_round_trip(
+    tmp_path,
+    img_fitted: MaskExplainer,
+    img_model: nn.Module,
+    tok_fitted: MaskExplainer,
+    tok_model: nn.Module,
+) -> None:
     x, _ = region_task(10, seed=11)
     img_fitted.save(tmp_path / "img.safetensors")
     loaded = MaskExplainer.load(tmp_path / "img.safetensors", img_model)
@@ -243,8 +276,9 @@ def test_save_load_round_trip(tmp_path, img_fitted: MaskExplainer, img_model: nn
 
 
 # ---------------------------------------------------------------- bad input
-def test_bad_input(img_fitted: MaskExplainer, tok_fitted: MaskExplainer,
-                   tok_model: nn.Module) -> None:
+def test_bad_input(
+    img_fitted: MaskExplainer, tok_fitted: MaskExplainer, tok_model: nn.Module
+) -> None:
     ids, _, _ = token_task(4)
     x, _ = region_task(4)
     with pytest.raises(TypeError, match="modality='sequence'"):
@@ -274,8 +308,9 @@ def test_bad_input(img_fitted: MaskExplainer, tok_fitted: MaskExplainer,
         MaskExplainer(model, "sequence", task="regression", target="label").fit(ids)
     loader = torch.utils.data.DataLoader(ids, batch_size=2)
     with pytest.raises(ValueError, match="labels"):
-        MaskExplainer(model, "sequence", task="regression", target="label",
-                      progress=False).fit(loader)
+        MaskExplainer(model, "sequence", task="regression", target="label", progress=False).fit(
+            loader
+        )
     with pytest.raises(ValueError, match="modality"):
         MaskExplainer(model, "text")
     with pytest.raises(ValueError, match="fill"):
@@ -294,8 +329,15 @@ def test_label_target_and_data_forms(img_model: nn.Module) -> None:
     loader = torch.utils.data.DataLoader(ds, batch_size=16)
     fits = []
     for data, labels in ((x, y), (ds, None), (loader, None)):
-        me = MaskExplainer(img_model, "image", small_image_net(), target="label", lr=2e-2,
-                           batch_size=16, progress=False).fit(data, labels, epochs=1)
+        me = MaskExplainer(
+            img_model,
+            "image",
+            small_image_net(),
+            target="label",
+            lr=2e-2,
+            batch_size=16,
+            progress=False,
+        ).fit(data, labels, epochs=1)
         fits.append(me)
         assert me.history_[0]["fidelity"] >= 0.0
     # a tensor and a Dataset of the same pairs, same seed: the same shuffled order -> same net

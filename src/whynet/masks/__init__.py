@@ -11,6 +11,13 @@ from whynet.masks.networks import ImageMaskNet, SequenceMaskNet, build_network
 from whynet.masks.pretrained import PRETRAINED, load_pretrained
 
 __all__ = [
-    "MaskExplainer", "ImageMaskNet", "SequenceMaskNet", "build_network", "apply_image_mask",
-    "fill_value", "gaussian_blur", "load_pretrained", "PRETRAINED",
+    "MaskExplainer",
+    "ImageMaskNet",
+    "SequenceMaskNet",
+    "build_network",
+    "apply_image_mask",
+    "fill_value",
+    "gaussian_blur",
+    "load_pretrained",
+    "PRETRAINED",
 ]

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, IterableDataset, Subset
 
 from whynet.core import (
     Explainer,
@@ -108,21 +108,45 @@ class MaskExplainer(FittedMixin, Explainer):
 
     method = "masks"
 
-    def __init__(self, model: nn.Module, modality: str = "image",
-                 explainer: nn.Module | None = None, *, sparsity: float = 1.0,
-                 fill: str = "blur", target: str = "prediction",
-                 smoothness: float = 0.0, embedding: str = "embedding",
-                 task: str = "classification", lr: float = 3e-3, batch_size: int = 64,
-                 seed: int = 0, blur_sigma: float = 4.0, progress: bool | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        modality: str = "image",
+        explainer: nn.Module | None = None,
+        *,
+        sparsity: float = 1.0,
+        fill: str = "blur",
+        target: str = "prediction",
+        smoothness: float = 0.0,
+        embedding: str = "embedding",
+        task: str = "classification",
+        lr: float = 3e-3,
+        batch_size: int = 64,
+        seed: int = 0,
+        blur_sigma: float = 4.0,
+        progress: bool | None = None,
+    ) -> None:
         super().__init__(model, batch_size=batch_size, progress=progress)
-        for name, value, allowed in (("modality", modality, MODALITIES), ("fill", fill, FILLS),
-                                     ("target", target, TARGETS), ("task", task, TASKS)):
+        for name, value, allowed in (
+            ("modality", modality, MODALITIES),
+            ("fill", fill, FILLS),
+            ("target", target, TARGETS),
+            ("task", task, TASKS),
+        ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        for name, num in (("sparsity", sparsity), ("smoothness", smoothness), ("lr", lr),
-                          ("blur_sigma", blur_sigma)):
-            if isinstance(num, bool) or not isinstance(num, (int, float)) or num < 0 \
-                    or not math.isfinite(num):
+        for name, num in (
+            ("sparsity", sparsity),
+            ("smoothness", smoothness),
+            ("lr", lr),
+            ("blur_sigma", blur_sigma),
+        ):
+            if (
+                isinstance(num, bool)
+                or not isinstance(num, (int, float))
+                or num < 0
+                or not math.isfinite(num)
+            ):
                 raise ValueError(f"{name} must be a finite number >= 0, got {num!r}")
         if explainer is not None and not isinstance(explainer, nn.Module):
             raise TypeError(f"explainer must be an nn.Module, got {type(explainer).__name__}")
@@ -140,28 +164,47 @@ class MaskExplainer(FittedMixin, Explainer):
 
     # ------------------------------------------------------------------ settings / state
     def _params(self) -> dict[str, Any]:
-        return {"modality": self.modality, "sparsity": self.sparsity, "fill": self.fill,
-                "target": self.target, "smoothness": self.smoothness,
-                "embedding": self.embedding, "task": self.task, "lr": self.lr,
-                "batch_size": self.batch_size, "seed": self.seed, "blur_sigma": self.blur_sigma}
+        return {
+            "modality": self.modality,
+            "sparsity": self.sparsity,
+            "fill": self.fill,
+            "target": self.target,
+            "smoothness": self.smoothness,
+            "embedding": self.embedding,
+            "task": self.task,
+            "lr": self.lr,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "blur_sigma": self.blur_sigma,
+        }
 
-    def _check_x(self, x: object, name: str = "inputs", check_length: bool = True,
-                 ) -> torch.Tensor:
+    def _check_x(
+        self,
+        x: object,
+        name: str = "inputs",
+        check_length: bool = True,
+    ) -> torch.Tensor:
         """Validate a batch for this modality; sequences: trailing padding, none empty."""
         if self.modality == "image":
             if isinstance(x, torch.Tensor) and not x.is_floating_point():
-                raise TypeError(f"{name}: this MaskExplainer has modality='image' and needs float "
-                                f"images (B, C, H, W); got an integer tensor {tuple(x.shape)} "
-                                "(token ids need modality='sequence')")
+                raise TypeError(
+                    f"{name}: this MaskExplainer has modality='image' and needs float "
+                    f"images (B, C, H, W); got an integer tensor {tuple(x.shape)} "
+                    "(token ids need modality='sequence')"
+                )
             x = check_inputs(x, name=name, ndim=4)
             if hasattr(self, "in_channels_") and x.shape[1] != self.in_channels_:
-                raise ValueError(f"{name} have {x.shape[1]} channels; the explainer was trained "
-                                 f"on {self.in_channels_}")
+                raise ValueError(
+                    f"{name} have {x.shape[1]} channels; the explainer was trained "
+                    f"on {self.in_channels_}"
+                )
             return x
         if isinstance(x, torch.Tensor) and x.is_floating_point():
-            raise TypeError(f"{name}: this MaskExplainer has modality='sequence' and needs integer "
-                            f"token ids (B, T); got a float tensor {tuple(x.shape)} "
-                            "(images need modality='image')")
+            raise TypeError(
+                f"{name}: this MaskExplainer has modality='sequence' and needs integer "
+                f"token ids (B, T); got a float tensor {tuple(x.shape)} "
+                "(images need modality='image')"
+            )
         x = check_inputs(x, name=name, ndim=2, floating=False)
         if x.shape[1] == 0:
             raise ValueError(f"{name} are empty sequences (length 0)")
@@ -174,20 +217,24 @@ class MaskExplainer(FittedMixin, Explainer):
         prefix = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
         if not bool((prefix == valid).all()):
             row = int((prefix != valid).any(1).nonzero()[0])
-            raise ValueError(f"{name} row {row} has padding (id 0) before a real token; "
-                             "padding must only trail")
-        if check_length and hasattr(self, "max_length_") \
-                and int(lengths.max()) > self.max_length_:
-            raise ValueError(f"{name} contain a sequence of {int(lengths.max())} tokens, longer "
-                             f"than any seen in training ({self.max_length_}); refit on longer "
-                             "sequences or truncate")
+            raise ValueError(
+                f"{name} row {row} has padding (id 0) before a real token; padding must only trail"
+            )
+        if check_length and hasattr(self, "max_length_") and int(lengths.max()) > self.max_length_:
+            raise ValueError(
+                f"{name} contain a sequence of {int(lengths.max())} tokens, longer "
+                f"than any seen in training ({self.max_length_}); refit on longer "
+                "sequences or truncate"
+            )
         return x
 
     def _embedding_layer(self) -> nn.Embedding:
         layer = resolve_layer(self.model, self.embedding)
         if not isinstance(layer, nn.Embedding):
-            raise TypeError(f"embedding layer {self.embedding!r} is a {type(layer).__name__}, "
-                            "expected nn.Embedding")
+            raise TypeError(
+                f"embedding layer {self.embedding!r} is a {type(layer).__name__}, "
+                "expected nn.Embedding"
+            )
         return layer
 
     def _build(self, x: torch.Tensor) -> nn.Module:
@@ -207,8 +254,10 @@ class MaskExplainer(FittedMixin, Explainer):
         if self.modality == "image":
             logits = net(x)
             if logits.shape != (x.shape[0], *x.shape[2:]):
-                raise ValueError(f"explainer network gave shape {tuple(logits.shape)}, expected "
-                                 f"{(x.shape[0], *x.shape[2:])}")
+                raise ValueError(
+                    f"explainer network gave shape {tuple(logits.shape)}, expected "
+                    f"{(x.shape[0], *x.shape[2:])}"
+                )
             return torch.sigmoid(logits)
         valid = x != 0
         with torch.no_grad():  # g reads the model's embeddings, detached (f stays untouched)
@@ -235,8 +284,12 @@ class MaskExplainer(FittedMixin, Explainer):
             return as_logits(self.model(x))
 
     # ------------------------------------------------------------------ training
-    def _loss(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor | None,
-              ) -> tuple[torch.Tensor, dict[str, float]]:
+    def _loss(
+        self,
+        net: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """Objective (1) on one batch, with the batch's mean mask size and fidelity."""
         with torch.no_grad():
             ref_out = as_logits(self.model(x))
@@ -252,8 +305,9 @@ class MaskExplainer(FittedMixin, Explainer):
             assert goal is not None
             goal = goal.to(out).reshape(out.shape)
             if not hasattr(self, "output_scale_"):
-                self.output_scale_ = max(float(ref_out.double().var()), 1e-12) \
-                    if ref_out.numel() > 1 else 1.0
+                self.output_scale_ = (
+                    max(float(ref_out.double().var()), 1e-12) if ref_out.numel() > 1 else 1.0
+                )
             fit = F.mse_loss(out, goal) / self.output_scale_
             # fidelity for regression: 1 - MSE(masked, unmasked) / var (an R^2 against f)
             fidelity = 1.0 - float(F.mse_loss(out.detach(), ref_out)) / self.output_scale_
@@ -265,12 +319,19 @@ class MaskExplainer(FittedMixin, Explainer):
         loss = fit + self.sparsity * size.mean()
         if self.modality == "image" and self.smoothness > 0:
             loss = loss + self.smoothness * _total_variation(mask).mean()
-        stats = {"loss": float(loss.detach()), "size": float(size.detach().mean()),
-                 "fidelity": fidelity}
+        stats = {
+            "loss": float(loss.detach()),
+            "size": float(size.detach().mean()),
+            "fidelity": fidelity,
+        }
         return loss, stats
 
-    def _epoch_batches(self, data: Any, labels: torch.Tensor | None, gen: torch.Generator,
-                       ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    def _epoch_batches(
+        self,
+        data: Any,
+        labels: torch.Tensor | None,
+        gen: torch.Generator,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         # shuffled, seeded order; every form still goes through iter_batches
         need = self.target == "label"
         device = model_device(self.model)
@@ -278,20 +339,30 @@ class MaskExplainer(FittedMixin, Explainer):
             perm = torch.randperm(len(data), generator=gen)
             data = data[perm]
             labels = None if labels is None else labels[perm.to(labels.device)]
-        elif isinstance(data, Dataset) and not isinstance(data, DataLoader):
+        elif isinstance(data, Dataset) and not isinstance(data, IterableDataset):
             # the same permutation as for a tensor of the same examples
-            data = Subset(data, torch.randperm(len(data), generator=gen).tolist())
-        yield from iter_batches(data, labels, batch_size=self.batch_size, need_labels=need,
-                                device=device)
+            n = len(data)  # type: ignore[arg-type]
+            data = Subset(data, torch.randperm(n, generator=gen).tolist())
+        yield from iter_batches(
+            data, labels, batch_size=self.batch_size, need_labels=need, device=device
+        )
 
-    def _evaluate(self, net: nn.Module, data: Any, labels: torch.Tensor | None,
-                  ) -> dict[str, float]:
+    def _evaluate(
+        self,
+        net: nn.Module,
+        data: Any,
+        labels: torch.Tensor | None,
+    ) -> dict[str, float]:
         totals: dict[str, float] = {}
         n = 0
         with torch.no_grad():
-            for x, y in iter_batches(data, labels, batch_size=self.batch_size,
-                                     need_labels=self.target == "label",
-                                     device=model_device(self.model)):
+            for x, y in iter_batches(
+                data,
+                labels,
+                batch_size=self.batch_size,
+                need_labels=self.target == "label",
+                device=model_device(self.model),
+            ):
                 x = self._check_x(x, "val_data", check_length=False)
                 _, stats = self._loss(net, x, y)
                 for k, v in stats.items():
@@ -301,9 +372,16 @@ class MaskExplainer(FittedMixin, Explainer):
             raise ValueError("val_data is empty")
         return {k: v / n for k, v in totals.items()}
 
-    def fit(self, train_data: Any, labels: torch.Tensor | None = None, *, epochs: int = 5,
-            val_data: Any = None, val_labels: torch.Tensor | None = None,
-            patience: int = 2) -> MaskExplainer:
+    def fit(
+        self,
+        train_data: Any,
+        labels: torch.Tensor | None = None,
+        *,
+        epochs: int = 5,
+        val_data: Any = None,
+        val_labels: torch.Tensor | None = None,
+        patience: int = 2,
+    ) -> MaskExplainer:
         """Train the explainer network g on ``train_data`` by minimising (1); f stays frozen.
 
         Parameters
@@ -330,9 +408,11 @@ class MaskExplainer(FittedMixin, Explainer):
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
             raise ValueError(f"patience must be an int >= 1, got {patience!r}")
         if self.target == "label" and labels is None and isinstance(train_data, torch.Tensor):
-            raise ValueError(f"target='label' needs labels, but train_data is a bare tensor and "
-                             f"labels=None (a {self.task} model's prediction can be kept with "
-                             "target='prediction')")
+            raise ValueError(
+                f"target='label' needs labels, but train_data is a bare tensor and "
+                f"labels=None (a {self.task} model's prediction can be kept with "
+                "target='prediction')"
+            )
         if self.modality == "sequence":
             self._embedding_layer()
         check_batch_size(self.batch_size)
@@ -350,8 +430,13 @@ class MaskExplainer(FittedMixin, Explainer):
                 bar = None
                 if show:
                     from tqdm.auto import tqdm
-                    bar = tqdm(desc=f"masks epoch {epoch + 1}/{epochs}", leave=False,
-                               dynamic_ncols=True, unit="batch")
+
+                    bar = tqdm(
+                        desc=f"masks epoch {epoch + 1}/{epochs}",
+                        leave=False,
+                        dynamic_ncols=True,
+                        unit="batch",
+                    )
                 totals: dict[str, float] = {}
                 n = 0
                 for x, y in self._epoch_batches(train_data, labels, gen):
@@ -427,9 +512,11 @@ class MaskExplainer(FittedMixin, Explainer):
         """
         self.check_is_fitted()
         if target is not None and not (isinstance(target, str) and target == "predicted"):
-            raise ValueError("MaskExplainer explains what its network was trained on "
-                             f"(target={self.target!r}); explain(target=...) must be None, "
-                             f"got {target!r}")
+            raise ValueError(
+                "MaskExplainer explains what its network was trained on "
+                f"(target={self.target!r}); explain(target=...) must be None, "
+                f"got {target!r}"
+            )
         x = self._check_x(inputs)
         x = x.to(model_device(self.model))
         net = self.network_
@@ -437,27 +524,44 @@ class MaskExplainer(FittedMixin, Explainer):
         net.eval()
         try:
             with torch.no_grad():
-                masks = torch.cat([self._mask(net, x[i:i + self.batch_size])
-                                   for i in range(0, len(x), self.batch_size)])
+                masks = torch.cat(
+                    [
+                        self._mask(net, x[i : i + self.batch_size])
+                        for i in range(0, len(x), self.batch_size)
+                    ]
+                )
         finally:
             net.train(mode)
-        return Explanation(values=masks, target=None, method=self.method,
-                           params=self._params(),
-                           meta={"modality": self.modality, "trained_target": self.target})
+        return Explanation(
+            values=masks,
+            target=None,
+            method=self.method,
+            params=self._params(),
+            meta={"modality": self.modality, "trained_target": self.target},
+        )
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path) -> Path:
         """Write the trained network, its config and the settings (safetensors + JSON)."""
         self.check_is_fitted()
         tensors = {f"network.{k}": v for k, v in self.network_.state_dict().items()}
-        meta = {"params": self._params(), "network": network_config(self.network_),
-                "in_channels": self.in_channels_, "output_scale": self.output_scale_,
-                "max_length": getattr(self, "max_length_", None), "history": self.history_}
+        meta = {
+            "params": self._params(),
+            "network": network_config(self.network_),
+            "in_channels": self.in_channels_,
+            "output_scale": self.output_scale_,
+            "max_length": getattr(self, "max_length_", None),
+            "history": self.history_,
+        }
         return save_tensors(path, tensors, meta, FORMAT, FORMAT_VERSION)
 
     @classmethod
-    def load(cls, path: str | Path, model: nn.Module, progress: bool | None = None,
-             ) -> MaskExplainer:
+    def load(
+        cls,
+        path: str | Path,
+        model: nn.Module,
+        progress: bool | None = None,
+    ) -> MaskExplainer:
         """Rebuild a saved MaskExplainer for ``model`` (never unpickles anything)."""
         tensors, meta = load_tensors(path, FORMAT, FORMAT_VERSION)
         params = dict(meta["params"])
@@ -466,7 +570,7 @@ class MaskExplainer(FittedMixin, Explainer):
         net = build_network(meta["network"])
         # cast before loading: loading float64 weights into float32 parameters would round them
         net.to(device=model_device(model), dtype=model_dtype(model)).eval()
-        state = {k[len("network."):]: v for k, v in tensors.items() if k.startswith("network.")}
+        state = {k[len("network.") :]: v for k, v in tensors.items() if k.startswith("network.")}
         net.load_state_dict(state)
         self.network_ = net
         self.history_ = meta.get("history", [])

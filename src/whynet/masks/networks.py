@@ -18,8 +18,9 @@ __all__ = ["ImageMaskNet", "SequenceMaskNet", "build_network", "network_config"]
 
 
 def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1),
-                         nn.GroupNorm(1, c_out), nn.ReLU())
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.GroupNorm(1, c_out), nn.ReLU()
+    )
 
 
 def _init_out(layer: nn.Conv2d | nn.Linear, bias: float) -> None:
@@ -49,16 +50,23 @@ class ImageMaskNet(nn.Module):
         frozen model's prediction is preserved at step 0 and sparsity removes pixels from there.
     """
 
-    def __init__(self, in_channels: int = 1, width: int = 16, depth: int = 3,
-                 init_bias: float = 2.0) -> None:
+    def __init__(
+        self, in_channels: int = 1, width: int = 16, depth: int = 3, init_bias: float = 2.0
+    ) -> None:
         super().__init__()
-        self.config = {"kind": "image", "in_channels": in_channels, "width": width,
-                       "depth": depth, "init_bias": init_bias}
+        self.config = {
+            "kind": "image",
+            "in_channels": in_channels,
+            "width": width,
+            "depth": depth,
+            "init_bias": init_bias,
+        }
         self.stem = _block(in_channels, width, 1)
         widths = [width * 2**k for k in range(depth + 1)]
         self.down = nn.ModuleList(_block(widths[k], widths[k + 1], 2) for k in range(depth))
-        self.up = nn.ModuleList(_block(widths[k + 1] + widths[k], widths[k], 1)
-                                for k in reversed(range(depth)))
+        self.up = nn.ModuleList(
+            _block(widths[k + 1] + widths[k], widths[k], 1) for k in reversed(range(depth))
+        )
         self.out = nn.Conv2d(width, 1, 1)
         _init_out(self.out, init_bias)
 
@@ -94,21 +102,36 @@ class SequenceMaskNet(nn.Module):
         Initial output bias (see :class:`ImageMaskNet`).
     """
 
-    def __init__(self, embed_dim: int, hidden: int = 32, kind: str = "gru", kernel: int = 5,
-                 init_bias: float = 2.0) -> None:
+    def __init__(
+        self,
+        embed_dim: int,
+        hidden: int = 32,
+        kind: str = "gru",
+        kernel: int = 5,
+        init_bias: float = 2.0,
+    ) -> None:
         super().__init__()
         if kind not in ("gru", "conv"):
             raise ValueError(f"sequence explainer kind must be 'gru' or 'conv', got {kind!r}")
-        self.config = {"kind": "sequence", "embed_dim": embed_dim, "hidden": hidden,
-                       "net": kind, "kernel": kernel, "init_bias": init_bias}
+        self.config = {
+            "kind": "sequence",
+            "embed_dim": embed_dim,
+            "hidden": hidden,
+            "net": kind,
+            "kernel": kernel,
+            "init_bias": init_bias,
+        }
         self.net = kind
         if kind == "gru":
             self.gru = nn.GRU(embed_dim, hidden, batch_first=True, bidirectional=True)
             self.out = nn.Linear(2 * hidden, 1)
         else:
             self.conv = nn.Sequential(
-                nn.Conv1d(embed_dim, hidden, kernel, padding=kernel // 2), nn.ReLU(),
-                nn.Conv1d(hidden, hidden, kernel, padding=kernel // 2), nn.ReLU())
+                nn.Conv1d(embed_dim, hidden, kernel, padding=kernel // 2),
+                nn.ReLU(),
+                nn.Conv1d(hidden, hidden, kernel, padding=kernel // 2),
+                nn.ReLU(),
+            )
             self.out = nn.Linear(hidden, 1)
         _init_out(self.out, init_bias)
 
@@ -129,8 +152,10 @@ def network_config(net: nn.Module) -> dict[str, Any]:
     """The JSON config that rebuilds ``net`` with :func:`build_network` (default nets only)."""
     config = getattr(net, "config", None)
     if not isinstance(config, dict):
-        raise TypeError(f"cannot save a custom explainer network of type {type(net).__name__}: "
-                        "give it a JSON-serialisable `config` dict understood by build_network")
+        raise TypeError(
+            f"cannot save a custom explainer network of type {type(net).__name__}: "
+            "give it a JSON-serialisable `config` dict understood by build_network"
+        )
     return dict(config)
 
 

@@ -35,14 +35,20 @@ def pretrained_info(name: str) -> dict[str, Any]:
     if name not in PRETRAINED:
         raise ValueError(f"unknown pretrained explainer {name!r}; known: {sorted(PRETRAINED)}")
     if not path.is_file():
-        raise FileNotFoundError(f"explainer weights for {name!r} are not shipped ({path}); "
-                                f"train them with `python -m whynet.masks.train {name}`")
+        raise FileNotFoundError(
+            f"explainer weights for {name!r} are not shipped ({path}); "
+            f"train them with `python -m whynet.masks.train {name}`"
+        )
     return json.loads(path.read_text())
 
 
-def load_pretrained(name: str, model: nn.Module | None = None, *,
-                    weights_dir: str | Path | None = None, zoo_dir: str | Path | None = None,
-                    ) -> tuple[MaskExplainer, nn.Module, dict[str, Any]]:
+def load_pretrained(
+    name: str,
+    model: nn.Module | None = None,
+    *,
+    weights_dir: str | Path | None = None,
+    zoo_dir: str | Path | None = None,
+) -> tuple[MaskExplainer, nn.Module, dict[str, Any]]:
     """Load shipped explainer ``name`` with its zoo model (or the ``model`` given).
 
     ``weights_dir`` / ``zoo_dir`` override where the explainer / the zoo model are read from.
@@ -62,8 +68,11 @@ def load_pretrained(name: str, model: nn.Module | None = None, *,
         trained_on = record.get("model_sha256")
         current = info.get("meta", {}).get("sha256")
         if trained_on and current and trained_on != current:
-            warnings.warn(f"the {name!r} explainer was trained for a different version of the "
-                          f"zoo model (sha256 {trained_on[:12]}..., now {current[:12]}...); "
-                          f"retrain it with `python -m whynet.masks.train {name}`", stacklevel=2)
+            warnings.warn(
+                f"the {name!r} explainer was trained for a different version of the "
+                f"zoo model (sha256 {trained_on[:12]}..., now {current[:12]}...); "
+                f"retrain it with `python -m whynet.masks.train {name}`",
+                stacklevel=2,
+            )
     explainer = MaskExplainer.load(wdir / f"{name}.safetensors", model)
     return explainer, model, info

@@ -49,25 +49,71 @@ class Task:
 
 
 TASKS: dict[str, Task] = {
-    "canvas-cnn": Task("canvas-cnn", "image", "classification", sparsity=1.0, epochs=3,
-                       n_train=6000, n_val=500, smoothness=0.1, lr=1e-2,
-                       network={"width": 8, "depth": 3, "init_bias": 1.0}),
-    "fashion-cnn": Task("fashion-cnn", "image", "classification", sparsity=1.0, epochs=3,
-                        n_train=6000, n_val=500, smoothness=0.1, lr=1e-2,
-                        network={"width": 8, "depth": 2, "init_bias": 1.0}),
-    "sentiment-gru": Task("sentiment-gru", "sequence", "classification", sparsity=1.0,
-                          epochs=4, n_train=10000, n_val=1000, network={"hidden": 32}),
-    "solubility-smiles": Task("solubility-smiles", "sequence", "regression", sparsity=0.3,
-                              epochs=30, n_train=1025, n_val=257, batch_size=32,
-                              network={"hidden": 32}),
-    "tpsa-smiles": Task("tpsa-smiles", "sequence", "regression", sparsity=0.3, epochs=8,
-                        n_train=4000, n_val=500, batch_size=32, network={"hidden": 32}),
+    "canvas-cnn": Task(
+        "canvas-cnn",
+        "image",
+        "classification",
+        sparsity=1.0,
+        epochs=3,
+        n_train=6000,
+        n_val=500,
+        smoothness=0.1,
+        lr=1e-2,
+        network={"width": 8, "depth": 3, "init_bias": 1.0},
+    ),
+    "fashion-cnn": Task(
+        "fashion-cnn",
+        "image",
+        "classification",
+        sparsity=1.0,
+        epochs=3,
+        n_train=6000,
+        n_val=500,
+        smoothness=0.1,
+        lr=1e-2,
+        network={"width": 8, "depth": 2, "init_bias": 1.0},
+    ),
+    "sentiment-gru": Task(
+        "sentiment-gru",
+        "sequence",
+        "classification",
+        sparsity=1.0,
+        epochs=4,
+        n_train=10000,
+        n_val=1000,
+        network={"hidden": 32},
+    ),
+    "solubility-smiles": Task(
+        "solubility-smiles",
+        "sequence",
+        "regression",
+        sparsity=0.3,
+        epochs=30,
+        n_train=1025,
+        n_val=257,
+        batch_size=32,
+        network={"hidden": 32},
+    ),
+    "tpsa-smiles": Task(
+        "tpsa-smiles",
+        "sequence",
+        "regression",
+        sparsity=0.3,
+        epochs=8,
+        n_train=4000,
+        n_val=500,
+        batch_size=32,
+        network={"hidden": 32},
+    ),
 }
 
 
-def load_task_data(name: str, n_train: int | None = None, n_val: int | None = None,
-                   zoo_dir: str | Path | None = None,
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def load_task_data(
+    name: str,
+    n_train: int | None = None,
+    n_val: int | None = None,
+    zoo_dir: str | Path | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(x_train, y_train, x_val, y_val)`` for task ``name`` from whynet's bundled data.
 
     Validation comes from the held-out split (the first ``n_val`` items), never from train.
@@ -115,10 +161,16 @@ def _network(spec: Task, model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Mo
     return SequenceMaskNet(embed_dim=emb.embedding_dim, **spec.network)
 
 
-def train_explainer(name: str, sparsity: float | None = None, epochs: int | None = None,
-                    n_train: int | None = None, n_val: int | None = None, seed: int = 0,
-                    progress: bool | None = None, zoo_dir: str | Path | None = None,
-                    ) -> tuple[MaskExplainer, dict[str, Any]]:
+def train_explainer(
+    name: str,
+    sparsity: float | None = None,
+    epochs: int | None = None,
+    n_train: int | None = None,
+    n_val: int | None = None,
+    seed: int = 0,
+    progress: bool | None = None,
+    zoo_dir: str | Path | None = None,
+) -> tuple[MaskExplainer, dict[str, Any]]:
     """Fit the explainer for zoo model ``name``; returns it with a JSON-able record."""
     from whynet.zoo import load_model
 
@@ -127,49 +179,92 @@ def train_explainer(name: str, sparsity: float | None = None, epochs: int | None
     x, y, xv, yv = load_task_data(name, n_train, n_val, zoo_dir)
     sparsity = spec.sparsity if sparsity is None else sparsity
     epochs = spec.epochs if epochs is None else epochs
-    me = MaskExplainer(model, spec.modality, _network(spec, model, x), sparsity=sparsity,
-                       fill=spec.fill, smoothness=spec.smoothness, task=spec.task, lr=spec.lr,
-                       batch_size=spec.batch_size, seed=seed, progress=progress)
+    me = MaskExplainer(
+        model,
+        spec.modality,
+        _network(spec, model, x),
+        sparsity=sparsity,
+        fill=spec.fill,
+        smoothness=spec.smoothness,
+        task=spec.task,
+        lr=spec.lr,
+        batch_size=spec.batch_size,
+        seed=seed,
+        progress=progress,
+    )
     t0 = time.perf_counter()
     me.fit(x, epochs=epochs, val_data=xv, patience=2)
     elapsed = time.perf_counter() - t0
     best = min(me.history_, key=lambda h: h["val_loss"])
     record = {
-        "name": name, "model": spec.model, "modality": spec.modality, "task": spec.task,
+        "name": name,
+        "model": spec.model,
+        "modality": spec.modality,
+        "task": spec.task,
         "model_sha256": info.get("meta", {}).get("sha256"),
-        "sparsity": sparsity, "epochs_max": epochs, "epochs_run": len(me.history_),
-        "n_train": len(x), "n_val": len(xv), "fill": spec.fill, "smoothness": spec.smoothness,
-        "lr": spec.lr, "batch_size": spec.batch_size, "seed": seed,
+        "sparsity": sparsity,
+        "epochs_max": epochs,
+        "epochs_run": len(me.history_),
+        "n_train": len(x),
+        "n_val": len(xv),
+        "fill": spec.fill,
+        "smoothness": spec.smoothness,
+        "lr": spec.lr,
+        "batch_size": spec.batch_size,
+        "seed": seed,
         "network": me.network_.config,
         "params": sum(p.numel() for p in me.network_.parameters()),
         "val_mask_size": round(best["val_size"], 5),
         "val_fidelity": round(best["val_fidelity"], 5),
         "history": [{k: round(v, 5) for k, v in h.items()} for h in me.history_],
         "training_time_s": round(elapsed, 1),
-        "trained_with": {"torch": torch.__version__, "python": platform.python_version(),
-                         "threads": torch.get_num_threads()},
+        "trained_with": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "threads": torch.get_num_threads(),
+        },
         "command": f"python -m whynet.masks.train {name} --sparsity {sparsity} --epochs {epochs}",
     }
     return me, record
 
 
-def sweep(name: str, sparsities: list[float], epochs: int | None = None,
-          n_train: int | None = None, progress: bool | None = None,
-          zoo_dir: str | Path | None = None) -> list[dict[str, Any]]:
+def sweep(
+    name: str,
+    sparsities: list[float],
+    epochs: int | None = None,
+    n_train: int | None = None,
+    progress: bool | None = None,
+    zoo_dir: str | Path | None = None,
+) -> list[dict[str, Any]]:
     """Validation mask size vs fidelity for each sparsity (same data, seed and epochs)."""
     rows = []
     for s in sparsities:
-        _, rec = train_explainer(name, sparsity=s, epochs=epochs, n_train=n_train,
-                                 progress=progress, zoo_dir=zoo_dir)
-        rows.append({k: rec[k] for k in ("name", "sparsity", "val_mask_size", "val_fidelity",
-                                         "epochs_run", "n_train", "n_val", "training_time_s")})
+        _, rec = train_explainer(
+            name, sparsity=s, epochs=epochs, n_train=n_train, progress=progress, zoo_dir=zoo_dir
+        )
+        rows.append(
+            {
+                k: rec[k]
+                for k in (
+                    "name",
+                    "sparsity",
+                    "val_mask_size",
+                    "val_fidelity",
+                    "epochs_run",
+                    "n_train",
+                    "n_val",
+                    "training_time_s",
+                )
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("name", choices=sorted(TASKS))
     parser.add_argument("--sparsity", type=float, default=None)
     parser.add_argument("--epochs", type=int, default=None)
@@ -183,8 +278,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.sweep:
-        rows = sweep(args.name, [float(s) for s in args.sweep.split(",")], args.epochs, args.n,
-                     zoo_dir=args.zoo_dir)
+        rows = sweep(
+            args.name,
+            [float(s) for s in args.sweep.split(",")],
+            args.epochs,
+            args.n,
+            zoo_dir=args.zoo_dir,
+        )
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
@@ -194,8 +294,9 @@ def main(argv: list[str] | None = None) -> None:
             record["sweep"] = rows
             record_path.write_text(json.dumps(record, indent=1) + "\n")
         return
-    me, record = train_explainer(args.name, args.sparsity, args.epochs, args.n,
-                                 zoo_dir=args.zoo_dir)
+    me, record = train_explainer(
+        args.name, args.sparsity, args.epochs, args.n, zoo_dir=args.zoo_dir
+    )
     out = Path(args.out)
     me.save(out / f"{args.name}.safetensors")
     (out / f"{args.name}.json").write_text(json.dumps(record, indent=1) + "\n")
