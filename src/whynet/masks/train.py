@@ -223,7 +223,8 @@ def train_explainer(
             "python": platform.python_version(),
             "threads": torch.get_num_threads(),
         },
-        "command": f"python -m whynet.masks.train {name} --sparsity {sparsity} --epochs {epochs}",
+        "command": f"python -m whynet.masks.train {name} --sparsity {sparsity} --epochs {epochs} "
+        f"--n {len(x)}",
     }
     return me, record
 
