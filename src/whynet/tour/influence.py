@@ -24,7 +24,7 @@ def _fashion(fast: bool) -> tuple[Any, ...]:
     tr, te = fashion_mnist("train"), fashion_mnist("test")
     xtr, ytr = tr.tensors()
     xte, yte = te.tensors()
-    n_tr, n_te = (3000, 1000) if fast else (20000, 10000)
+    n_tr, n_te = (2000, 500) if fast else (20000, 10000)
     return model.eval(), xtr[:n_tr], ytr[:n_tr], xte[:n_te], yte[:n_te], list(tr.class_names or [])
 
 
@@ -102,7 +102,7 @@ def run(out: Path, fast: bool = True, progress: bool | None = None) -> Section:
 
     # 4. essence of one class
     r = essence(model, LAYER, cls, [1, 3, 5, 10], xte, yte, influence_data=xtr,
-                influence_labels=ytr, random_draws=2 if fast else 5, seed=0, batch_size=500,
+                influence_labels=ytr, random_draws=1 if fast else 5, seed=0, batch_size=500,
                 progress=progress)
     sec.tables.append(Table(
         caption=(f"Essence of '{names[cls]}': keep only the top-k channels of {LAYER} (others "
@@ -129,7 +129,7 @@ def _effnet(sec: Section, progress: bool | None) -> None:
 
     model, _ = load_model("efficientnet-lite0")
     model.eval()
-    ph = photos()[:3]
+    ph = photos()[:2]
     x = imagenet_preprocess([p.image for p in ph])
     pred = predict_logits(model, x).argmax(1)
     classes = imagenet_classes()
