@@ -55,7 +55,7 @@ TASKS: dict[str, Task] = {
         "classification",
         sparsity=1.0,
         epochs=3,
-        n_train=6000,
+        n_train=3000,  # as shipped
         n_val=500,
         smoothness=0.1,
         lr=1e-2,
