@@ -51,7 +51,7 @@ def _canvas(section: Section, fast: bool, progress: bool | None) -> None:
     from whynet.zoo import load_model
 
     model, info = load_model("canvas-cnn")
-    n = 16 if fast else 64
+    n = 8 if fast else 64
     ds = canvas("test", n=n)
     x, y = ds.tensors()
     boxes = ds.boxes
