@@ -364,9 +364,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--train-canvas", default=None, help="train a fallback canvas-cnn here")
     ap.add_argument("--methods", default=None, help="canvas: only these methods (comma list)")
+    ap.add_argument("--out", default=str(OUT), help="results file")
     ap.add_argument("--fresh", action="store_true", help="overwrite the results file")
     ap.add_argument("--zoo-dir", default=None, help="canvas-cnn weights folder (development)")
     args = ap.parse_args()
+    global OUT
+    OUT = Path(args.out)
     torch.set_num_threads(args.threads)
     if args.train_canvas:
         train_canvas_fallback(args.train_canvas)
