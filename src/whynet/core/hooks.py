@@ -16,7 +16,7 @@ Reused modules: a module called more than once per forward produces one entry pe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -166,7 +166,7 @@ def replace_hook(
 @contextmanager
 def intervene(
     model: nn.Module,
-    replacements: dict[str, torch.Tensor | Callable[[torch.Tensor], torch.Tensor]],
+    replacements: Mapping[str, torch.Tensor | Callable[[torch.Tensor], torch.Tensor]],
 ) -> Iterator[None]:
     """Replace layer outputs during forwards run inside the block.
 
