@@ -357,6 +357,7 @@ def train_canvas_fallback(folder: str, n: int = 12000, epochs: int = 3) -> None:
 
 
 def main() -> None:
+    global OUT
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer images and repeats")
     ap.add_argument("--only", default="canvas,photos,speed")
@@ -368,7 +369,6 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="overwrite the results file")
     ap.add_argument("--zoo-dir", default=None, help="canvas-cnn weights folder (development)")
     args = ap.parse_args()
-    global OUT
     OUT = Path(args.out)
     torch.set_num_threads(args.threads)
     if args.train_canvas:
