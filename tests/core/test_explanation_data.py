@@ -42,6 +42,9 @@ def test_explanation_round_trip(tmp_path):
         e.meta,
     )
     assert os.listdir(tmp_path / "sub") == ["e.safetensors"]  # no temp file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_truncated_and_foreign_files_raise(tmp_path):
