@@ -251,7 +251,7 @@ def results_table(results: Path) -> str:
         except json.JSONDecodeError:
             continue
         for key, value in _flatten(doc):
-            if "ratio" in key or "speedup" in key:
+            if any(word in key for word in ("ratio", "speedup", "_vs_")):
                 lines.append(
                     f"| {f.stem} | {key} | {value:.3g} |"
                     if isinstance(value, float)
@@ -263,8 +263,12 @@ def results_table(results: Path) -> str:
 def _flatten(doc: Any, prefix: str = "") -> list[tuple[str, Any]]:
     if isinstance(doc, dict):
         return [kv for k, v in doc.items() for kv in _flatten(v, f"{prefix}{k}.")]
-    if isinstance(doc, list):
-        return [kv for i, v in enumerate(doc) for kv in _flatten(v, f"{prefix}{i}.")]
+    if isinstance(doc, list):  # name list rows by their case/method where they have one
+        out = []
+        for i, v in enumerate(doc):
+            label = (v.get("case") or v.get("method") or i) if isinstance(v, dict) else i
+            out += _flatten(v, f"{prefix}{label}.")
+        return out
     return [(prefix.rstrip("."), doc)]
 
 
