@@ -10,29 +10,18 @@ through that mask with a small opacity elsewhere.
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from whynet.core import Channel, LinearPath, Point, check_inputs
+from whynet.core import Channel, LinearPath, Point, check_inputs, image
 from whynet.influence.internal import InternalInfluence, check_channel
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Blur ``(B, H, W)`` maps with a separable Gaussian of std ``sigma`` pixels (reflect pad)."""
+    """Blur ``(B, H, W)`` maps with a Gaussian of std ``sigma`` pixels (edges replicated)."""
     if sigma <= 0:
         return maps
-    radius = max(1, int(math.ceil(3 * sigma)))
-    radius = min(radius, max(1, min(maps.shape[-2:]) - 1))  # reflect padding needs pad < size
-    t = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
-    kern = torch.exp(-0.5 * (t / sigma) ** 2)
-    kern = kern / kern.sum()
-    x = maps[:, None]
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kern.view(1, 1, 1, -1))
-    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), kern.view(1, 1, -1, 1))
-    return x[:, 0]
+    return image.gaussian_blur(maps[:, None], sigma)[:, 0]
 
 
 def visualize_neuron(

@@ -13,7 +13,8 @@ Saliency maps are (B, H, W) tensors or :class:`~whynet.core.Explanation` objects
 :func:`as_saliency` for the accepted shapes. Boxes are ``(x0, y0, x1, y1)``, end exclusive.
 """
 
-from whynet.metrics._common import as_saliency, gaussian_blur, gaussian_kernel, make_baseline
+from whynet.core.image import gaussian_blur, gaussian_kernel
+from whynet.metrics._common import as_saliency, make_baseline
 from whynet.metrics.auc import trapezoid
 from whynet.metrics.faithfulness import (
     Fidelity,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import torch
@@ -10,38 +9,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from whynet.core import Explanation, as_logits, check_inputs, resolve_targets
+from whynet.core.image import gaussian_blur
 from whynet.core.validation import check_batch_size, check_classes
 
 Score = Literal["softmax", "logit"]
 BaselineSpec = str | float | torch.Tensor
-
-
-def gaussian_kernel(sigma: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """1-D normalised Gaussian kernel of radius ``ceil(3 sigma)``."""
-    if not sigma > 0:
-        raise ValueError(f"blur sigma must be > 0, got {sigma}")
-    radius = max(1, math.ceil(3.0 * sigma))
-    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    return (k / k.sum()).to(dtype)
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of a (B, C, H, W) batch, per channel, edges replicated.
-
-    Used as the "blurred image" reference of deletion/insertion (Petsiuk et al. 2018) and of
-    guided feature inversion's ``p`` (Du et al. 2018, Sec. 3.2). The blur is applied in the
-    tensor's own space (i.e. after the model's preprocessing).
-    """
-    if x.dim() != 4:
-        raise ValueError(f"gaussian_blur expects (B, C, H, W), got shape {tuple(x.shape)}")
-    k = gaussian_kernel(sigma, x.dtype).to(x.device)
-    r = (k.numel() - 1) // 2
-    c = x.shape[1]
-    y = F.pad(x, (r, r, 0, 0), mode="replicate")
-    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    y = F.pad(y, (0, 0, r, r), mode="replicate")
-    return F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
 def make_baseline(x: torch.Tensor, baseline: BaselineSpec, blur_sigma: float) -> torch.Tensor:

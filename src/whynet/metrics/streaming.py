@@ -6,7 +6,7 @@ per image) and its result equals the one-shot call on the concatenated data (tes
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -85,7 +85,7 @@ class LocalisationError(StreamingMetric):
         self,
         threshold: float = 0.5,
         iou_threshold: float = 0.5,
-        component: str = "largest",
+        component: Literal["largest", "all"] = "largest",
         size: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
@@ -97,4 +97,4 @@ class LocalisationError(StreamingMetric):
             localisation_error(
                 saliency, boxes, self.threshold, self.iou_threshold, self.component, self.size
             )
-        )  # type: ignore[arg-type]
+        )
