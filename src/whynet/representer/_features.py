@@ -31,6 +31,7 @@ from whynet.core import (
     progress,
     resolve_layer,
 )
+from whynet.core.explanation import file_sha256
 
 CACHE_VERSION = 1
 
@@ -126,14 +127,6 @@ def data_fingerprint(data: Any, labels: torch.Tensor | None, batch_size: int) ->
         if y is not None:
             h.update(y.detach().cpu().contiguous().numpy().tobytes())
         break
-    return h.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
     return h.hexdigest()
 
 

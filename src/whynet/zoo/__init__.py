@@ -9,7 +9,6 @@ See ``docs/data.md`` for every model's layers, inputs and measured metrics.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from whynet.core.explanation import file_sha256
 from whynet.zoo.imagenet import (
     imagenet_classes,
     imagenet_deprocess,
@@ -44,18 +44,10 @@ class WeightsIntegrityError(ValueError):
     """A weights file does not match the SHA-256 recorded beside it (or the record is missing)."""
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def verify_sha256(path: str | Path, expected: str) -> None:
     """Raise :class:`WeightsIntegrityError` unless ``path``'s SHA-256 equals ``expected``."""
     path = Path(path)
-    actual = _sha256(path)
+    actual = file_sha256(path)
     if actual != expected:
         raise WeightsIntegrityError(
             f"SHA-256 mismatch for {path}: expected {expected}, got {actual}. The file is corrupt "

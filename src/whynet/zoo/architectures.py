@@ -26,7 +26,34 @@ def conv_block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class FashionCNN(nn.Module):
+class BlockCNN(nn.Module):
+    """Four conv blocks (``features.block1..4``), global average ``pool``, ``flatten``, ``head``.
+
+    ``pools[i]`` says whether block i+1 ends in a 2x2 max-pool. Representer points read the
+    head's input (``embed``); clustering and influence read the named blocks.
+    """
+
+    def __init__(self, widths: tuple[int, int, int, int], pools: tuple[bool, bool, bool, bool],
+                 n_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential()
+        c_in = 1
+        for i, (w, pool) in enumerate(zip(widths, pools), start=1):
+            self.features.add_module(f"block{i}", conv_block(c_in, w, pool=pool))
+            c_in = w
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.head = nn.Linear(c_in, n_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The head's input: flat feature vectors (B, widths[-1])."""
+        return self.flatten(self.pool(self.features(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))
+
+
+class FashionCNN(BlockCNN):
     """Fashion-MNIST classifier: input (B, 1, 28, 28) in [0, 1], output logits (B, 10).
 
     Layers: ``features.block1`` (24x14x14), ``features.block2`` (48x7x7), ``features.block3``
@@ -35,26 +62,10 @@ class FashionCNN(nn.Module):
     """
 
     def __init__(self, widths: tuple[int, int, int, int] = (24, 48, 96, 128)) -> None:
-        super().__init__()
-        w1, w2, w3, w4 = widths
-        self.features = nn.Sequential()
-        self.features.add_module("block1", conv_block(1, w1, pool=True))
-        self.features.add_module("block2", conv_block(w1, w2, pool=True))
-        self.features.add_module("block3", conv_block(w2, w3, pool=False))
-        self.features.add_module("block4", conv_block(w3, w4, pool=False))
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten()
-        self.head = nn.Linear(w4, 10)
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """The head's input: flat feature vectors (B, 128)."""
-        return self.flatten(self.pool(self.features(x)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.embed(x))
+        super().__init__(widths, pools=(True, True, False, False))
 
 
-class CanvasCNN(nn.Module):
+class CanvasCNN(BlockCNN):
     """Classifier of ``whynet.data.canvas`` images: input (B, 1, 64, 64) in [0, 1], logits (B, 10).
 
     Fully convolutional ``features`` (``block1`` 16x32x32, ``block2`` 32x16x16, ``block3``
@@ -63,22 +74,7 @@ class CanvasCNN(nn.Module):
     """
 
     def __init__(self, widths: tuple[int, int, int, int] = (16, 32, 64, 128)) -> None:
-        super().__init__()
-        w1, w2, w3, w4 = widths
-        self.features = nn.Sequential()
-        self.features.add_module("block1", conv_block(1, w1, pool=True))
-        self.features.add_module("block2", conv_block(w1, w2, pool=True))
-        self.features.add_module("block3", conv_block(w2, w3, pool=True))
-        self.features.add_module("block4", conv_block(w3, w4, pool=False))
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten()
-        self.head = nn.Linear(w4, 10)
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.flatten(self.pool(self.features(x)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.embed(x))
+        super().__init__(widths, pools=(True, True, True, False))
 
 
 def _lengths(ids: torch.Tensor) -> torch.Tensor:
