@@ -121,14 +121,21 @@ def fashion(args: argparse.Namespace, res: dict[str, Any]) -> dict[str, ClusterS
     if args.quick:
         xtr, ytr, xte, yte = xtr[:6000], ytr[:6000], xte[:2000], yte[:2000]
     layers = info["layers"]["blocks"]
-    out: dict[str, Any] = {"n_train": len(xtr), "n_test": len(xte), "layers": layers,
-                           "model_test_accuracy": float(
-                               (_predict(model, xte) == yte).float().mean())}
+    out: dict[str, Any] = {
+        "n_train": len(xtr),
+        "n_test": len(xte),
+        "layers": layers,
+        "model_test_accuracy": float((_predict(model, xte) == yte).float().mean()),
+    }
     fitted = {}
     settings = {
         "kmeans": {"method": "kmeans", "max_fit_points": 20000},
-        "idec": {"method": "idec", "max_fit_points": args.idec_points,
-                 "pretrain_epochs": args.pretrain_epochs, "max_iter": args.idec_iter},
+        "idec": {
+            "method": "idec",
+            "max_fit_points": args.idec_points,
+            "pretrain_epochs": args.pretrain_epochs,
+            "max_iter": args.idec_iter,
+        },
     }
     for name in args.methods:
         kw = settings[name]
@@ -145,15 +152,22 @@ def fashion(args: argparse.Namespace, res: dict[str, Any]) -> dict[str, ClusterS
         weighted = {}
         for label, w in (("late [0,1,2,4]", [0, 1, 2, 4]), ("last only", [0, 0, 0, 1])):
             p = s.predict(xte, layer_weights=w)
-            weighted[label] = {"fidelity": float((p == _predict(model, xte)).float().mean()),
-                               "accuracy": float((p == yte).float().mean())}
-        out[name] = {"settings": kw, "fit_s": fit_s, "fit_peak_rss_mb": fit_mb,
-                     "fit_peak_anon_mb": fit_anon,
-                     "spilled_to_disk": s.spilled_to_disk_, "report": rep,
-                     "eval_s": eval_s, "combined_hard_assignment": rep_hard,
-                     "other_weights": weighted,
-                     "idec_history": {k: {kk: len(v) for kk, v in h.items()}
-                                      for k, h in s.history_.items()}}
+            weighted[label] = {
+                "fidelity": float((p == _predict(model, xte)).float().mean()),
+                "accuracy": float((p == yte).float().mean()),
+            }
+        out[name] = {
+            "settings": kw,
+            "fit_s": fit_s,
+            "fit_peak_rss_mb": fit_mb,
+            "fit_peak_anon_mb": fit_anon,
+            "spilled_to_disk": s.spilled_to_disk_,
+            "report": rep,
+            "eval_s": eval_s,
+            "combined_hard_assignment": rep_hard,
+            "other_weights": weighted,
+            "idec_history": {k: {kk: len(v) for kk, v in h.items()} for k, h in s.history_.items()},
+        }
         log(f"fashion {name}: combined {rep['combined']}")
         fitted[name] = s
         if name == "idec":
@@ -170,8 +184,14 @@ def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return predict_logits(model, x, 512).argmax(1)
 
 
-def similar(args: argparse.Namespace, model: nn.Module, fitted: dict[str, ClusterSurrogate],
-            xte: torch.Tensor, yte: torch.Tensor, ytr: torch.Tensor) -> dict[str, Any]:
+def similar(
+    args: argparse.Namespace,
+    model: nn.Module,
+    fitted: dict[str, ClusterSurrogate],
+    xte: torch.Tensor,
+    yte: torch.Tensor,
+    ytr: torch.Tensor,
+) -> dict[str, Any]:
     n_q = 200 if args.quick else 1000
     q = xte[:n_q]
     out: dict[str, Any] = {"n_queries": n_q, "k": 10}
@@ -180,13 +200,17 @@ def similar(args: argparse.Namespace, model: nn.Module, fitted: dict[str, Cluste
         if pred_tr is None:
             pred_tr = s.train_targets_
         rows = {}
-        for label, w in (("low [2,1,0,0]", [2, 1, 0, 0]), ("high [0,0,1,2]", [0, 0, 1, 2]),
-                         ("equal [1,1,1,1]", [1, 1, 1, 1])):
+        for label, w in (
+            ("low [2,1,0,0]", [2, 1, 0, 0]),
+            ("high [0,0,1,2]", [0, 0, 1, 2]),
+            ("equal [1,1,1,1]", [1, 1, 1, 1]),
+        ):
             (idx, _), t, _ = timed(lambda s=s, w=w: s.similar(q, k=10, layer_weights=w))
             rows[label] = {
                 "label_agreement": float((ytr[idx] == yte[:n_q, None]).float().mean()),
                 "model_class_agreement": float(
-                    (pred_tr[idx] == _predict(model, q)[:, None]).float().mean()),
+                    (pred_tr[idx] == _predict(model, q)[:, None]).float().mean()
+                ),
                 "query_s_per_input": t / n_q,
             }
             log(f"similar {name} {label}: {rows[label]}")
@@ -202,12 +226,16 @@ def sentiment(args: argparse.Namespace, res: dict[str, Any]) -> None:
     model, info = load_model("sentiment-gru", weights_dir=args.weights_dir)
     tr = rotten_tomatoes("train", vocab=info["vocab"])
     te = rotten_tomatoes("test", vocab=info["vocab"])
-    out: dict[str, Any] = {"n_train": len(tr), "n_test": len(te),
-                           "model_test_accuracy": float((_predict(model, te.x) == te.y)
-                                                        .float().mean())}
+    out: dict[str, Any] = {
+        "n_train": len(tr),
+        "n_test": len(te),
+        "model_test_accuracy": float((_predict(model, te.x) == te.y).float().mean()),
+    }
     layers = ["embedding", "gru"]
-    for method, kw in (("kmeans", {}), ("idec", {"pretrain_epochs": args.pretrain_epochs,
-                                                 "max_iter": args.idec_iter})):
+    for method, kw in (
+        ("kmeans", {}),
+        ("idec", {"pretrain_epochs": args.pretrain_epochs, "max_iter": args.idec_iter}),
+    ):
         if method not in args.methods:
             continue
         s = ClusterSurrogate(model, layers, n_clusters=15, method=method, seed=0, **kw)
@@ -218,12 +246,20 @@ def sentiment(args: argparse.Namespace, res: dict[str, Any]) -> None:
             idx = s.concepts(layer, k=3)
             post = s.posteriors_[layer]
             concepts[layer] = [
-                {"cluster": c, "p_fresh": round(float(post[c, 1]), 3),
-                 "size": int((s.train_assignments_[layer] == c).sum()),
-                 "snippets": [tr.texts[int(i)][:100] for i in idx[c]]}
-                for c in range(s.n_clusters)]
-        out[method] = {"fit_s": fit_s, "fit_peak_rss_mb": fit_mb, "report": rep,
-                       "concepts": concepts}
+                {
+                    "cluster": c,
+                    "p_fresh": round(float(post[c, 1]), 3),
+                    "size": int((s.train_assignments_[layer] == c).sum()),
+                    "snippets": [tr.texts[int(i)][:100] for i in idx[c]],
+                }
+                for c in range(s.n_clusters)
+            ]
+        out[method] = {
+            "fit_s": fit_s,
+            "fit_peak_rss_mb": fit_mb,
+            "report": rep,
+            "concepts": concepts,
+        }
         log(f"sentiment {method}: fit {fit_s:.1f} s, {rep['combined']}")
     res["sentiment"] = out
 
@@ -240,8 +276,15 @@ def scale(args: argparse.Namespace, res: dict[str, Any]) -> None:
     torch.nn.init.normal_(head.weight, generator=g)
     model = nn.Sequential(nn.Identity(), nn.ReLU(), head).eval()
     out: dict[str, Any] = {"n": n, "dim": d, "layers": ["0", "1"]}
-    s = ClusterSurrogate(model, ["0", "1"], n_clusters=15, method="kmeans", batch_size=4096,
-                         memory_limit=128 << 20, cache_dir=args.tmp)
+    s = ClusterSurrogate(
+        model,
+        ["0", "1"],
+        n_clusters=15,
+        method="kmeans",
+        batch_size=4096,
+        memory_limit=128 << 20,
+        cache_dir=args.tmp,
+    )
     log(f"scale: fit k-means path on {n} points")
     _, fit_s, fit_mb = timed(lambda: s.fit(x))
     out["whynet_fit_s"], out["whynet_fit_peak_rss_mb"] = fit_s, fit_mb
@@ -254,15 +297,19 @@ def scale(args: argparse.Namespace, res: dict[str, Any]) -> None:
     from sklearn.cluster import KMeans, MiniBatchKMeans
 
     from whynet.clusters.embedding import kmeans as wn_kmeans
+
     sub = emb[np.random.default_rng(0).choice(len(emb), 20000, replace=False)]
     t_f, _ = median_time(lambda: wn_kmeans(emb, 15, n_init=20, seed=0, max_points=20000), 1)
     t_s, _ = median_time(lambda: KMeans(15, n_init=20, random_state=0).fit(sub), 1)
-    t_m, _ = median_time(lambda: MiniBatchKMeans(15, n_init=3, random_state=0,
-                                                 batch_size=4096).fit(emb), 1)
-    out["kmeans_step"] = {"whynet_faiss_20k_sample_nredo20_s": t_f,
-                          "sklearn_kmeans_20k_sample_ninit20_s": t_s,
-                          "sklearn_minibatch_all_points_ninit3_s": t_m,
-                          "ratio_sklearn_over_whynet": t_s / t_f}
+    t_m, _ = median_time(
+        lambda: MiniBatchKMeans(15, n_init=3, random_state=0, batch_size=4096).fit(emb), 1
+    )
+    out["kmeans_step"] = {
+        "whynet_faiss_20k_sample_nredo20_s": t_f,
+        "sklearn_kmeans_20k_sample_ninit20_s": t_s,
+        "sklearn_minibatch_all_points_ninit3_s": t_m,
+        "ratio_sklearn_over_whynet": t_s / t_f,
+    }
     # query latency: whynet's index vs brute-force weighted distances in torch
     qx = x[:100]
     w = torch.tensor([2.0, 1.0], dtype=torch.float64)
@@ -270,26 +317,31 @@ def scale(args: argparse.Namespace, res: dict[str, Any]) -> None:
     blocks = [s.train_embeddings_[n_] for n_ in s.layers]
 
     def brute(nq: int) -> torch.Tensor:
-        d2 = sum(float(w[i]) * torch.cdist(emb_q[n_][:nq], blocks[i]).pow(2)
-                 for i, n_ in enumerate(s.layers))
+        d2 = sum(
+            float(w[i]) * torch.cdist(emb_q[n_][:nq], blocks[i]).pow(2)
+            for i, n_ in enumerate(s.layers)
+        )
         return d2.topk(10, dim=1, largest=False).indices  # type: ignore[union-attr]
 
     reps = 3 if args.quick else 5
-    t1, all1 = median_time(lambda: s._index.search([emb_q[n_][:1] for n_ in s.layers], w, 10),
-                           reps)
+    t1, all1 = median_time(lambda: s._index.search([emb_q[n_][:1] for n_ in s.layers], w, 10), reps)
     t100, _ = median_time(lambda: s._index.search([emb_q[n_] for n_ in s.layers], w, 10), reps)
     tb1, _ = median_time(lambda: brute(1), reps)
     tb100, _ = median_time(lambda: brute(100), reps)
     t_full, _ = median_time(lambda: s.similar(qx[:1], k=10, layer_weights=[2, 1]), reps)
     idx_w, _ = s._index.search([emb_q[n_] for n_ in s.layers], w, 10)
     same = float((idx_w == brute(100)).float().mean())
-    out["query"] = {"index_1_query_s": t1, "index_1_query_all_s": all1,
-                    "index_100_queries_s": t100, "brute_torch_1_query_s": tb1,
-                    "brute_torch_100_queries_s": tb100,
-                    "similar_end_to_end_1_query_s": t_full,
-                    "ratio_brute_over_index_1": tb1 / t1,
-                    "ratio_brute_over_index_100": tb100 / t100,
-                    "same_neighbours_as_brute_force": same}
+    out["query"] = {
+        "index_1_query_s": t1,
+        "index_1_query_all_s": all1,
+        "index_100_queries_s": t100,
+        "brute_torch_1_query_s": tb1,
+        "brute_torch_100_queries_s": tb100,
+        "similar_end_to_end_1_query_s": t_full,
+        "ratio_brute_over_index_1": tb1 / t1,
+        "ratio_brute_over_index_100": tb100 / t100,
+        "same_neighbours_as_brute_force": same,
+    }
     log(f"scale: {out['query']}")
     res["scale"] = out
 
@@ -309,11 +361,17 @@ def main() -> None:
     if args.quick:
         args.idec_points, args.pretrain_epochs, args.idec_iter = 3000, 2, 140
     Path(args.tmp).mkdir(parents=True, exist_ok=True)
-    res: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "torch_threads":
-                                       torch.get_num_threads(), "python": platform.python_version(),
-                                       "torch": torch.__version__,
-                                       "load_avg_start": os.getloadavg()},
-                           "quick": args.quick, "memory": "peak RSS increase, /proc sampling"}
+    res: dict[str, Any] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "load_avg_start": os.getloadavg(),
+        },
+        "quick": args.quick,
+        "memory": "peak RSS increase, /proc sampling",
+    }
     torch.manual_seed(0)
     if "fashion" in args.only:
         fashion(args, res)

@@ -114,9 +114,17 @@ def timed(fn: Any) -> tuple[float, Any]:
 
 # ------------------------------------------------------------------------------- runners
 def run_ours(model, layer, x, target, steps, batch_size, multiply=False):  # type: ignore[no-untyped-def]
-    return InternalInfluence(model, layer, doi=LinearPath(0.0, steps=steps),
-                             multiply_activation=multiply,
-                             batch_size=batch_size).explain(x, target=target).values
+    return (
+        InternalInfluence(
+            model,
+            layer,
+            doi=LinearPath(0.0, steps=steps),
+            multiply_activation=multiply,
+            batch_size=batch_size,
+        )
+        .explain(x, target=target)
+        .values
+    )
 
 
 def run_captum(kind, model, layer, x, target, steps, internal_batch_size, chunk):  # type: ignore[no-untyped-def]
@@ -129,14 +137,30 @@ def run_captum(kind, model, layer, x, target, steps, internal_batch_size, chunk)
     outs = []
     with frozen_eval(model):
         for i in range(0, len(x), chunk):
-            outs.append(algo.attribute(x[i:i + chunk], baselines=0.0,
-                                       target=target[i:i + chunk], n_steps=steps,
-                                       internal_batch_size=internal_batch_size).detach())
+            outs.append(
+                algo.attribute(
+                    x[i : i + chunk],
+                    baselines=0.0,
+                    target=target[i : i + chunk],
+                    n_steps=steps,
+                    internal_batch_size=internal_batch_size,
+                ).detach()
+            )
     return torch.cat(outs)
 
 
-def speed_case(name: str, model, layer, x, steps, batch_size, captum_chunk, repeats,  # type: ignore[no-untyped-def]
-               captum_ibs=None, extra=()):
+def speed_case(
+    name: str,
+    model,
+    layer,
+    x,
+    steps,
+    batch_size,
+    captum_chunk,
+    repeats,  # type: ignore[no-untyped-def]
+    captum_ibs=None,
+    extra=(),
+):
     """Interleaved timings; Captum runs on input chunks of ``captum_chunk`` with
     ``internal_batch_size=captum_ibs`` (None = its default: all steps of a chunk at once)."""
     target = predict_logits(model, x).argmax(1)
@@ -144,15 +168,19 @@ def speed_case(name: str, model, layer, x, steps, batch_size, captum_chunk, repe
     tag = f"internal_batch_size={captum_ibs}, {rows_per_pass} rows/pass"
     rows = {
         f"whynet InternalInfluence (batch_size={batch_size})": lambda: run_ours(
-            model, layer, x, target, steps, batch_size),
+            model, layer, x, target, steps, batch_size
+        ),
         f"captum InternalInfluence ({tag})": lambda: run_captum(
-            "internal_influence", model, layer, x, target, steps, captum_ibs, captum_chunk),
+            "internal_influence", model, layer, x, target, steps, captum_ibs, captum_chunk
+        ),
         f"captum LayerConductance ({tag})": lambda: run_captum(
-            "conductance", model, layer, x, target, steps, captum_ibs, captum_chunk),
+            "conductance", model, layer, x, target, steps, captum_ibs, captum_chunk
+        ),
     }
     for bs in extra:
-        rows[f"whynet InternalInfluence (batch_size={bs})"] = (
-            lambda bs=bs: run_ours(model, layer, x, target, steps, bs))
+        rows[f"whynet InternalInfluence (batch_size={bs})"] = lambda bs=bs: run_ours(
+            model, layer, x, target, steps, bs
+        )
     # warm-up at full pass size (oneDNN primitives, allocator pools grown): otherwise the
     # first method timed pays the page faults of the largest buffers
     xs, ts = x[:captum_chunk], target[:captum_chunk]
@@ -163,7 +191,7 @@ def speed_case(name: str, model, layer, x, steps, batch_size, captum_chunk, repe
     results: dict[str, torch.Tensor] = {}
     names = list(rows)
     for rep in range(repeats):  # interleaved, order rotated: load and warm-up hit all alike
-        for k in names[rep % len(names):] + names[:rep % len(names)]:
+        for k in names[rep % len(names) :] + names[: rep % len(names)]:
             fn = rows[k]
             t, out = timed(fn)
             times[k].append(t)
@@ -175,26 +203,37 @@ def speed_case(name: str, model, layer, x, steps, batch_size, captum_chunk, repe
     table = []
     for k in rows:
         med = statistics.median(times[k])
-        entry: dict[str, Any] = {"method": k, "median_s": round(med, 3),
-                                 "runs_s": [round(t, 3) for t in times[k]],
-                                 "time_vs_whynet": round(med / base, 2)}
+        entry: dict[str, Any] = {
+            "method": k,
+            "median_s": round(med, 3),
+            "runs_s": [round(t, 3) for t in times[k]],
+            "time_vs_whynet": round(med / base, 2),
+        }
         if "InternalInfluence" in k:
             entry["max_abs_diff_vs_whynet"] = float((results[k] - ours).abs().max())
             entry["max_abs_value"] = float(ours.abs().max())
         table.append(entry)
-    return {"case": name, "layer": layer, "inputs": len(x), "steps": steps,
-            "rule": "gausslegendre", "captum_input_chunk": captum_chunk,
-            "repeats": repeats, "rows": table,
-            "note": "LayerConductance is attribution space along the input path; its numbers "
-                    "differ from InternalInfluence by design (timing only)"}
+    return {
+        "case": name,
+        "layer": layer,
+        "inputs": len(x),
+        "steps": steps,
+        "rule": "gausslegendre",
+        "captum_input_chunk": captum_chunk,
+        "repeats": repeats,
+        "rows": table,
+        "note": "LayerConductance is attribution space along the input path; its numbers "
+        "differ from InternalInfluence by design (timing only)",
+    }
 
 
 def part_speed(quick: bool) -> list[dict[str, Any]]:
     out = []
     model, info = fashion()
     x, _, _ = fashion_data("test", 100 if quick else 1000)
-    case = speed_case("fashion-cnn", model, FASHION_LAYER, x, 50, 500, 10, 1 if quick else 2,
-                      extra=(64,))
+    case = speed_case(
+        "fashion-cnn", model, FASHION_LAYER, x, 50, 500, 10, 1 if quick else 2, extra=(64,)
+    )
     case["weights"] = info.get("weights", "zoo")
     out.append(case)
     _partial("speed", out)
@@ -205,8 +244,18 @@ def part_speed(quick: bool) -> list[dict[str, Any]]:
     else:
         # Captum's default (all 8 x 32 rows in one pass) needs > 20 GB here: give it 64 rows
         # per pass like ours
-        out.append(speed_case("efficientnet-lite0", em, EFFNET_LAYER, ex[:2 if quick else 8],
-                              32, 64, 2, 1 if quick else 2))
+        out.append(
+            speed_case(
+                "efficientnet-lite0",
+                em,
+                EFFNET_LAYER,
+                ex[: 2 if quick else 8],
+                32,
+                64,
+                2,
+                1 if quick else 2,
+            )
+        )
     return out
 
 
@@ -217,8 +266,9 @@ def _partial(part: str, value: Any) -> None:
     """Write what a long part has so far (a crash or timeout keeps it)."""
     if _CURRENT:
         _CURRENT[part] = value
-        Path(_CURRENT["_out"]).write_text(json.dumps(
-            {k: v for k, v in _CURRENT.items() if k != "_out"}, indent=1))
+        Path(_CURRENT["_out"]).write_text(
+            json.dumps({k: v for k, v in _CURRENT.items() if k != "_out"}, indent=1)
+        )
 
 
 # ------------------------------------------------------------------------------- memory
@@ -250,25 +300,50 @@ def part_memory(quick: bool) -> list[dict[str, Any]]:
     rows = []
     for method in ("whynet", "captum_ii", "captum_lc"):
         for steps in steps_list:
-            cmd = [sys.executable, __file__, "--_mem-child", "--model", "fashion-cnn",
-                   "--threads", str(torch.get_num_threads()),
-                   "--method", method, "--steps", str(steps), "--n", str(n),
-                   "--batch-size", "64"]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--_mem-child",
+                "--model",
+                "fashion-cnn",
+                "--threads",
+                str(torch.get_num_threads()),
+                "--method",
+                method,
+                "--steps",
+                str(steps),
+                "--n",
+                str(n),
+                "--batch-size",
+                "64",
+            ]
             res = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
             if res.returncode != 0:
                 rows.append({"method": method, "steps": steps, "error": res.stderr[-400:]})
                 continue
             r = json.loads(res.stdout.strip().splitlines()[-1])
-            rows.append({"method": method, "steps": steps, "inputs": n,
-                         "peak_rss_growth_mb": round(r["peak_mb"], 1),
-                         "time_s": round(r["time_s"], 3)})
+            rows.append(
+                {
+                    "method": method,
+                    "steps": steps,
+                    "inputs": n,
+                    "peak_rss_growth_mb": round(r["peak_mb"], 1),
+                    "time_s": round(r["time_s"], 3),
+                }
+            )
             print(json.dumps(rows[-1]), file=sys.stderr)
     _, info = fashion()
-    return [{"case": "fashion-cnn", "weights": info.get("weights", "zoo"),
-             "layer": FASHION_LAYER, "whynet_batch_size": 64,
-             "captum": "defaults (internal_batch_size=None)",
-             "measure": "VmHWM - VmRSS after setup, KiB->MiB, fresh subprocess per row",
-             "rows": rows}]
+    return [
+        {
+            "case": "fashion-cnn",
+            "weights": info.get("weights", "zoo"),
+            "layer": FASHION_LAYER,
+            "whynet_batch_size": 64,
+            "captum": "defaults (internal_batch_size=None)",
+            "measure": "VmHWM - VmRSS after setup, KiB->MiB, fresh subprocess per row",
+            "rows": rows,
+        }
+    ]
 
 
 # ------------------------------------------------------------------------------- experiments
@@ -277,12 +352,18 @@ def part_classes(quick: bool) -> dict[str, Any]:
     xtr, ytr, names = fashion_data("train", 6000 if quick else 20000)
     xte, yte, _ = fashion_data("test", 1000 if quick else 10000)
     k = 5
-    res: dict[str, Any] = {"layer": FASHION_LAYER, "reduce": "sum", "k": k, "classes": [],
-                           "weights": _weights_tag()}
+    res: dict[str, Any] = {
+        "layer": FASHION_LAYER,
+        "reduce": "sum",
+        "k": k,
+        "classes": [],
+        "weights": _weights_tag(),
+    }
     expl = InternalInfluence(model, FASHION_LAYER, batch_size=256)
     for c in range(10):
         cw = InternalInfluence(model, FASHION_LAYER, qoi=c, batch_size=256).explain_dataset(
-            xtr, ytr, cls=c)
+            xtr, ytr, cls=c
+        )
         top_c, sc = top_neurons(cw, k)
         sel = (yte == c).nonzero().flatten()[: (50 if quick else 200)]
         inst = expl.explain(xte[sel], target=c)
@@ -290,12 +371,18 @@ def part_classes(quick: bool) -> dict[str, Any]:
         overlap = [len(set(p.tolist()) & set(top_c.tolist())) / k for p in per]
         # how often the instance's top-1 channel is among the class-wide top-k
         top1_in = [int(p[0]) in set(top_c.tolist()) for p in per]
-        res["classes"].append({
-            "class": c, "name": names[c], "n_train": cw.meta["n_examples"],
-            "top_channels": top_c.tolist(), "scores": [round(float(s), 4) for s in sc],
-            "instances": len(sel), "mean_topk_overlap": round(statistics.mean(overlap), 3),
-            "instance_top1_in_class_topk": round(statistics.mean(top1_in), 3),
-        })
+        res["classes"].append(
+            {
+                "class": c,
+                "name": names[c],
+                "n_train": cw.meta["n_examples"],
+                "top_channels": top_c.tolist(),
+                "scores": [round(float(s), 4) for s in sc],
+                "instances": len(sel),
+                "mean_topk_overlap": round(statistics.mean(overlap), 3),
+                "instance_top1_in_class_topk": round(statistics.mean(top1_in), 3),
+            }
+        )
         print(json.dumps(res["classes"][-1]), file=sys.stderr)
     # chance overlap of two random k-subsets of C channels: k / C
     res["chance_overlap"] = k / int(cw.values.shape[1])
@@ -308,17 +395,38 @@ def part_essence(quick: bool) -> dict[str, Any]:
     xte, yte, _ = fashion_data("test", 1000 if quick else 2000)
     rows = []
     for c in range(10):
-        r = essence(model, FASHION_LAYER, c, [1, 3, 5, 10], xte, yte, influence_data=xtr,
-                    influence_labels=ytr, ablation=ABLATION, random_draws=3,
-                    seed=0, batch_size=500)
+        r = essence(
+            model,
+            FASHION_LAYER,
+            c,
+            [1, 3, 5, 10],
+            xte,
+            yte,
+            influence_data=xtr,
+            influence_labels=ytr,
+            ablation=ABLATION,
+            random_draws=3,
+            seed=0,
+            batch_size=500,
+        )
         for row in r.rows:
-            rows.append({"class": c, "name": names[c], **{k: round(v, 4) if isinstance(v, float)
-                                                           else v for k, v in row.items()}})
+            rows.append(
+                {
+                    "class": c,
+                    "name": names[c],
+                    **{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()},
+                }
+            )
             print(json.dumps(rows[-1]), file=sys.stderr)
         _partial("essence", {"rows": rows})
-    return {"layer": FASHION_LAYER, "ablation": ABLATION, "influence_data": f"train ({len(xtr)})",
-            "weights": _weights_tag(),
-            "eval": f"test ({len(xte)})", "rows": rows}
+    return {
+        "layer": FASHION_LAYER,
+        "ablation": ABLATION,
+        "influence_data": f"train ({len(xtr)})",
+        "weights": _weights_tag(),
+        "eval": f"test ({len(xte)})",
+        "rows": rows,
+    }
 
 
 def part_comparative(quick: bool) -> dict[str, Any]:
@@ -326,18 +434,28 @@ def part_comparative(quick: bool) -> dict[str, Any]:
     xtr, ytr, names = fashion_data("train", 6000 if quick else 20000)
     out = []
     for a, b in ((6, 0), (2, 4)):
-        e = InternalInfluence(model, FASHION_LAYER, qoi=Comparative(a, b),
-                              batch_size=256).explain_dataset(xtr, ytr, cls=[a, b])
+        e = InternalInfluence(
+            model, FASHION_LAYER, qoi=Comparative(a, b), batch_size=256
+        ).explain_dataset(xtr, ytr, cls=[a, b])
         pos, sp = top_neurons(e, 5)
         neg, sn = top_neurons(-e.values, 5)
-        out.append({"pair": f"{names[a]} vs {names[b]}", "classes": [a, b],
-                    "channels_for_first": pos.tolist(),
-                    "scores_first": [round(float(s), 4) for s in sp],
-                    "channels_for_second": neg.tolist(),
-                    "scores_second": [round(-float(s), 4) for s in sn]})
-    return {"layer": FASHION_LAYER, "qoi": "y[a] - y[b]", "doi": "train examples of a and b",
-            "weights": _weights_tag(),
-            "pairs": out}
+        out.append(
+            {
+                "pair": f"{names[a]} vs {names[b]}",
+                "classes": [a, b],
+                "channels_for_first": pos.tolist(),
+                "scores_first": [round(float(s), 4) for s in sp],
+                "channels_for_second": neg.tolist(),
+                "scores_second": [round(-float(s), 4) for s in sn],
+            }
+        )
+    return {
+        "layer": FASHION_LAYER,
+        "qoi": "y[a] - y[b]",
+        "doi": "train examples of a and b",
+        "weights": _weights_tag(),
+        "pairs": out,
+    }
 
 
 def part_figures(quick: bool) -> dict[str, Any]:
@@ -351,7 +469,8 @@ def part_figures(quick: bool) -> dict[str, Any]:
     model, info = fashion()
     if "weights" in info:  # zoo weights missing: the tour gets the same stand-in
         zoo.load_model = lambda name, *a, **k: (  # type: ignore[assignment]
-            (model, info) if name == "fashion-cnn" else original(name, *a, **k))
+            (model, info) if name == "fashion-cnn" else original(name, *a, **k)
+        )
     try:
         sec = tour.run(folder, fast=True, progress=False)  # the tour's sizes; figures only
     finally:
@@ -363,12 +482,23 @@ def part_figures(quick: bool) -> dict[str, Any]:
             path.write_bytes(fig.png)
             files.append({"file": str(path.relative_to(ROOT)), "caption": fig.caption})
     tables = [{"caption": t.caption, "columns": t.columns, "rows": t.rows} for t in sec.tables]
-    return {"figures": files, "tables": tables, "notes": sec.notes, "metrics": sec.metrics,
-            "weights": str(info.get("weights", "zoo"))}
+    return {
+        "figures": files,
+        "tables": tables,
+        "notes": sec.notes,
+        "metrics": sec.metrics,
+        "weights": str(info.get("weights", "zoo")),
+    }
 
 
-PARTS = {"classes": part_classes, "essence": part_essence, "comparative": part_comparative,
-         "figures": part_figures, "speed": part_speed, "memory": part_memory}
+PARTS = {
+    "classes": part_classes,
+    "essence": part_essence,
+    "comparative": part_comparative,
+    "figures": part_figures,
+    "speed": part_speed,
+    "memory": part_memory,
+}
 
 
 def main() -> None:
@@ -376,8 +506,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="reduced sizes")
     ap.add_argument("--only", default=",".join(PARTS), help="comma-separated parts")
     ap.add_argument("--out", default=str(OUT))
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (1 = steadiest on a shared, loaded machine)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1 = steadiest on a shared, loaded machine)",
+    )
     ap.add_argument("--_mem-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--model", default="fashion-cnn", help=argparse.SUPPRESS)
     ap.add_argument("--method", default="whynet", help=argparse.SUPPRESS)
@@ -392,10 +526,14 @@ def main() -> None:
     torch.manual_seed(0)
     result: dict[str, Any] = {
         "command": " ".join(sys.argv),
-        "machine": {"load_avg_at_start": os.getloadavg(), "cpu_count": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(),
-                    "python": platform.python_version(), "torch": torch.__version__,
-                    "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")},
+        "machine": {
+            "load_avg_at_start": os.getloadavg(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+        },
         "quick": args.quick,
     }
     try:

@@ -48,16 +48,18 @@ def data():
 @pytest.fixture(scope="module")
 def km(data):
     x, y, model = data
-    return ClusterSurrogate(model, ["0", "1"], n_clusters=C, method="kmeans", embed_dim=4,
-                            batch_size=32).fit(x, y)
+    return ClusterSurrogate(
+        model, ["0", "1"], n_clusters=C, method="kmeans", embed_dim=4, batch_size=32
+    ).fit(x, y)
 
 
 @pytest.fixture(scope="module")
 def idec(data):
     x, y, model = data
     torch.manual_seed(0)
-    return ClusterSurrogate(model, ["0"], n_clusters=C, method="idec", embed_dim=4,
-                            batch_size=32, **FAST).fit(x, y)
+    return ClusterSurrogate(
+        model, ["0"], n_clusters=C, method="idec", embed_dim=4, batch_size=32, **FAST
+    ).fit(x, y)
 
 
 # ------------------------------------------------------------------ closed forms
@@ -102,8 +104,9 @@ def test_posterior_rows_sum_to_one_and_empty_cluster_has_no_nan(km):
         assert bool(torch.isfinite(h).all())
         torch.testing.assert_close(h.sum(1), torch.ones(2, dtype=torch.float64))
     km.smoothing = 1.0
-    torch.testing.assert_close(km._posterior(counts)[0],
-                               torch.tensor([4 / 7, 2 / 7, 1 / 7], dtype=torch.float64))
+    torch.testing.assert_close(
+        km._posterior(counts)[0], torch.tensor([4 / 7, 2 / 7, 1 / 7], dtype=torch.float64)
+    )
 
 
 def test_posterior_counts_are_the_training_assignments(km, data):
@@ -216,9 +219,17 @@ def test_spill_to_disk_gives_the_same_surrogate(data, tmp_path):
 def test_conv_layers_idec_end_to_end(tiny_cnn):
     model = tiny_cnn.float()
     x = torch.randn(96, 1, 6, 6)
-    s = ClusterSurrogate(model, ["features.0", "features.2", "head"], n_clusters=3,
-                         batch_size=32, embed_dim=3, pretrain_epochs=1, max_iter=10,
-                         update_interval=5, n_init=1).fit(x)
+    s = ClusterSurrogate(
+        model,
+        ["features.0", "features.2", "head"],
+        n_clusters=3,
+        batch_size=32,
+        embed_dim=3,
+        pretrain_epochs=1,
+        max_iter=10,
+        update_interval=5,
+        n_init=1,
+    ).fit(x)
     # features.0 is followed by an in-place ReLU: the captured activations keep their sign
     assert s._state("features.0")["mean"].shape == (4, 1, 1)
     p = s.predict_proba(x[:10])
@@ -235,8 +246,9 @@ class TinyGRU(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         lengths = (ids != 0).sum(1).clamp_min(1)
-        packed = nn.utils.rnn.pack_padded_sequence(self.embedding(ids), lengths, batch_first=True,
-                                                   enforce_sorted=False)
+        packed = nn.utils.rnn.pack_padded_sequence(
+            self.embedding(ids), lengths, batch_first=True, enforce_sorted=False
+        )
         _, h = self.gru(packed)
         return self.head(torch.cat([h[0], h[1]], 1))
 
@@ -255,17 +267,20 @@ def test_sequence_activations_pool_over_valid_tokens():
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(1, 7, (64,), generator=g)
     ids = torch.randint(1, 12, (64, 6), generator=g) * (torch.arange(6) < lengths[:, None])
-    s = ClusterSurrogate(model, ["embedding", "gru"], n_clusters=2, method="kmeans",
-                         embed_dim=3, batch_size=16).fit(ids)
+    s = ClusterSurrogate(
+        model, ["embedding", "gru"], n_clusters=2, method="kmeans", embed_dim=3, batch_size=16
+    ).fit(ids)
     # the GRU emits a PackedSequence: its padded output is averaged over each sequence's length
     with torch.no_grad():
-        packed = nn.utils.rnn.pack_padded_sequence(model.embedding(ids[:2]), lengths[:2],
-                                                   batch_first=True, enforce_sorted=False)
+        packed = nn.utils.rnn.pack_padded_sequence(
+            model.embedding(ids[:2]), lengths[:2], batch_first=True, enforce_sorted=False
+        )
         out, _ = nn.utils.rnn.pad_packed_sequence(model.gru(packed)[0], batch_first=True)
     st = s._state("gru")
     want = torch.stack([out[i, : lengths[i]].mean(0) for i in range(2)])
-    torch.testing.assert_close(s.embed(ids[:2])["gru"],
-                               st["embedder"].encode((want - st["mean"]) / st["std"]))
+    torch.testing.assert_close(
+        s.embed(ids[:2])["gru"], st["embedder"].encode((want - st["mean"]) / st["std"])
+    )
     assert s.predict_proba(ids[:5]).shape == (5, 2)
     assert hook_count(model) == 0
 
@@ -284,14 +299,16 @@ class Cast(nn.Module):
 def test_bad_input_errors(data):
     x, y, model = data
     with pytest.raises(ValueError, match="n_clusters=500 is larger than the number"):
-        ClusterSurrogate(model, ["0"], n_clusters=500, method="kmeans", batch_size=32,
-                         max_fit_points=None).fit(x)
+        ClusterSurrogate(
+            model, ["0"], n_clusters=500, method="kmeans", batch_size=32, max_fit_points=None
+        ).fit(x)
     with pytest.raises(ValueError, match="fewer than one batch"):
         ClusterSurrogate(model, ["0"], n_clusters=3, method="kmeans", batch_size=256).fit(x)
     bad = nn.Sequential(IntLayer(), Cast())
     with pytest.raises(TypeError, match=r"layer '0.0' gives activations of dtype torch.int64"):
-        ClusterSurrogate(nn.Sequential(bad, nn.Linear(6, 3)), ["0.0"], n_clusters=3,
-                         batch_size=32).fit(x)
+        ClusterSurrogate(
+            nn.Sequential(bad, nn.Linear(6, 3)), ["0.0"], n_clusters=3, batch_size=32
+        ).fit(x)
     with pytest.raises(ValueError, match="unknown layer"):
         ClusterSurrogate(model, ["nope"], n_clusters=3, batch_size=32).fit(x)
     with pytest.raises(ValueError, match="layer_weights has 1 entries for 2 layers"):
@@ -305,14 +322,16 @@ def test_bad_input_errors(data):
     with pytest.raises(NotFittedError):
         ClusterSurrogate(model, ["0"]).predict(x)
     with pytest.raises(ValueError, match="n_classes >= 2"):
-        ClusterSurrogate(nn.Sequential(nn.Identity(), nn.Linear(6, 1)), ["0"], n_clusters=3,
-                         batch_size=32).fit(x)
+        ClusterSurrogate(
+            nn.Sequential(nn.Identity(), nn.Linear(6, 1)), ["0"], n_clusters=3, batch_size=32
+        ).fit(x)
 
 
 def test_posterior_from_labels(data):
     x, y, model = data
     flipped = (y + 1) % C  # labels that disagree with the model everywhere
-    s = ClusterSurrogate(model, ["0"], n_clusters=C, method="kmeans", embed_dim=4,
-                         batch_size=32, posterior="labels").fit(x, flipped)
+    s = ClusterSurrogate(
+        model, ["0"], n_clusters=C, method="kmeans", embed_dim=4, batch_size=32, posterior="labels"
+    ).fit(x, flipped)
     assert s.accuracy(x, flipped) >= 0.99
     assert s.fidelity(x) <= 0.01

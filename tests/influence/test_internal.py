@@ -26,8 +26,11 @@ D = torch.float64
 
 def two_layer() -> nn.Sequential:
     torch.manual_seed(1)
-    return nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 4), nn.Softplus(),
-                         nn.Linear(4, 3)).double().eval()
+    return (
+        nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 4), nn.Softplus(), nn.Linear(4, 3))
+        .double()
+        .eval()
+    )
 
 
 def infl(model, layer, x, **kw):
@@ -61,8 +64,11 @@ def test_cut_before_a_linear_layer_gives_its_weights():
 def test_mixture_is_weighted_sum_of_components(at):
     m = two_layer()
     x = torch.randn(5, 5, dtype=D)
-    comps = [(0.2, Point(at=at)), (0.5, Gaussian(0.4, 3, seed=7, at=at)),
-             (0.3, LinearPath(0.1, steps=4, rule="riemann_middle", at=at))]
+    comps = [
+        (0.2, Point(at=at)),
+        (0.5, Gaussian(0.4, 3, seed=7, at=at)),
+        (0.3, LinearPath(0.1, steps=4, rule="riemann_middle", at=at)),
+    ]
     mix = infl(m, "1", x, qoi=Class(1), doi=Mixture(comps))
     parts = sum(w * infl(m, "1", x, qoi=Class(1), doi=d) for w, d in comps)
     torch.testing.assert_close(mix, parts, rtol=1e-12, atol=1e-12)
@@ -81,8 +87,7 @@ def test_completeness_at_the_input():
     m = two_layer()
     x = torch.randn(4, 5, dtype=D)
     base = torch.randn(5, dtype=D)
-    v = infl(m, None, x, qoi=Class(2), doi=LinearPath(base, steps=256),
-             multiply_activation=True)
+    v = infl(m, None, x, qoi=Class(2), doi=LinearPath(base, steps=256), multiply_activation=True)
     with torch.no_grad():
         gap = m(x)[:, 2] - m(base[None])[:, 2]
     torch.testing.assert_close(v.sum(1), gap, rtol=1e-10, atol=1e-10)
@@ -106,8 +111,9 @@ def test_completeness_relu_cnn_latent_baseline(tiny_cnn):
     # piecewise-linear integrand: quadrature converges slowly, so a looser tolerance
     x = torch.randn(3, 1, 6, 6, dtype=D)
     doi = LinearPath(0.0, steps=256, rule="riemann_middle", at="features.0")
-    e = InternalInfluence(tiny_cnn, "features.0", qoi=Class(1), doi=doi,
-                          multiply_activation=True).explain(x)
+    e = InternalInfluence(
+        tiny_cnn, "features.0", qoi=Class(1), doi=doi, multiply_activation=True
+    ).explain(x)
     with torch.no_grad():
         y = tiny_cnn(x)[:, 1]
         with intervene(tiny_cnn, {"features.0": torch.zeros(3, 4, 6, 6, dtype=D)}):
@@ -130,8 +136,7 @@ def test_attribution_space_is_influence_times_activation_difference(tiny_cnn):
     torch.testing.assert_close(a, i * (cx["features.2"] - cb["features.2"]))
     # a DoI without a baseline multiplies by the activation itself (gradient x activation)
     p = infl(tiny_cnn, "features.2", x, qoi=Class(0), multiply_activation=True)
-    torch.testing.assert_close(p, infl(tiny_cnn, "features.2", x, qoi=Class(0))
-                               * cx["features.2"])
+    torch.testing.assert_close(p, infl(tiny_cnn, "features.2", x, qoi=Class(0)) * cx["features.2"])
 
 
 # ------------------------------------------------------------------ path rules / point
@@ -149,12 +154,17 @@ def test_qoi_linearity(tiny_cnn):
     x = torch.randn(4, 1, 5, 5, dtype=D)
     doi = LinearPath(0.0, steps=5)
     combo = infl(tiny_cnn, "features.0", x, qoi=Class(0) - 2.0 * Class(2), doi=doi)
-    parts = (infl(tiny_cnn, "features.0", x, qoi=Class(0), doi=doi)
-             - 2 * infl(tiny_cnn, "features.0", x, qoi=Class(2), doi=doi))
+    parts = infl(tiny_cnn, "features.0", x, qoi=Class(0), doi=doi) - 2 * infl(
+        tiny_cnn, "features.0", x, qoi=Class(2), doi=doi
+    )
     torch.testing.assert_close(combo, parts, rtol=1e-12, atol=1e-12)
     comp = infl(tiny_cnn, "features.0", x, qoi=Comparative(0, 2), doi=doi)
-    torch.testing.assert_close(comp, infl(tiny_cnn, "features.0", x, qoi=Class(0) - Class(2),
-                                          doi=doi), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        comp,
+        infl(tiny_cnn, "features.0", x, qoi=Class(0) - Class(2), doi=doi),
+        rtol=1e-12,
+        atol=1e-12,
+    )
 
 
 def test_sensitivity():
@@ -168,8 +178,7 @@ def test_sensitivity():
     # IG sensitivity (a): input and baseline differ in one feature that changes the output
     base = x.clone()
     base[:, 1] += 1.0
-    v = infl(lin, None, x, qoi=Class(1), doi=LinearPath(base, steps=32),
-             multiply_activation=True)
+    v = infl(lin, None, x, qoi=Class(1), doi=LinearPath(base, steps=32), multiply_activation=True)
     with torch.no_grad():
         changed = (lin(x)[:, 1] - lin(base)[:, 1]).abs() > 1e-6
     assert changed.any()
@@ -180,10 +189,15 @@ def test_sensitivity():
 # ------------------------------------------------------------------ determinism, chunking
 def test_determinism_and_chunking_invariance(tiny_cnn):
     x = torch.randn(3, 1, 6, 6, dtype=D)
-    for doi in (LinearPath(0.0, steps=5), Gaussian(0.3, 3, seed=2),
-                LinearPath(0.0, steps=3, at="features.0")):
-        runs = [infl(tiny_cnn, "features.2", x, doi=doi, qoi=Class(1), batch_size=bs)
-                for bs in (1, 4, 1000, 1000)]
+    for doi in (
+        LinearPath(0.0, steps=5),
+        Gaussian(0.3, 3, seed=2),
+        LinearPath(0.0, steps=3, at="features.0"),
+    ):
+        runs = [
+            infl(tiny_cnn, "features.2", x, doi=doi, qoi=Class(1), batch_size=bs)
+            for bs in (1, 4, 1000, 1000)
+        ]
         assert torch.equal(runs[2], runs[3])  # determinism
         for r in runs[:2]:
             torch.testing.assert_close(r, runs[2], rtol=1e-12, atol=1e-13)
@@ -222,9 +236,13 @@ def test_integer_inputs_at_an_embedding():
 
     m = Tok().double()
     ids = torch.randint(1, 10, (3, 6))
-    e = InternalInfluence(m, "embedding", qoi=Class(1),
-                          doi=LinearPath(0.0, steps=64, at="embedding"),
-                          multiply_activation=True).explain(ids)
+    e = InternalInfluence(
+        m,
+        "embedding",
+        qoi=Class(1),
+        doi=LinearPath(0.0, steps=64, at="embedding"),
+        multiply_activation=True,
+    ).explain(ids)
     with torch.no_grad():
         y = m(ids)[:, 1]
         with intervene(m, {"embedding": torch.zeros(3, 6, 4, dtype=D)}):
@@ -250,8 +268,9 @@ def test_explain_dataset_streams_the_class_mean(tiny_cnn):
     d2 = InternalInfluence(tiny_cnn, "features.2", batch_size=64).explain_dataset(loader, cls=1)
     torch.testing.assert_close(d2.values, ref, rtol=1e-12, atol=1e-12)
     whole = expl.explain_dataset(x)  # no class: MaxClass per example
-    torch.testing.assert_close(whole.values, expl.explain(x).values.mean(0, keepdim=True),
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        whole.values, expl.explain(x).values.mean(0, keepdim=True), rtol=1e-12, atol=1e-12
+    )
     with pytest.raises(ValueError, match="no examples of class"):
         expl.explain_dataset(x, labels=torch.zeros(23, dtype=torch.long), cls=2)
 
@@ -298,11 +317,13 @@ def test_bad_input_raises_clearly_and_leaves_no_hooks(tiny_cnn):
     with pytest.raises(ValueError, match="one value per input"):
         InternalInfluence(tiny_cnn, "features.2", qoi=Function(lambda y: y.sum())).explain(x)
     with pytest.raises(ValueError, match="baseline of shape"):
-        InternalInfluence(tiny_cnn, "features.2",
-                          doi=LinearPath(torch.zeros(3, 5), steps=2)).explain(x)
+        InternalInfluence(
+            tiny_cnn, "features.2", doi=LinearPath(torch.zeros(3, 5), steps=2)
+        ).explain(x)
     with pytest.raises(ValueError, match="baseline of shape"):
-        InternalInfluence(tiny_cnn, "features.2", doi=LinearPath(torch.zeros(5, 5), steps=2,
-                                                                 at="features.0")).explain(x)
+        InternalInfluence(
+            tiny_cnn, "features.2", doi=LinearPath(torch.zeros(5, 5), steps=2, at="features.0")
+        ).explain(x)
     with pytest.raises(ValueError, match="class index 7 out of range"):
         InternalInfluence(tiny_cnn, "features.2").explain(x, target=7)
     with pytest.raises(ValueError, match="target has 3 entries"):

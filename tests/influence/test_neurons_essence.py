@@ -22,8 +22,9 @@ def test_gaussian_blur_preserves_constants_and_mass_centre():
 
 def test_visualize_neuron_shapes_mask_and_batching(tiny_cnn):
     x = torch.randn(4, 1, 8, 8, dtype=D)
-    heat, masked = visualize_neuron(tiny_cnn, "features.0", 2, x, blur=1.0, percentile=0.75,
-                                    opacity=0.2)
+    heat, masked = visualize_neuron(
+        tiny_cnn, "features.0", 2, x, blur=1.0, percentile=0.75, opacity=0.2
+    )
     assert heat.shape == (4, 8, 8) and masked.shape == x.shape
     assert heat.min() >= 0 and torch.allclose(heat.flatten(1).amax(1), torch.ones(4, dtype=D))
     kept = masked == x
@@ -37,8 +38,13 @@ def test_visualize_neuron_shapes_mask_and_batching(tiny_cnn):
     # no blur: the heatmap is the positive part of gradient x input, scaled
     h0, _ = visualize_neuron(tiny_cnn, "features.0", 2, x, blur=0.0)
     from whynet.core import Channel
-    ref = InternalInfluence(tiny_cnn, None, qoi=Channel("features.0", 2),
-                            multiply_activation=True).explain(x).values[:, 0].clamp_min(0)
+
+    ref = (
+        InternalInfluence(tiny_cnn, None, qoi=Channel("features.0", 2), multiply_activation=True)
+        .explain(x)
+        .values[:, 0]
+        .clamp_min(0)
+    )
     ref = ref / ref.flatten(1).amax(1)[:, None, None]
     torch.testing.assert_close(h0, ref)
     hi, _ = visualize_neuron(tiny_cnn, "features.2", 0, x, doi="ig", steps=8)
@@ -87,8 +93,18 @@ def test_essence_all_channels_is_the_full_model_and_is_seeded():
     m = _hand_built()
     xtr, ytr = _clusters(200, 2)
     xte, yte = _clusters(150, 3)
-    r = essence(m, "1", 1, [1, 2, 8], xte, yte, influence_data=xtr, influence_labels=ytr,
-                random_draws=3, seed=5)
+    r = essence(
+        m,
+        "1",
+        1,
+        [1, 2, 8],
+        xte,
+        yte,
+        influence_data=xtr,
+        influence_labels=ytr,
+        random_draws=3,
+        seed=5,
+    )
     assert [row["k"] for row in r.rows] == [1, 2, 8]
     assert set(r.channels[:2].tolist()) == {2, 3}  # the class-1 detectors
     full = r.rows[-1]
@@ -97,8 +113,18 @@ def test_essence_all_channels_is_the_full_model_and_is_seeded():
     # ranking is the class-conditional influence, summed over space
     ref = InternalInfluence(m, "1", qoi=1).explain_dataset(xtr, ytr, cls=1).values
     assert torch.equal(r.channels, ref[0].argsort(descending=True))
-    again = essence(m, "1", 1, [1, 2, 8], xte, yte, influence_data=xtr,
-                    influence_labels=ytr, random_draws=3, seed=5)
+    again = essence(
+        m,
+        "1",
+        1,
+        [1, 2, 8],
+        xte,
+        yte,
+        influence_data=xtr,
+        influence_labels=ytr,
+        random_draws=3,
+        seed=5,
+    )
     assert again.rows == r.rows
     # the top-2 channels keep the class far better than 2 random ones
     assert r.rows[1]["reduced_bacc"] > 0.9 > r.rows[1]["random_bacc"]

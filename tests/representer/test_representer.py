@@ -34,8 +34,13 @@ def _one_thread():
 def make_model(d_in: int = 5, hidden: int = 8, classes: int = 3) -> nn.Module:
     """MLP with BatchNorm and Dropout (both must be in eval mode while extracting features)."""
     torch.manual_seed(1)
-    model = nn.Sequential(nn.Linear(d_in, hidden), nn.BatchNorm1d(hidden), nn.Tanh(),
-                          nn.Dropout(0.5), nn.Linear(hidden, classes)).double()
+    model = nn.Sequential(
+        nn.Linear(d_in, hidden),
+        nn.BatchNorm1d(hidden),
+        nn.Tanh(),
+        nn.Dropout(0.5),
+        nn.Linear(hidden, classes),
+    ).double()
     with torch.no_grad():  # non-trivial running statistics
         model[1].running_mean.uniform_(-0.5, 0.5)
         model[1].running_var.uniform_(0.5, 2.0)
@@ -45,8 +50,10 @@ def make_model(d_in: int = 5, hidden: int = 8, classes: int = 3) -> nn.Module:
 
 def data(n: int = 120, d_in: int = 5, classes: int = 3, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(n, d_in, generator=g, dtype=torch.float64),
-            torch.randint(0, classes, (n,), generator=g))
+    return (
+        torch.randn(n, d_in, generator=g, dtype=torch.float64),
+        torch.randint(0, classes, (n,), generator=g),
+    )
 
 
 def fitted(targets: str = "model", **kw) -> tuple[RepresenterPoints, torch.Tensor, torch.Tensor]:
@@ -69,6 +76,7 @@ def rp_labels() -> tuple[RepresenterPoints, torch.Tensor, torch.Tensor]:
 
 
 # ---- the functional core ---------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("soft", [True, False])
 def test_residual_identity_for_any_weight(soft: bool) -> None:
@@ -125,8 +133,9 @@ def test_lbfgs_reaches_the_same_minimiser() -> None:
     lb = solve_lbfgs(f, w0, t, FAST, max_iter=2000, tol=1e-11)
     assert gd.converged and lb.converged and lb.n_iter < gd.n_iter
     torch.testing.assert_close(lb.weight, gd.weight, rtol=0, atol=1e-8)
-    torch.testing.assert_close(alpha_from(lb.phi, t, FAST), alpha_from(gd.phi, t, FAST),
-                               rtol=0, atol=1e-9)
+    torch.testing.assert_close(
+        alpha_from(lb.phi, t, FAST), alpha_from(gd.phi, t, FAST), rtol=0, atol=1e-9
+    )
 
 
 def test_explainer_lbfgs_decomposition() -> None:
@@ -141,14 +150,16 @@ def test_explainer_lbfgs_decomposition() -> None:
 
 # ---- the explainer ---------------------------------------------------------------------------
 
+
 def test_explainer_residual_identity_without_fit_convergence() -> None:
     x, y = data()
     rp = RepresenterPoints(make_model(), head="4", max_iter=0).fit(x, y)
     assert rp.n_iter_ == 0 and not rp.converged_
     f = augment(rp.features_, torch.float64)
     t = torch.softmax(rp.model.eval()(x), 1)
-    torch.testing.assert_close(rp.weight_ - rp.alpha_.T @ f,
-                               gradient(f, rp.weight_, t, L2) / (2 * L2), rtol=0, atol=1e-9)
+    torch.testing.assert_close(
+        rp.weight_ - rp.alpha_.T @ f, gradient(f, rp.weight_, t, L2) / (2 * L2), rtol=0, atol=1e-9
+    )
 
 
 @pytest.mark.parametrize("which", ["rp_model", "rp_labels"])
@@ -196,7 +207,8 @@ def test_independent_of_loader_order_and_batch_size() -> None:
     x, y = data()
     kw = {"head": "4", "targets": "labels", "tol": 1e-10, "max_iter": 20000, "l2": FAST}
     a = RepresenterPoints(make_model(), batch_size=7, **kw).fit(
-        DataLoader(TensorDataset(x, y), batch_size=7))
+        DataLoader(TensorDataset(x, y), batch_size=7)
+    )
     b = RepresenterPoints(make_model(), batch_size=64, **kw).fit(TensorDataset(x, y))
     torch.testing.assert_close(a.alpha_, b.alpha_, rtol=0, atol=1e-10)
     perm = torch.randperm(120, generator=torch.Generator().manual_seed(2))
@@ -232,8 +244,7 @@ def test_float32_kernel_close(rp_model) -> None:
     for k, v in vars(rp).items():
         if k.endswith("_"):
             setattr(fast, k, v)
-    torch.testing.assert_close(fast.explain(xt).values, rp.explain(xt).values,
-                               rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(fast.explain(xt).values, rp.explain(xt).values, rtol=1e-5, atol=1e-8)
 
 
 def test_model_state_restored_and_no_hooks(rp_model) -> None:
@@ -254,8 +265,12 @@ def test_save_load_round_trip(rp_labels, tmp_path) -> None:
     back = RepresenterPoints.load(path, rp.model)
     for name in ("alpha_", "weight_", "features_", "labels_"):
         assert torch.equal(getattr(back, name), getattr(rp, name)), name
-    assert (back.converged_, back.n_iter_, back.targets, back.l2) == \
-        (rp.converged_, rp.n_iter_, "labels", FAST)
+    assert (back.converged_, back.n_iter_, back.targets, back.l2) == (
+        rp.converged_,
+        rp.n_iter_,
+        "labels",
+        FAST,
+    )
     assert torch.equal(back.explain(x[:4]).values, rp.explain(x[:4]).values)
     other = make_model()
     with torch.no_grad():

@@ -17,5 +17,13 @@ from whynet.clusters.embedding import (
 from whynet.clusters.index import WeightedIndex
 from whynet.clusters.surrogate import ClusterSurrogate
 
-__all__ = ["ClusterSurrogate", "ConvAE", "DenseAE", "PCAEmbed", "WeightedIndex", "kl_loss",
-           "soft_assign", "target_distribution"]
+__all__ = [
+    "ClusterSurrogate",
+    "ConvAE",
+    "DenseAE",
+    "PCAEmbed",
+    "WeightedIndex",
+    "kl_loss",
+    "soft_assign",
+    "target_distribution",
+]

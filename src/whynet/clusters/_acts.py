@@ -42,19 +42,26 @@ def _main_tensor(output: Any, layer: str) -> tuple[torch.Tensor, torch.Tensor | 
         return output, None
     if isinstance(output, tuple) and output:
         return _main_tensor(output[0], layer)
-    raise TypeError(f"layer {layer!r} returned {type(output).__name__}; expected a tensor, "
-                    "a tuple starting with one, or a PackedSequence")
+    raise TypeError(
+        f"layer {layer!r} returned {type(output).__name__}; expected a tensor, "
+        "a tuple starting with one, or a PackedSequence"
+    )
 
 
-def reduce_activation(t: torch.Tensor, lengths: torch.Tensor | None, x: torch.Tensor,
-                      layer: str) -> torch.Tensor:
+def reduce_activation(
+    t: torch.Tensor, lengths: torch.Tensor | None, x: torch.Tensor, layer: str
+) -> torch.Tensor:
     """Reduce a layer's output batch to ``(B, C, H, W)`` or ``(B, F)`` float32 (module doc)."""
     if not t.is_floating_point():
-        raise TypeError(f"layer {layer!r} gives activations of dtype {t.dtype}; clustering needs "
-                        "floating activations (choose a layer after the embedding/cast)")
+        raise TypeError(
+            f"layer {layer!r} gives activations of dtype {t.dtype}; clustering needs "
+            "floating activations (choose a layer after the embedding/cast)"
+        )
     if t.dim() == 0 or t.shape[0] != x.shape[0]:
-        raise ValueError(f"layer {layer!r} output of shape {tuple(t.shape)} has no batch "
-                         f"dimension matching the {x.shape[0]} inputs")
+        raise ValueError(
+            f"layer {layer!r} output of shape {tuple(t.shape)} has no batch "
+            f"dimension matching the {x.shape[0]} inputs"
+        )
     t = t.detach().float()
     if t.dim() == 1:
         return t[:, None]
@@ -90,12 +97,16 @@ class _Recorder:
             def hook(module: nn.Module, args: Any, output: Any) -> None:
                 t, lengths = _main_tensor(output, name)
                 if not t.is_floating_point():  # fail here, before later layers choke on it
-                    raise TypeError(f"layer {name!r} gives activations of dtype {t.dtype}; "
-                                    "clustering needs floating activations (choose a layer "
-                                    "after the embedding/cast)")
+                    raise TypeError(
+                        f"layer {name!r} gives activations of dtype {t.dtype}; "
+                        "clustering needs floating activations (choose a layer "
+                        "after the embedding/cast)"
+                    )
                 # clone: a downstream in-place op (ReLU(inplace=True)) must not change it
                 self.seen.setdefault(name, []).append((t.detach().clone(), lengths))
+
             return hook
+
         return [(m, "forward", make(n)) for m, n in zip(self.modules, self.layers)]
 
     def take(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -105,8 +116,10 @@ class _Recorder:
             if not calls:
                 raise ValueError(f"layer {name!r} did not run in the forward pass")
             if len(calls) > 1:
-                raise ValueError(f"layer {name!r} ran {len(calls)} times in one forward pass "
-                                 "(a reused module); choose a layer that runs once")
+                raise ValueError(
+                    f"layer {name!r} ran {len(calls)} times in one forward pass "
+                    "(a reused module); choose a layer that runs once"
+                )
             out[name] = reduce_activation(calls[0][0], calls[0][1], x, name)
         self.seen = {}
         return out
@@ -132,8 +145,9 @@ def stream_activations(
     rec = _Recorder(model, layers)
     n = data_length(data)
     total = None if n is None else -(-n // batch_size)
-    batches = iter_batches(data, labels, batch_size=batch_size, need_labels=need_labels,
-                           device=device)
+    batches = iter_batches(
+        data, labels, batch_size=batch_size, need_labels=need_labels, device=device
+    )
     with frozen_eval(model), torch.no_grad():
         for x, y in progress(batches, total=total, desc=desc, enabled=show_progress):
             with hooked(rec.registrations()):
@@ -152,8 +166,9 @@ class ActivationStore:
         Where the files go (a private temporary folder inside it); default the system temp dir.
     """
 
-    def __init__(self, memory_limit: int = 1 << 30, cache_dir: str | os.PathLike[str] | None = None
-                 ) -> None:
+    def __init__(
+        self, memory_limit: int = 1 << 30, cache_dir: str | os.PathLike[str] | None = None
+    ) -> None:
         self.memory_limit = memory_limit
         self.cache_dir = cache_dir
         self.chunks: dict[str, list[np.ndarray]] = {}
@@ -168,8 +183,10 @@ class ActivationStore:
         arr = np.ascontiguousarray(batch.cpu().numpy(), dtype=np.float32)
         shape = tuple(arr.shape[1:])
         if self.shapes.setdefault(name, shape) != shape:
-            raise ValueError(f"layer {name!r} changed shape between batches: "
-                             f"{self.shapes[name]} then {shape} (pad sequences to one length?)")
+            raise ValueError(
+                f"layer {name!r} changed shape between batches: "
+                f"{self.shapes[name]} then {shape} (pad sequences to one length?)"
+            )
         self.rows[name] = self.rows.get(name, 0) + len(arr)
         if self.folder is not None:
             self._file(name).write(arr.tobytes())
@@ -205,8 +222,9 @@ class ActivationStore:
                 out[name] = np.concatenate(self.chunks.pop(name))  # free chunks as we go
             else:
                 self.files[name].close()
-                out[name] = np.memmap(self.paths[name], dtype=np.float32, mode="r",
-                                      shape=(self.rows[name], *shape))
+                out[name] = np.memmap(
+                    self.paths[name], dtype=np.float32, mode="r", shape=(self.rows[name], *shape)
+                )
         return out
 
     @property

@@ -46,8 +46,16 @@ def kl_loss(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return (p * (torch.log(p.clamp_min(1e-12)) - torch.log(q.clamp_min(1e-12)))).sum(1).mean()
 
 
-def kmeans(x: np.ndarray, k: int, *, n_init: int = 10, seed: int = 0, max_iter: int = 300,
-           max_points: int | None = None, backend: str = "auto") -> np.ndarray:
+def kmeans(
+    x: np.ndarray,
+    k: int,
+    *,
+    n_init: int = 10,
+    seed: int = 0,
+    max_iter: int = 300,
+    max_points: int | None = None,
+    backend: str = "auto",
+) -> np.ndarray:
     """k-means centres ``(k, d)`` float32: faiss when installed (fast at 1M points), else sklearn.
 
     ``max_points``: fit on a seeded random sample of at most this many rows (the centres of a
@@ -65,9 +73,16 @@ def kmeans(x: np.ndarray, k: int, *, n_init: int = 10, seed: int = 0, max_iter: 
             if backend == "faiss":
                 raise
         else:
-            km = faiss.Kmeans(x.shape[1], k, niter=max(max_iter // 10, 20), nredo=n_init,
-                              seed=seed + 1, verbose=False, spherical=False,
-                              max_points_per_centroid=-(-len(x) // k) + 1)
+            km = faiss.Kmeans(
+                x.shape[1],
+                k,
+                niter=max(max_iter // 10, 20),
+                nredo=n_init,
+                seed=seed + 1,
+                verbose=False,
+                spherical=False,
+                max_points_per_centroid=-(-len(x) // k) + 1,
+            )
             km.train(x)
             return np.asarray(km.centroids, dtype=np.float32)
     from sklearn.cluster import KMeans
@@ -85,9 +100,14 @@ class ConvAE(nn.Module):
     with transposed convolutions whose output padding restores the exact input size.
     """
 
-    def __init__(self, in_shape: Sequence[int], embed_dim: int = 20,
-                 widths: Sequence[int] = (32, 64, 128), kernels: Sequence[int] = (3, 3, 3),
-                 radius: float = 8.0) -> None:
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        embed_dim: int = 20,
+        widths: Sequence[int] = (32, 64, 128),
+        kernels: Sequence[int] = (3, 3, 3),
+        radius: float = 8.0,
+    ) -> None:
         super().__init__()
         c, h, w = (int(v) for v in in_shape)
         self.in_shape = (c, h, w)
@@ -111,8 +131,11 @@ class ConvAE(nn.Module):
             pad = k // 2
             op_h = h_out - ((h_in - 1) * 2 - 2 * pad + k)
             op_w = w_out - ((w_in - 1) * 2 - 2 * pad + k)
-            dec.append(nn.ConvTranspose2d(c_in, c_out, k, stride=2, padding=pad,
-                                          output_padding=(op_h, op_w)))
+            dec.append(
+                nn.ConvTranspose2d(
+                    c_in, c_out, k, stride=2, padding=pad, output_padding=(op_h, op_w)
+                )
+            )
             if i > 1:
                 dec.append(nn.ReLU())
         self.decoder = nn.Sequential(*dec)
@@ -133,8 +156,13 @@ class ConvAE(nn.Module):
 class DenseAE(nn.Module):
     """Fully connected autoencoder of flat (or token-pooled) activations, same embedding rule."""
 
-    def __init__(self, in_dim: int, embed_dim: int = 20, hidden: Sequence[int] = (256, 128),
-                 radius: float = 8.0) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        embed_dim: int = 20,
+        hidden: Sequence[int] = (256, 128),
+        radius: float = 8.0,
+    ) -> None:
         super().__init__()
         self.in_shape = (int(in_dim),)
         self.radius = float(radius)
@@ -166,11 +194,17 @@ class DenseAE(nn.Module):
 def build_autoencoder(config: dict[str, Any]) -> nn.Module:
     """An autoencoder from its JSON config (what ``save`` stores next to the weights)."""
     if config["kind"] == "conv":
-        return ConvAE(config["in_shape"], config["embed_dim"], config["widths"],
-                      config["kernels"], config["radius"])
+        return ConvAE(
+            config["in_shape"],
+            config["embed_dim"],
+            config["widths"],
+            config["kernels"],
+            config["radius"],
+        )
     if config["kind"] == "dense":
-        return DenseAE(config["in_shape"][0], config["embed_dim"], config["hidden"],
-                       config["radius"])
+        return DenseAE(
+            config["in_shape"][0], config["embed_dim"], config["hidden"], config["radius"]
+        )
     raise ValueError(f"unknown autoencoder kind {config['kind']!r}")
 
 
@@ -200,17 +234,23 @@ class IDECResult:
 
 def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
     perm = torch.randperm(n, generator=gen)
-    return [perm[i:i + batch_size] for i in range(0, n, batch_size)]
+    return [perm[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
 @torch.no_grad()
 def encode_all(ae: Any, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """Embeddings of every row of ``x`` (already standardised), in chunks."""
-    return torch.cat([ae.encode(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    return torch.cat([ae.encode(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
-def fit_idec(ae: nn.Module, x: torch.Tensor, n_clusters: int, s: IDECSettings, seed: int = 0,
-             show: Any = None) -> IDECResult:
+def fit_idec(
+    ae: nn.Module,
+    x: torch.Tensor,
+    n_clusters: int,
+    s: IDECSettings,
+    seed: int = 0,
+    show: Any = None,
+) -> IDECResult:
     """Pretrain ``ae`` on ``x``, initialise centres by k-means, then refine with IDEC.
 
     Loss per mini-batch: ``MSE(x, decode(z)) + gamma * KL(P || Q)`` (IDEC eq. 3); P recomputed
@@ -235,8 +275,9 @@ def fit_idec(ae: nn.Module, x: torch.Tensor, n_clusters: int, s: IDECSettings, s
             show(f"pretrain loss {hist['pretrain_loss'][-1]:.4f}")
     ae.eval()
     z = encode_all(ae, x)
-    centres = nn.Parameter(torch.from_numpy(kmeans(z.numpy(), n_clusters, n_init=s.n_init,
-                                                   seed=seed)))
+    centres = nn.Parameter(
+        torch.from_numpy(kmeans(z.numpy(), n_clusters, n_init=s.n_init, seed=seed))
+    )
     if s.max_iter <= 0:
         return IDECResult(centres.detach().clone(), hist)
     opt = torch.optim.Adam([*ae.parameters(), centres], lr=s.lr)

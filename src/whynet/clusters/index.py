@@ -42,14 +42,17 @@ class WeightedIndex:
             self.faiss = faiss.IndexFlatIP(db.shape[1])
             self.faiss.add(db)
 
-    def search(self, queries: Sequence[torch.Tensor], weights: torch.Tensor, k: int
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def search(
+        self, queries: Sequence[torch.Tensor], weights: torch.Tensor, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Indices ``(B, k)`` and weighted distances ``(B, k)`` (float64, ascending)."""
         k = min(int(k), self.n)
         w = weights.double().cpu()
         q = [z.detach().cpu().float() for z in queries]
-        aug = torch.cat([*(2.0 * float(w[i]) * z for i, z in enumerate(q)),
-                         (-w).float().expand(len(q[0]), -1)], dim=1)
+        aug = torch.cat(
+            [*(2.0 * float(w[i]) * z for i, z in enumerate(q)), (-w).float().expand(len(q[0]), -1)],
+            dim=1,
+        )
         # oversample so that float32 rounding in the inner products cannot drop a true neighbour
         kk = min(self.n, 2 * k + 8)
         if self.faiss is not None:

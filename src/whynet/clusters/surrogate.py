@@ -181,18 +181,28 @@ class ClusterSurrogate(FittedMixin, Explainer):
         self.posterior = posterior
         self.seed = int(seed)
         self.cache_dir = cache_dir
-        self.idec = IDECSettings(embed_dim=int(embed_dim), alpha=float(alpha), gamma=float(gamma),
-                                 pretrain_epochs=int(pretrain_epochs), max_iter=int(max_iter),
-                                 update_interval=int(update_interval), tol=float(tol),
-                                 batch_size=batch_size, lr=float(lr), n_init=int(n_init))
+        self.idec = IDECSettings(
+            embed_dim=int(embed_dim),
+            alpha=float(alpha),
+            gamma=float(gamma),
+            pretrain_epochs=int(pretrain_epochs),
+            max_iter=int(max_iter),
+            update_interval=int(update_interval),
+            tol=float(tol),
+            batch_size=batch_size,
+            lr=float(lr),
+            n_init=int(n_init),
+        )
         self.max_fit_points = max_fit_points
         self.smoothing = float(smoothing)
         self.assignment = assignment
         self.memory_limit = int(memory_limit)
 
     def __repr__(self) -> str:
-        return (f"ClusterSurrogate(layers={self.layers}, n_clusters={self.n_clusters}, "
-                f"method={self.method!r})")
+        return (
+            f"ClusterSurrogate(layers={self.layers}, n_clusters={self.n_clusters}, "
+            f"method={self.method!r})"
+        )
 
     # ------------------------------------------------------------------ fitting
     def fit(self, train_data: Any, labels: torch.Tensor | None = None) -> ClusterSurrogate:
@@ -213,13 +223,21 @@ class ClusterSurrogate(FittedMixin, Explainer):
         targets: list[torch.Tensor] = []
         try:
             for feats, logits, y in stream_activations(
-                self.model, self.layers, train_data, labels, batch_size=self.batch_size,
-                need_labels=self.posterior == "labels", device=device,
-                show_progress=self.progress, desc="clusters: activations",
+                self.model,
+                self.layers,
+                train_data,
+                labels,
+                batch_size=self.batch_size,
+                need_labels=self.posterior == "labels",
+                device=device,
+                show_progress=self.progress,
+                desc="clusters: activations",
             ):
                 if logits.dim() != 2 or logits.shape[1] < 2:
-                    raise ValueError("the model must output (B, n_classes) class scores with "
-                                     f"n_classes >= 2; got shape {tuple(logits.shape)}")
+                    raise ValueError(
+                        "the model must output (B, n_classes) class scores with "
+                        f"n_classes >= 2; got shape {tuple(logits.shape)}"
+                    )
                 self.n_classes_ = int(logits.shape[1])
                 t = logits.argmax(1) if self.posterior == "model" else y.long()  # type: ignore[union-attr]
                 check_classes(t, self.n_classes_, name="label")
@@ -238,8 +256,9 @@ class ClusterSurrogate(FittedMixin, Explainer):
             self.layer_state_: list[dict[str, Any]] = []
             self.history_: dict[str, dict[str, list[float]]] = {}
             for li, name in enumerate(self.layers):
-                state = self._fit_layer(li, name, arrays[name], stats[name], fit_idx, target,
-                                        device)
+                state = self._fit_layer(
+                    li, name, arrays[name], stats[name], fit_idx, target, device
+                )
                 self.layer_state_.append(state)
             del arrays
             spilled = store.on_disk
@@ -255,16 +274,26 @@ class ClusterSurrogate(FittedMixin, Explainer):
         if n == 0:
             raise ValueError("train_data is empty")
         if self.n_clusters > n:
-            raise ValueError(f"n_clusters={self.n_clusters} is larger than the number of "
-                             f"training points ({n})")
+            raise ValueError(
+                f"n_clusters={self.n_clusters} is larger than the number of training points ({n})"
+            )
         if n < self.batch_size:
-            raise ValueError(f"train_data has {n} points, fewer than one batch "
-                             f"(batch_size={self.batch_size}); pass a smaller batch_size or more "
-                             "data")
+            raise ValueError(
+                f"train_data has {n} points, fewer than one batch "
+                f"(batch_size={self.batch_size}); pass a smaller batch_size or more "
+                "data"
+            )
 
-    def _fit_layer(self, li: int, name: str, arr: np.ndarray, st: list[torch.Tensor],
-                   fit_idx: np.ndarray | None, target: torch.Tensor, device: torch.device
-                   ) -> dict[str, Any]:
+    def _fit_layer(
+        self,
+        li: int,
+        name: str,
+        arr: np.ndarray,
+        st: list[torch.Tensor],
+        fit_idx: np.ndarray | None,
+        target: torch.Tensor,
+        device: torch.device,
+    ) -> dict[str, Any]:
         n = len(arr)
         total, sq, count = st
         mean = total / count
@@ -283,13 +312,23 @@ class ClusterSurrogate(FittedMixin, Explainer):
             ae: nn.Module
             if len(shape) == 3:
                 ae = ConvAE(shape, self.embed_dim, radius=self.idec.radius)
-                config = {"kind": "conv", "in_shape": list(shape), "embed_dim": self.embed_dim,
-                          "widths": [32, 64, 128], "kernels": [3, 3, 3],
-                          "radius": self.idec.radius}
+                config = {
+                    "kind": "conv",
+                    "in_shape": list(shape),
+                    "embed_dim": self.embed_dim,
+                    "widths": [32, 64, 128],
+                    "kernels": [3, 3, 3],
+                    "radius": self.idec.radius,
+                }
             else:
                 ae = DenseAE(shape[0], self.embed_dim, radius=self.idec.radius)
-                config = {"kind": "dense", "in_shape": list(shape), "embed_dim": self.embed_dim,
-                          "hidden": [256, 128], "radius": self.idec.radius}
+                config = {
+                    "kind": "dense",
+                    "in_shape": list(shape),
+                    "embed_dim": self.embed_dim,
+                    "hidden": [256, 128],
+                    "radius": self.idec.radius,
+                }
             ae = ae.to(device)
             res = fit_idec(ae, x_fit, self.n_clusters, self.idec, seed=self.seed + li)
             embedder, centres, history = ae, res.centres.to(device), res.history
@@ -299,24 +338,46 @@ class ClusterSurrogate(FittedMixin, Explainer):
             centres = None
         del x_fit
         embedder.eval()
-        emb = torch.cat([
-            encode_all(embedder, torch.from_numpy(np.array(arr[i:i + 4096])).to(device)
-                       .sub_(mean_t).div_(std_t))
-            for i in range(0, n, 4096)
-        ])
+        emb = torch.cat(
+            [
+                encode_all(
+                    embedder,
+                    torch.from_numpy(np.array(arr[i : i + 4096]))
+                    .to(device)
+                    .sub_(mean_t)
+                    .div_(std_t),
+                )
+                for i in range(0, n, 4096)
+            ]
+        )
         if centres is None:
-            centres = torch.from_numpy(kmeans(emb.cpu().numpy(), self.n_clusters,
-                                              n_init=self.idec.n_init, seed=self.seed + li,
-                                              max_points=self.max_fit_points)).to(device)
+            centres = torch.from_numpy(
+                kmeans(
+                    emb.cpu().numpy(),
+                    self.n_clusters,
+                    n_init=self.idec.n_init,
+                    seed=self.seed + li,
+                    max_points=self.max_fit_points,
+                )
+            ).to(device)
         assign = _hard_assign(emb, centres)
         counts = torch.zeros(self.n_clusters, self.n_classes_, dtype=torch.float64)
-        counts.index_put_((assign.cpu(), target), torch.ones(n, dtype=torch.float64),
-                          accumulate=True)
+        counts.index_put_(
+            (assign.cpu(), target), torch.ones(n, dtype=torch.float64), accumulate=True
+        )
         self.history_[name] = history
-        return {"name": name, "config": config, "embedder": embedder, "mean": mean_t,
-                "std": std_t, "centres": centres, "counts": counts,
-                "posterior": self._posterior(counts), "embeddings": emb.float(),
-                "assign": assign.cpu()}
+        return {
+            "name": name,
+            "config": config,
+            "embedder": embedder,
+            "mean": mean_t,
+            "std": std_t,
+            "centres": centres,
+            "counts": counts,
+            "posterior": self._posterior(counts),
+            "embeddings": emb.float(),
+            "assign": assign.cpu(),
+        }
 
     def _posterior(self, counts: torch.Tensor) -> torch.Tensor:
         """H[k, y] = (n_ky + s) / (n_k + C s): Laplace smoothing; an empty cluster gets uniform
@@ -369,9 +430,11 @@ class ClusterSurrogate(FittedMixin, Explainer):
         for s in self.layer_state_:
             a = feats[s["name"]]
             if tuple(a.shape[1:]) != tuple(s["config"]["in_shape"]):
-                raise ValueError(f"layer {s['name']!r} gives activations of shape "
-                                 f"{tuple(a.shape[1:])}, but it was fitted on "
-                                 f"{tuple(s['config']['in_shape'])}")
+                raise ValueError(
+                    f"layer {s['name']!r} gives activations of shape "
+                    f"{tuple(a.shape[1:])}, but it was fitted on "
+                    f"{tuple(s['config']['in_shape'])}"
+                )
             out.append(s["embedder"].encode((a - s["mean"]) / s["std"]))
         return out
 
@@ -381,22 +444,28 @@ class ClusterSurrogate(FittedMixin, Explainer):
             q = torch.nn.functional.one_hot(q.argmax(1), self.n_clusters).double()
         return q
 
-    def _walk(self, data: Any, labels: torch.Tensor | None = None, need_labels: bool = False
-              ) -> Iterator[tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]]:
+    def _walk(
+        self, data: Any, labels: torch.Tensor | None = None, need_labels: bool = False
+    ) -> Iterator[tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]]:
         """Per batch: per-layer embeddings, the model's logits and the labels (if any)."""
         self.check_is_fitted()
         for feats, logits, y in stream_activations(
-            self.model, self.layers, data, labels, batch_size=self.batch_size,
-            need_labels=need_labels, device=model_device(self.model),
-            show_progress=self.progress, desc="clusters",
+            self.model,
+            self.layers,
+            data,
+            labels,
+            batch_size=self.batch_size,
+            need_labels=need_labels,
+            device=model_device(self.model),
+            show_progress=self.progress,
+            desc="clusters",
         ):
             yield self._embed_batch(feats), logits, y
 
     def _combine(self, zs: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
         """p(y|x) = sum_l w_l q_l(x)^T H_l / sum_l w_l (Liu & Arik; normalised by the weight
         sum, not the number of layers, so that rows sum to 1 for any weights)."""
-        p = torch.zeros(zs[0].shape[0], self.n_classes_, dtype=torch.float64,
-                        device=zs[0].device)
+        p = torch.zeros(zs[0].shape[0], self.n_classes_, dtype=torch.float64, device=zs[0].device)
         for w, z, s in zip(weights.tolist(), zs, self.layer_state_):
             if w:
                 p += w * (self._q(z, s) @ s["posterior"].to(z.device))
@@ -407,15 +476,17 @@ class ClusterSurrogate(FittedMixin, Explainer):
             raise ValueError("inputs must be a batch (first dimension = inputs)")
         return x
 
-    def predict_proba(self, x: Any, layer_weights: Sequence[float] | None = None
-                      ) -> torch.Tensor:
+    def predict_proba(self, x: Any, layer_weights: Sequence[float] | None = None) -> torch.Tensor:
         """Surrogate class probabilities ``(B, n_classes)`` float64 (rows sum to 1).
 
         ``x`` is a tensor of inputs (or any data form); ``layer_weights`` overrides w_l.
         """
         self.check_is_fitted()
-        w = self.layer_weights if layer_weights is None else _check_weights(
-            layer_weights, len(self.layers))
+        w = (
+            self.layer_weights
+            if layer_weights is None
+            else _check_weights(layer_weights, len(self.layers))
+        )
         return torch.cat([self._combine(zs, w).cpu() for zs, _, _ in self._walk(self._data_of(x))])
 
     def predict(self, x: Any, layer_weights: Sequence[float] | None = None) -> torch.Tensor:
@@ -429,8 +500,9 @@ class ClusterSurrogate(FittedMixin, Explainer):
 
     def assign(self, x: Any) -> dict[str, torch.Tensor]:
         """Per-layer hard cluster of each input (``(B,)`` int64)."""
-        return {n: _hard_assign(z, self._state(n)["centres"].cpu())
-                for n, z in self.embed(x).items()}
+        return {
+            n: _hard_assign(z, self._state(n)["centres"].cpu()) for n, z in self.embed(x).items()
+        }
 
     def fidelity(self, data: Any, labels: torch.Tensor | None = None) -> float:
         """Share of inputs where the surrogate's class equals the model's argmax."""
@@ -440,8 +512,9 @@ class ClusterSurrogate(FittedMixin, Explainer):
         """Share of inputs where the surrogate's class equals the label."""
         return self.layer_report(data, labels, with_labels=True)["combined"]["accuracy"]
 
-    def layer_report(self, data: Any, labels: torch.Tensor | None = None, *,
-                     with_labels: bool | None = None) -> dict[str, dict[str, float]]:
+    def layer_report(
+        self, data: Any, labels: torch.Tensor | None = None, *, with_labels: bool | None = None
+    ) -> dict[str, dict[str, float]]:
         """Per layer and combined: fidelity, accuracy (when labels exist) and purity.
 
         ``purity`` = share of the inputs whose model class is their cluster's majority model
@@ -456,8 +529,10 @@ class ClusterSurrogate(FittedMixin, Explainer):
         total, have_labels = 0, True
         for zs, logits, y in self._walk(data, labels, need_labels=bool(with_labels)):
             pred = logits.argmax(1).cpu()
-            outs = [(self._q(z, s) @ s["posterior"].to(z.device)).cpu()
-                    for z, s in zip(zs, self.layer_state_)]
+            outs = [
+                (self._q(z, s) @ s["posterior"].to(z.device)).cpu()
+                for z, s in zip(zs, self.layer_state_)
+            ]
             outs.append(self._combine(zs, self.layer_weights).cpu())
             for i, p in enumerate(outs):
                 agree[i] += float((p.argmax(1) == pred).sum())
@@ -465,8 +540,9 @@ class ClusterSurrogate(FittedMixin, Explainer):
                     correct[i] += float((p.argmax(1) == y.cpu()).sum())
             for i, (z, s) in enumerate(zip(zs, self.layer_state_)):
                 k = _hard_assign(z, s["centres"]).cpu()
-                joint[i].index_put_((k, pred), torch.ones(len(k), dtype=torch.float64),
-                                    accumulate=True)
+                joint[i].index_put_(
+                    (k, pred), torch.ones(len(k), dtype=torch.float64), accumulate=True
+                )
             have_labels &= y is not None
             total += len(pred)
         report: dict[str, dict[str, float]] = {}
@@ -483,8 +559,9 @@ class ClusterSurrogate(FittedMixin, Explainer):
         report["combined"]["n"] = total
         return report
 
-    def similar(self, x: Any, k: int = 10, layer_weights: Sequence[float] | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def similar(
+        self, x: Any, k: int = 10, layer_weights: Sequence[float] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The k training samples nearest each input (Liu & Arik's similar-sample query).
 
         Distance: sqrt(sum_l w_l ||z_l(x) - z_l(t)||^2) over the per-layer embeddings, w
@@ -501,8 +578,11 @@ class ClusterSurrogate(FittedMixin, Explainer):
         self.check_is_fitted()
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive int, got {k!r}")
-        w = self.layer_weights if layer_weights is None else _check_weights(
-            layer_weights, len(self.layers))
+        w = (
+            self.layer_weights
+            if layer_weights is None
+            else _check_weights(layer_weights, len(self.layers))
+        )
         emb = self.embed(x)
         return self._index.search([emb[n] for n in self.layers], w, k)
 
@@ -516,7 +596,7 @@ class ClusterSurrogate(FittedMixin, Explainer):
         best_d = torch.full((len(centres), 0), float("inf"))
         best_i = torch.zeros((len(centres), 0), dtype=torch.long)
         for start in range(0, len(emb), 65536):
-            d = torch.cdist(centres, emb[start:start + 65536]).cpu()
+            d = torch.cdist(centres, emb[start : start + 65536]).cpu()
             d_all = torch.cat([best_d, d], 1)
             i_all = torch.cat([best_i, torch.arange(start, start + d.shape[1]).expand_as(d)], 1)
             best_d, pos = d_all.topk(min(k, d_all.shape[1]), dim=1, largest=False)
@@ -530,16 +610,25 @@ class ClusterSurrogate(FittedMixin, Explainer):
         proba, clusters, embs = [], [], []
         for zs, _, _ in self._walk(inputs):
             proba.append(self._combine(zs, self.layer_weights).cpu())
-            clusters.append(torch.stack([_hard_assign(z, s["centres"]).cpu()
-                                         for z, s in zip(zs, self.layer_state_)], 1))
+            clusters.append(
+                torch.stack(
+                    [_hard_assign(z, s["centres"]).cpu() for z, s in zip(zs, self.layer_state_)], 1
+                )
+            )
             embs.append([z.cpu() for z in zs])
         values = torch.cat(proba)
         emb = [torch.cat([e[i] for e in embs]) for i in range(len(self.layers))]
         idx, dist = self._index.search(emb, self.layer_weights, min(10, self.n_train_))
         return Explanation(
-            values=values, target=resolve_targets(values, target), method=type(self).method,
-            params={"layers": self.layers, "n_clusters": self.n_clusters,
-                    "algorithm": self.method, "layer_weights": self.layer_weights.tolist()},
+            values=values,
+            target=resolve_targets(values, target),
+            method=type(self).method,
+            params={
+                "layers": self.layers,
+                "n_clusters": self.n_clusters,
+                "algorithm": self.method,
+                "layer_weights": self.layer_weights.tolist(),
+            },
             extras={"clusters": torch.cat(clusters), "similar": idx, "similar_distances": dist},
             meta={"layers": self.layers},
         )
@@ -558,12 +647,21 @@ class ClusterSurrogate(FittedMixin, Explainer):
                 tensors[f"layer{i}.embedder.{key}"] = v
             layers_meta.append({"name": s["name"], "config": s["config"]})
         meta = {
-            "layers": layers_meta, "n_clusters": self.n_clusters, "method": self.method,
-            "embed_dim": self.embed_dim, "layer_weights": self.layer_weights.tolist(),
-            "posterior": self.posterior, "batch_size": self.batch_size, "seed": self.seed,
-            "idec": asdict(self.idec), "max_fit_points": self.max_fit_points,
-            "smoothing": self.smoothing, "assignment": self.assignment,
-            "n_classes": self.n_classes_, "n_train": self.n_train_, "history": self.history_,
+            "layers": layers_meta,
+            "n_clusters": self.n_clusters,
+            "method": self.method,
+            "embed_dim": self.embed_dim,
+            "layer_weights": self.layer_weights.tolist(),
+            "posterior": self.posterior,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "idec": asdict(self.idec),
+            "max_fit_points": self.max_fit_points,
+            "smoothing": self.smoothing,
+            "assignment": self.assignment,
+            "n_classes": self.n_classes_,
+            "n_train": self.n_train_,
+            "history": self.history_,
         }
         return save_tensors(path, tensors, meta, FORMAT, FORMAT_VERSION)
 
@@ -572,13 +670,28 @@ class ClusterSurrogate(FittedMixin, Explainer):
         """Read a file written by :meth:`save` and attach it to ``model``."""
         tensors, meta = load_tensors(path, FORMAT, FORMAT_VERSION)
         idec = meta["idec"]
-        self = cls(model, [lm["name"] for lm in meta["layers"]], meta["n_clusters"],
-                   meta["method"], meta["embed_dim"], meta["layer_weights"], meta["posterior"],
-                   meta["batch_size"], meta["seed"], alpha=idec["alpha"], gamma=idec["gamma"],
-                   pretrain_epochs=idec["pretrain_epochs"], max_iter=idec["max_iter"],
-                   update_interval=idec["update_interval"], tol=idec["tol"],
-                   max_fit_points=meta["max_fit_points"], smoothing=meta["smoothing"],
-                   assignment=meta["assignment"], lr=idec["lr"], n_init=idec["n_init"])
+        self = cls(
+            model,
+            [lm["name"] for lm in meta["layers"]],
+            meta["n_clusters"],
+            meta["method"],
+            meta["embed_dim"],
+            meta["layer_weights"],
+            meta["posterior"],
+            meta["batch_size"],
+            meta["seed"],
+            alpha=idec["alpha"],
+            gamma=idec["gamma"],
+            pretrain_epochs=idec["pretrain_epochs"],
+            max_iter=idec["max_iter"],
+            update_interval=idec["update_interval"],
+            tol=idec["tol"],
+            max_fit_points=meta["max_fit_points"],
+            smoothing=meta["smoothing"],
+            assignment=meta["assignment"],
+            lr=idec["lr"],
+            n_init=idec["n_init"],
+        )
         device = model_device(model)
         self.n_classes_ = int(meta["n_classes"])
         self.n_train_ = int(meta["n_train"])
@@ -589,19 +702,25 @@ class ClusterSurrogate(FittedMixin, Explainer):
         for i, lm in enumerate(meta["layers"]):
             config = lm["config"]
             prefix = f"layer{i}.embedder."
-            weights = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            weights = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
             if config["kind"] == "pca":
                 embedder: nn.Module = PCAEmbed(weights["mean"], weights["components"])
             else:
                 embedder = build_autoencoder(config)
                 embedder.load_state_dict(weights)
             embedder = embedder.to(device).eval()
-            s: dict[str, Any] = {k: tensors[f"layer{i}.{k}"] for k in
-                 ("mean", "std", "centres", "counts", "embeddings", "assign")}
+            s: dict[str, Any] = {
+                k: tensors[f"layer{i}.{k}"]
+                for k in ("mean", "std", "centres", "counts", "embeddings", "assign")
+            }
             for k in ("mean", "std", "centres"):
                 s[k] = s[k].to(device)
-            s.update(name=lm["name"], config=config, embedder=embedder,
-                     posterior=self._posterior(s["counts"]))
+            s.update(
+                name=lm["name"],
+                config=config,
+                embedder=embedder,
+                posterior=self._posterior(s["counts"]),
+            )
             self.layer_state_.append(s)
         self._build_index()
         return self
@@ -624,6 +743,8 @@ def _accumulate(stats: dict[str, list[torch.Tensor]], name: str, a: torch.Tensor
 def _hard_assign(z: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     """Nearest centre per row (the argmax of the Student-t q for any a), in chunks."""
     c = centres.to(device=z.device, dtype=z.dtype)
-    return torch.cat([torch.cdist(z[i:i + 65536], c).argmin(1)
-                      for i in range(0, len(z), 65536)]) if len(z) else torch.zeros(
-        0, dtype=torch.long)
+    return (
+        torch.cat([torch.cdist(z[i : i + 65536], c).argmin(1) for i in range(0, len(z), 65536)])
+        if len(z)
+        else torch.zeros(0, dtype=torch.long)
+    )

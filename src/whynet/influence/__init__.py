@@ -10,5 +10,12 @@ from whynet.influence.essence import EssenceResult, essence
 from whynet.influence.internal import InternalInfluence, collapse, top_neurons
 from whynet.influence.neurons import gaussian_blur, visualize_neuron
 
-__all__ = ["EssenceResult", "InternalInfluence", "collapse", "essence", "gaussian_blur",
-           "top_neurons", "visualize_neuron"]
+__all__ = [
+    "EssenceResult",
+    "InternalInfluence",
+    "collapse",
+    "essence",
+    "gaussian_blur",
+    "top_neurons",
+    "visualize_neuron",
+]

@@ -56,12 +56,16 @@ def _binary_scores(pred_is: torch.Tensor, true_is: torch.Tensor) -> tuple[float,
     return acc, 0.5 * (tpr + tnr)
 
 
-def _predict(model: nn.Module, data: Any, labels: torch.Tensor | None, batch_size: int,
-             replace: dict[str, Any] | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _predict(
+    model: nn.Module,
+    data: Any,
+    labels: torch.Tensor | None,
+    batch_size: int,
+    replace: dict[str, Any] | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     preds, ys = [], []
     device = model_device(model)
-    for x, y in iter_batches(data, labels, batch_size=batch_size, need_labels=True,
-                             device=device):
+    for x, y in iter_batches(data, labels, batch_size=batch_size, need_labels=True, device=device):
         with torch.no_grad(), intervene(model, replace or {}):
             preds.append(as_logits(model(x)).argmax(-1).cpu())
         assert y is not None
@@ -69,12 +73,12 @@ def _predict(model: nn.Module, data: Any, labels: torch.Tensor | None, batch_siz
     return torch.cat(preds), torch.cat(ys)
 
 
-def _mean_activation(model: nn.Module, layer: str, data: Any, labels: torch.Tensor | None,
-                     batch_size: int) -> torch.Tensor:
+def _mean_activation(
+    model: nn.Module, layer: str, data: Any, labels: torch.Tensor | None, batch_size: int
+) -> torch.Tensor:
     total: torch.Tensor | None = None
     n = 0
-    for x, _ in iter_batches(data, labels, batch_size=batch_size,
-                             device=model_device(model)):
+    for x, _ in iter_batches(data, labels, batch_size=batch_size, device=model_device(model)):
         with torch.no_grad(), capture(model, [layer]) as cap:
             model(x)
         a = cap[layer].to(torch.float64)
@@ -91,8 +95,9 @@ def _keep_only(keep: torch.Tensor, fill: torch.Tensor | float):
         mask[keep.to(out.device)] = True
         shape = (1, -1) + (1,) * (out.dim() - 2)
         f = fill if isinstance(fill, float) else fill.to(out.dtype).expand_as(out[0])
-        return torch.where(mask.view(shape), out, torch.as_tensor(f, dtype=out.dtype,
-                                                                   device=out.device))
+        return torch.where(
+            mask.view(shape), out, torch.as_tensor(f, dtype=out.dtype, device=out.device)
+        )
 
     return fn
 
@@ -147,8 +152,9 @@ def essence(
     ks = [k] if isinstance(k, int) else list(k)
     inf_data = data if influence_data is None else influence_data
     inf_labels = labels if influence_data is None else influence_labels
-    expl = InternalInfluence(model, layer, qoi=cls, doi=doi, batch_size=batch_size,
-                             progress=progress).explain_dataset(inf_data, inf_labels, cls=cls)
+    expl = InternalInfluence(
+        model, layer, qoi=cls, doi=doi, batch_size=batch_size, progress=progress
+    ).explain_dataset(inf_data, inf_labels, cls=cls)
     scores = collapse(expl.values, reduce)[0]
     n_ch = scores.numel()
     for kk in ks:
@@ -163,8 +169,14 @@ def essence(
         truth = y == cls
         full = _binary_scores(pred == cls, truth)
         gen = torch.Generator().manual_seed(seed)
-        result = EssenceResult(cls=cls, layer=layer, ablation=ablation, channels=order,
-                               scores=scores[order], n_eval=len(y))
+        result = EssenceResult(
+            cls=cls,
+            layer=layer,
+            ablation=ablation,
+            channels=order,
+            scores=scores[order],
+            n_eval=len(y),
+        )
         for kk in ks:
             p, _ = _predict(model, data, labels, batch_size, {layer: _keep_only(order[:kk], fill)})
             red = _binary_scores(p == cls, truth)
@@ -175,7 +187,15 @@ def essence(
                 rnd.append(_binary_scores(p == cls, truth))
             ra = sum(a for a, _ in rnd) / len(rnd) if rnd else float("nan")
             rb = sum(b for _, b in rnd) / len(rnd) if rnd else float("nan")
-            result.rows.append({"k": kk, "reduced_acc": red[0], "reduced_bacc": red[1],
-                                "random_acc": ra, "random_bacc": rb,
-                                "full_acc": full[0], "full_bacc": full[1]})
+            result.rows.append(
+                {
+                    "k": kk,
+                    "reduced_acc": red[0],
+                    "reduced_bacc": red[1],
+                    "random_acc": ra,
+                    "random_bacc": rb,
+                    "full_acc": full[0],
+                    "full_bacc": full[1],
+                }
+            )
     return result

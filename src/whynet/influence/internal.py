@@ -84,8 +84,9 @@ def collapse(values: torch.Tensor, reduce: str | None) -> torch.Tensor:
     """
     _check_reduce(reduce)
     if values.dim() < 2:
-        raise ValueError(f"values need a batch and a channel dimension, got shape "
-                         f"{tuple(values.shape)}")
+        raise ValueError(
+            f"values need a batch and a channel dimension, got shape {tuple(values.shape)}"
+        )
     if reduce is None or values.dim() == 2:
         return values.reshape(values.shape[0], -1)
     flat = values.reshape(values.shape[0], values.shape[1], -1)
@@ -144,8 +145,10 @@ class InternalInfluence(Explainer):
         self.qoi = as_qoi(qoi)
         self.doi = Point() if doi is None else doi
         if not isinstance(self.doi, DoI):
-            raise TypeError(f"doi must be a whynet DoI (Point, LinearPath, Gaussian, Mixture), "
-                            f"got {type(self.doi).__name__}")
+            raise TypeError(
+                f"doi must be a whynet DoI (Point, LinearPath, Gaussian, Mixture), "
+                f"got {type(self.doi).__name__}"
+            )
         if self.doi.at is not None:
             resolve_layer(model, self.doi.at)
         self.multiply_activation = bool(multiply_activation)
@@ -173,9 +176,14 @@ class InternalInfluence(Explainer):
         if isinstance(target, torch.Tensor) and target.dim() == 1 and len(target) != len(x):
             raise ValueError(f"target has {len(target)} entries for {len(x)} inputs")
         b = self._run(x, target, bar=True)
-        return Explanation(values=b.values.to(self._dtype(x)), target=b.target,
-                           method=self.method, layer=self.layer, params=self._params(target),
-                           extras={"qoi": b.qoi})
+        return Explanation(
+            values=b.values.to(self._dtype(x)),
+            target=b.target,
+            method=self.method,
+            layer=self.layer,
+            params=self._params(target),
+            extras={"qoi": b.qoi},
+        )
 
     def explain_dataset(
         self,
@@ -216,8 +224,12 @@ class InternalInfluence(Explainer):
         bar_total = None if length is None else -(-length // self.batch_size)
         device = model_device(self.model)
         dtype: torch.dtype | None = None
-        for xb, _ in progress(doi.batches(device=device), total=bar_total,
-                              desc="influence (dataset)", enabled=self.progress):
+        for xb, _ in progress(
+            doi.batches(device=device),
+            total=bar_total,
+            desc="influence (dataset)",
+            enabled=self.progress,
+        ):
             xb = self._check(xb)
             dtype = self._dtype(xb)
             b = self._run(xb, target, bar=False)
@@ -229,8 +241,13 @@ class InternalInfluence(Explainer):
             raise ValueError(f"the data has no examples{which}")
         params = self._params(target)
         params["cls"] = cls
-        return Explanation(values=(total / n).to(dtype), method=self.method, layer=self.layer,
-                           params=params, meta={"n_examples": n})
+        return Explanation(
+            values=(total / n).to(dtype),
+            method=self.method,
+            layer=self.layer,
+            params=params,
+            meta={"n_examples": n},
+        )
 
     def top_neurons(
         self,
@@ -252,16 +269,24 @@ class InternalInfluence(Explainer):
             ``(k,)`` tensors, or ``(B, k)`` with ``per_input``. With ``reduce=None`` indices
             point into the flattened per-input layer shape.
         """
-        return top_neurons(explanation, k, self.reduce if reduce is ... else reduce,
-                           per_input=per_input, absolute=absolute)
+        return top_neurons(
+            explanation,
+            k,
+            self.reduce if reduce is ... else reduce,
+            per_input=per_input,
+            absolute=absolute,
+        )
 
     # ------------------------------------------------------------------ internals
     def _check(self, inputs: Any) -> torch.Tensor:
-        x = check_inputs(inputs, floating=isinstance(inputs, torch.Tensor)
-                         and inputs.is_floating_point())
+        x = check_inputs(
+            inputs, floating=isinstance(inputs, torch.Tensor) and inputs.is_floating_point()
+        )
         if not x.is_floating_point() and self.doi.at is None and not isinstance(self.doi, Point):
-            raise TypeError(f"{self.doi!r} interpolates integer inputs (token ids), which is "
-                            "undefined; put the DoI in an embedding's space with at='<layer>'")
+            raise TypeError(
+                f"{self.doi!r} interpolates integer inputs (token ids), which is "
+                "undefined; put the DoI in an embedding's space with at='<layer>'"
+            )
         return x.to(model_device(self.model))
 
     def _dtype(self, x: torch.Tensor) -> torch.dtype:
@@ -272,36 +297,50 @@ class InternalInfluence(Explainer):
 
     def _params(self, target: Any) -> dict[str, Any]:
         tgt = target if target is None or isinstance(target, (int, str)) else "per-input"
-        return {"layer": self.layer, "qoi": repr(self.qoi), "doi": repr(self.doi),
-                "multiply_activation": self.multiply_activation, "reduce": self.reduce,
-                "batch_size": self.batch_size, "target": tgt}
+        return {
+            "layer": self.layer,
+            "qoi": repr(self.qoi),
+            "doi": repr(self.doi),
+            "multiply_activation": self.multiply_activation,
+            "reduce": self.reduce,
+            "batch_size": self.batch_size,
+            "target": tgt,
+        }
 
     def _qoi_for(self, target: Any) -> QoI:
         if target is None:
             return self.qoi
         if isinstance(target, str):
             if target != "predicted":
-                raise ValueError(f"target must be None, 'predicted', an int or a (B,) tensor, "
-                                 f"got {target!r}")
+                raise ValueError(
+                    f"target must be None, 'predicted', an int or a (B,) tensor, got {target!r}"
+                )
             return MaxClass()
         if isinstance(target, torch.Tensor) and target.dim() == 1:
             return Class(target)
         if isinstance(target, bool) or not isinstance(target, int):
-            raise TypeError(f"target must be None, 'predicted', an int or a (B,) tensor, "
-                            f"got {type(target).__name__}")
+            raise TypeError(
+                f"target must be None, 'predicted', an int or a (B,) tensor, "
+                f"got {type(target).__name__}"
+            )
         return Class(target)
 
-    def _forward(self, x: torch.Tensor, layers: list[str],
-                 replace: torch.Tensor | None = None, replace_at: str | None = None
-                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _forward(
+        self,
+        x: torch.Tensor,
+        layers: list[str],
+        replace: torch.Tensor | None = None,
+        replace_at: str | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Output and activations at ``layers``, no gradients, chunked by ``batch_size``."""
         names = list(dict.fromkeys(layers))
         outs: list[torch.Tensor] = []
         acts: dict[str, list[torch.Tensor]] = {name: [] for name in names}
         for i in range(0, len(x), self.batch_size):
             sl = slice(i, i + self.batch_size)
-            rep: dict[str, Any] = ({} if replace is None or replace_at is None
-                                   else {replace_at: replace[sl]})
+            rep: dict[str, Any] = (
+                {} if replace is None or replace_at is None else {replace_at: replace[sl]}
+            )
             with torch.no_grad(), capture(self.model, names) as cap, intervene(self.model, rep):
                 outs.append(as_logits(self.model(x[sl])))
             cap.check_ran()
@@ -323,14 +362,22 @@ class InternalInfluence(Explainer):
             total = torch.zeros(z.shape, dtype=torch.float64, device=z.device)
             n_chunks = -(-len(x) * doi.n_samples // self.batch_size)
             chunks = expand(doi, space, self.batch_size)
-            for chunk in progress(chunks, total=n_chunks, desc="influence",
-                                  enabled=self.progress if bar else False):
+            for chunk in progress(
+                chunks, total=n_chunks, desc="influence", enabled=self.progress if bar else False
+            ):
                 rows = chunk.rows.to(z.device)
                 if at is None:
                     g = qoi_gradients(self.model, chunk.points, bound, layer=layer, rows=rows)
                 else:
-                    g = qoi_gradients(self.model, x[rows], bound, layer=layer,
-                                      points=chunk.points, points_at=at, rows=rows)
+                    g = qoi_gradients(
+                        self.model,
+                        x[rows],
+                        bound,
+                        layer=layer,
+                        points=chunk.points,
+                        points_at=at,
+                        rows=rows,
+                    )
                 w = chunk.weights.to(z.device).reshape(-1, *([1] * (z.dim() - 1)))
                 total.index_add_(0, rows, g.grads.to(torch.float64) * w)
             if self.multiply_activation:
@@ -342,8 +389,9 @@ class InternalInfluence(Explainer):
             tgt = bound.classes.expand(len(x)).to(z.device)
         return _Block(values=total, qoi=q0, target=tgt)
 
-    def _layer_baseline(self, x: torch.Tensor, space: torch.Tensor,
-                        z: torch.Tensor) -> torch.Tensor:
+    def _layer_baseline(
+        self, x: torch.Tensor, space: torch.Tensor, z: torch.Tensor
+    ) -> torch.Tensor:
         """``z_baseline`` at the explained layer (float64).
 
         The DoI's baseline lives in the DoI's space; it is pushed to ``layer`` by a forward
@@ -377,15 +425,18 @@ def top_neurons(
     :meth:`InternalInfluence.top_neurons`)."""
     values = explanation.values if isinstance(explanation, Explanation) else explanation
     if not isinstance(values, torch.Tensor):
-        raise TypeError(f"explanation must be an Explanation or a tensor, got "
-                        f"{type(values).__name__}")
+        raise TypeError(
+            f"explanation must be an Explanation or a tensor, got {type(values).__name__}"
+        )
     scores = collapse(values.detach(), reduce)
     if not per_input:
         scores = scores.mean(0)
     n = scores.shape[-1]
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
-        raise ValueError(f"k must be an int in [1, {n}] (the layer has {n} "
-                         f"{'neurons' if reduce is None else 'channels'}), got {k!r}")
+        raise ValueError(
+            f"k must be an int in [1, {n}] (the layer has {n} "
+            f"{'neurons' if reduce is None else 'channels'}), got {k!r}"
+        )
     key = scores.abs() if absolute else scores
     idx = key.topk(k, dim=-1).indices
     return idx, scores.gather(-1, idx)

@@ -75,9 +75,15 @@ def visualize_neuron(
         raise ValueError(f"blur must be >= 0, got {blur}")
     check_channel(model, layer, channel, x)
     dist = Point() if doi == "point" else LinearPath(0.0, steps=steps, rule="riemann_middle")
-    expl = InternalInfluence(model, None, qoi=Channel(layer, channel), doi=dist,
-                             multiply_activation=True, batch_size=batch_size,
-                             progress=progress).explain(x)
+    expl = InternalInfluence(
+        model,
+        None,
+        qoi=Channel(layer, channel),
+        doi=dist,
+        multiply_activation=True,
+        batch_size=batch_size,
+        progress=progress,
+    ).explain(x)
     heat = gaussian_blur(expl.values.mean(1), blur).clamp_min(0)
     top = heat.flatten(1).amax(1).clamp_min(torch.finfo(heat.dtype).tiny)
     heat = heat / top[:, None, None]

@@ -5,15 +5,24 @@ exactly into one term per training point: ``Phi(x_t) = sum_i alpha_i [f_i, 1] . 
 """
 
 from whynet.representer._solver import (
-                                     SolveResult,
-                                     alpha_from,
-                                     augment,
-                                     gradient,
-                                     objective,
-                                     solve,
-                                     solve_lbfgs,
+    SolveResult,
+    alpha_from,
+    augment,
+    gradient,
+    objective,
+    solve,
+    solve_lbfgs,
 )
 from whynet.representer.explainer import RepresenterPoints, TopPoints
 
-__all__ = ["RepresenterPoints", "SolveResult", "TopPoints", "alpha_from", "augment", "gradient",
-           "objective", "solve", "solve_lbfgs"]
+__all__ = [
+    "RepresenterPoints",
+    "SolveResult",
+    "TopPoints",
+    "alpha_from",
+    "augment",
+    "gradient",
+    "objective",
+    "solve",
+    "solve_lbfgs",
+]

@@ -40,8 +40,10 @@ def linear_head(model: nn.Module, head: str) -> nn.Linear:
     """The head module, which must be an ``nn.Linear`` (the decomposition is linear in it)."""
     module = resolve_layer(model, head)
     if not isinstance(module, nn.Linear):
-        raise TypeError(f"head {head!r} must be a torch.nn.Linear (representer points decompose "
-                        f"a final linear layer), got {type(module).__name__}")
+        raise TypeError(
+            f"head {head!r} must be a torch.nn.Linear (representer points decompose "
+            f"a final linear layer), got {type(module).__name__}"
+        )
     return module
 
 
@@ -55,8 +57,9 @@ def head_weight(module: nn.Linear) -> torch.Tensor:
     return torch.cat([w, b[:, None].to(w.dtype)], dim=1)
 
 
-def forward_features(model: nn.Module, head: str, x: torch.Tensor,
-                     **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_features(
+    model: nn.Module, head: str, x: torch.Tensor, **kwargs: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One eval-mode forward: ``(features (B, D) float32, model output (B, C))``.
 
     Call inside :func:`frozen_eval` and ``torch.no_grad()``.
@@ -70,24 +73,35 @@ def forward_features(model: nn.Module, head: str, x: torch.Tensor,
     with hooked([(module, "forward_pre", pre)]):
         out = as_logits(model(x, **kwargs))
     if len(seen) != 1:
-        raise ValueError(f"head {head!r} ran {len(seen)} times in one forward pass; representer "
-                         "points need a head that runs exactly once")
+        raise ValueError(
+            f"head {head!r} ran {len(seen)} times in one forward pass; representer "
+            "points need a head that runs exactly once"
+        )
     f = seen[0]
     if f.dim() != 2 or f.shape[0] != x.shape[0]:
-        raise ValueError(f"head {head!r} input has shape {tuple(f.shape)}; representer points "
-                         "need flat (batch, features) inputs to the head")
+        raise ValueError(
+            f"head {head!r} input has shape {tuple(f.shape)}; representer points "
+            "need flat (batch, features) inputs to the head"
+        )
     return f.float(), out
 
 
-def iter_features(model: nn.Module, head: str, data: Any, labels: torch.Tensor | None,
-                  batch_size: int, need_labels: bool, show: bool | None,
-                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+def iter_features(
+    model: nn.Module,
+    head: str,
+    data: Any,
+    labels: torch.Tensor | None,
+    batch_size: int,
+    need_labels: bool,
+    show: bool | None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
     """Stream ``(features, model output, labels)`` over ``data`` in eval mode."""
     n = data_length(data)
     total = None if n is None else math.ceil(n / batch_size)
     device = model_device(model)
-    batches = iter_batches(data, labels, batch_size=batch_size, need_labels=need_labels,
-                           device=device)
+    batches = iter_batches(
+        data, labels, batch_size=batch_size, need_labels=need_labels, device=device
+    )
     with frozen_eval(model), torch.no_grad():
         for x, y in progress(batches, total=total, desc="representer features", enabled=show):
             f, out = forward_features(model, head, x)
@@ -99,11 +113,14 @@ def check_finite(features: torch.Tensor, where: str = "training") -> None:
     bad = ~torch.isfinite(features).all(dim=1)
     if bool(bad.any()):
         row = int(bad.nonzero()[0, 0])
-        raise ValueError(f"{where} features are not finite (first at row {row}, "
-                         f"{int(bad.sum())} rows in all); check the model and inputs")
+        raise ValueError(
+            f"{where} features are not finite (first at row {row}, "
+            f"{int(bad.sum())} rows in all); check the model and inputs"
+        )
 
 
 # ---- fingerprints and the on-disk cache ------------------------------------------------------
+
 
 def model_fingerprint(model: nn.Module, head: str) -> str:
     """sha256 over the model's parameters and buffers (names, shapes, bytes) and the head name."""
@@ -167,11 +184,19 @@ class FeatureCache:
             if t is None:
                 continue
             cpu = t.detach().cpu()
-            arr = (cpu.long() if name == "labels" else cpu.float() if name == "features"
-                   else cpu.double()).numpy()
+            arr = (
+                cpu.long()
+                if name == "labels"
+                else cpu.float()
+                if name == "features"
+                else cpu.double()
+            ).numpy()
             _save_npy(self.path(name), arr)
-            meta["files"][name] = {"sha256": file_sha256(self.path(name)),
-                                   "shape": list(arr.shape), "dtype": str(arr.dtype)}
+            meta["files"][name] = {
+                "sha256": file_sha256(self.path(name)),
+                "shape": list(arr.shape),
+                "dtype": str(arr.dtype),
+            }
         atomic_write(self.meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta)))
 
     def read(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -180,28 +205,37 @@ class FeatureCache:
             meta = json.loads(self.meta_path.read_text())
             files = meta["files"]
         except (OSError, KeyError, TypeError, json.JSONDecodeError) as e:
-            raise ValueError(f"corrupted representer feature cache {self.meta_path} ({e}); "
-                             "delete it to rebuild") from None
+            raise ValueError(
+                f"corrupted representer feature cache {self.meta_path} ({e}); delete it to rebuild"
+            ) from None
         if meta.get("version", 0) > CACHE_VERSION:
-            raise ValueError(f"{self.meta_path} has cache version {meta.get('version')}; "
-                             f"this whynet reads <= {CACHE_VERSION}")
+            raise ValueError(
+                f"{self.meta_path} has cache version {meta.get('version')}; "
+                f"this whynet reads <= {CACHE_VERSION}"
+            )
         out: dict[str, torch.Tensor] = {}
         for name, info in files.items():
             path = self.path(name)
             if not path.is_file() or file_sha256(path) != info.get("sha256"):
-                raise ValueError(f"corrupted representer feature cache: {path} is missing or its "
-                                 "sha256 does not match the recorded checksum; delete "
-                                 f"{self.folder}/*-{self.key}.* to rebuild")
+                raise ValueError(
+                    f"corrupted representer feature cache: {path} is missing or its "
+                    "sha256 does not match the recorded checksum; delete "
+                    f"{self.folder}/*-{self.key}.* to rebuild"
+                )
             try:
                 # copy-on-write map: torch wraps it without copying, the file is never changed
                 arr = np.load(path, mmap_mode="c" if name == "features" else None)
             except ValueError as e:
                 raise ValueError(f"corrupted representer feature cache {path} ({e})") from None
             if str(arr.dtype) != info.get("dtype") or list(arr.shape) != info.get("shape"):
-                raise ValueError(f"corrupted representer feature cache {path}: {arr.dtype} "
-                                 f"{arr.shape}, expected {info.get('dtype')} {info.get('shape')}")
+                raise ValueError(
+                    f"corrupted representer feature cache {path}: {arr.dtype} "
+                    f"{arr.shape}, expected {info.get('dtype')} {info.get('shape')}"
+                )
             out[name] = torch.from_numpy(arr)
         if "features" not in out or "outputs" not in out:
-            raise ValueError(f"corrupted representer feature cache {self.meta_path}: "
-                             "no features/outputs recorded")
+            raise ValueError(
+                f"corrupted representer feature cache {self.meta_path}: "
+                "no features/outputs recorded"
+            )
         return out, meta

@@ -43,16 +43,22 @@ def loss_grad_phi(phi: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.softmax(phi, dim=1) * targets.sum(1, keepdim=True) - targets
 
 
-def objective(phi: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-              l2: float) -> torch.Tensor:
+def objective(
+    phi: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, l2: float
+) -> torch.Tensor:
     """``J(W)`` of Eq. 2 from the logits ``phi = F W^T`` (mean loss + ``l2 * ||W||^2``)."""
     lse = torch.logsumexp(phi, dim=1)
     loss = (lse * targets.sum(1) - (targets * phi).sum(1)).mean()
     return loss + l2 * (weight * weight).sum()
 
 
-def gradient(features: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-             l2: float, phi: torch.Tensor | None = None) -> torch.Tensor:
+def gradient(
+    features: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    l2: float,
+    phi: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``grad J(W) = (1/n) (dL/dPhi)^T F + 2 lambda W`` (C, D+1); ``features`` are augmented."""
     if phi is None:
         phi = features @ weight.T
@@ -68,8 +74,15 @@ def alpha_from(phi: torch.Tensor, targets: torch.Tensor, l2: float) -> torch.Ten
     return -loss_grad_phi(phi, targets) / (2.0 * l2 * phi.shape[0])
 
 
-def _line(phi: torch.Tensor, p: torch.Tensor, w: torch.Tensor, g: torch.Tensor,
-          targets: torch.Tensor, l2: float, tsum: torch.Tensor | None) -> Any:
+def _line(
+    phi: torch.Tensor,
+    p: torch.Tensor,
+    w: torch.Tensor,
+    g: torch.Tensor,
+    targets: torch.Tensor,
+    l2: float,
+    tsum: torch.Tensor | None,
+) -> Any:
     """``t -> (J(W - t g), Phi - t p)`` from a few scalars: one logsumexp, O(nC), per trial."""
     n = phi.shape[0]
     tphi, tp = float((targets * phi).sum()), float((targets * p).sum())
@@ -97,9 +110,17 @@ class SolveResult:
     objective: float  # J at ``weight``
 
 
-def solve(features: torch.Tensor, weight0: torch.Tensor, targets: torch.Tensor, l2: float, *,
-          max_iter: int = 3000, tol: float = 1.0 / 200, step0: float = 10.0,
-          min_step: float = 1e-10) -> SolveResult:
+def solve(
+    features: torch.Tensor,
+    weight0: torch.Tensor,
+    targets: torch.Tensor,
+    l2: float,
+    *,
+    max_iter: int = 3000,
+    tol: float = 1.0 / 200,
+    step0: float = 10.0,
+    min_step: float = 1e-10,
+) -> SolveResult:
     """Full-batch gradient descent with backtracking Armijo line search (the authors' procedure).
 
     Each step starts at ``step0`` and halves until ``J(W - t g) <= J(W) - t/2 ||g||^2``; below
@@ -146,8 +167,9 @@ def solve(features: torch.Tensor, weight0: torch.Tensor, targets: torch.Tensor, 
                 break
             if abs(f_t - f0) <= 1e-12 * max(1.0, abs(f0)):
                 # J differences are below rounding: the derivative form of the test (see above)
-                slope = float((loss_grad_phi(phi_t, targets) * p).sum()) / n \
-                    + 2.0 * l2 * (wg - t * gg)
+                slope = float((loss_grad_phi(phi_t, targets) * p).sum()) / n + 2.0 * l2 * (
+                    wg - t * gg
+                )
                 if slope >= 0.0:  # d/dt J(W - t g) = -slope
                     break
             t /= 2.0
@@ -166,13 +188,28 @@ def solve(features: torch.Tensor, weight0: torch.Tensor, targets: torch.Tensor, 
             converged = True
     gmean, w, _ = best
     phi = features @ w.T  # exact logits of the returned iterate
-    return SolveResult(weight=w, phi=phi, grad_mean=gmean, grad_mean0=gmean0, n_iter=n_iter,
-                       converged=converged, objective=float(objective(phi, w, targets, l2)))
+    return SolveResult(
+        weight=w,
+        phi=phi,
+        grad_mean=gmean,
+        grad_mean0=gmean0,
+        n_iter=n_iter,
+        converged=converged,
+        objective=float(objective(phi, w, targets, l2)),
+    )
 
 
-def solve_lbfgs(features: torch.Tensor, weight0: torch.Tensor, targets: torch.Tensor, l2: float,
-                *, max_iter: int = 3000, tol: float = 1.0 / 200, memory: int = 10,
-                min_step: float = 1e-10) -> SolveResult:
+def solve_lbfgs(
+    features: torch.Tensor,
+    weight0: torch.Tensor,
+    targets: torch.Tensor,
+    l2: float,
+    *,
+    max_iter: int = 3000,
+    tol: float = 1.0 / 200,
+    memory: int = 10,
+    min_step: float = 1e-10,
+) -> SolveResult:
     """L-BFGS (Nocedal & Wright, Alg. 7.4) with the same Armijo backtracking and stopping rule.
 
     Not the authors' procedure (:func:`solve` is) but the same objective, which is strongly
@@ -205,8 +242,9 @@ def solve_lbfgs(features: torch.Tensor, weight0: torch.Tensor, targets: torch.Te
             coef.append((rho, a))
         if s_hist:
             q *= float((s_hist[-1] * y_hist[-1]).sum()) / float((y_hist[-1] ** 2).sum())
-        for (s_k, y_k), (rho, a) in zip(zip(s_hist, y_hist, strict=True), reversed(coef),
-                                        strict=True):
+        for (s_k, y_k), (rho, a) in zip(
+            zip(s_hist, y_hist, strict=True), reversed(coef), strict=True
+        ):
             q += (a - rho * float((y_k * q).sum())) * s_k
         d = q  # minus the search direction
         gd = float((g * d).sum())
@@ -223,8 +261,9 @@ def solve_lbfgs(features: torch.Tensor, weight0: torch.Tensor, targets: torch.Te
             if math.isfinite(f_t) and f_t - f0 + 1e-4 * t * gd < 0.0:
                 break
             if abs(f_t - f0) <= 1e-12 * max(1.0, abs(f0)):
-                slope = float((loss_grad_phi(phi_t, targets) * p).sum()) / phi.shape[0] \
-                    + 2.0 * l2 * float((d * (w - t * d)).sum())
+                slope = float((loss_grad_phi(phi_t, targets) * p).sum()) / phi.shape[
+                    0
+                ] + 2.0 * l2 * float((d * (w - t * d)).sum())
                 if slope >= 0.0:
                     break
             t /= 2.0
@@ -250,5 +289,12 @@ def solve_lbfgs(features: torch.Tensor, weight0: torch.Tensor, targets: torch.Te
             converged = True
     gmean, w = best
     phi = features @ w.T
-    return SolveResult(weight=w, phi=phi, grad_mean=gmean, grad_mean0=gmean0, n_iter=n_iter,
-                       converged=converged, objective=float(objective(phi, w, targets, l2)))
+    return SolveResult(
+        weight=w,
+        phi=phi,
+        grad_mean=gmean,
+        grad_mean0=gmean0,
+        n_iter=n_iter,
+        converged=converged,
+        objective=float(objective(phi, w, targets, l2)),
+    )

@@ -98,13 +98,23 @@ class RepresenterPoints(FittedMixin, Explainer):
 
     method = "representer"
 
-    def __init__(self, model: nn.Module, head: str = "head", l2: float = 0.003,
-                 targets: str = "model", max_iter: int = 3000, tol: float = 1.0 / 200,
-                 dtype: torch.dtype = torch.float64, *, batch_size: int = 256,
-                 block_size: int = 65536, kernel_dtype: torch.dtype | None = None,
-                 solver: str = "gd",
-                 cache_dir: str | os.PathLike[str] | None = None,
-                 progress: bool | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        head: str = "head",
+        l2: float = 0.003,
+        targets: str = "model",
+        max_iter: int = 3000,
+        tol: float = 1.0 / 200,
+        dtype: torch.dtype = torch.float64,
+        *,
+        batch_size: int = 256,
+        block_size: int = 65536,
+        kernel_dtype: torch.dtype | None = None,
+        solver: str = "gd",
+        cache_dir: str | os.PathLike[str] | None = None,
+        progress: bool | None = None,
+    ) -> None:
         super().__init__(model, batch_size=batch_size, progress=progress)
         if not isinstance(head, str):
             raise TypeError(f"head must be the dotted name of a layer, got {type(head).__name__}")
@@ -146,20 +156,26 @@ class RepresenterPoints(FittedMixin, Explainer):
         need = self.targets == "labels"
         cache = None
         if self.cache_dir is not None:
-            key = hashlib.sha256((feat.model_fingerprint(self.model, self.head)
-                                  + feat.data_fingerprint(train_data, labels, self.batch_size)
-                                  ).encode()).hexdigest()
+            key = hashlib.sha256(
+                (
+                    feat.model_fingerprint(self.model, self.head)
+                    + feat.data_fingerprint(train_data, labels, self.batch_size)
+                ).encode()
+            ).hexdigest()
             cache = feat.FeatureCache(self.cache_dir, key)
         if cache is not None and cache.exists():
             arrays, _ = cache.read()
             features, outputs, y = arrays["features"], arrays["outputs"], arrays.get("labels")
             if need and y is None:
-                raise ValueError("targets='labels' but the cached training data had no labels; "
-                                 "pass (inputs, labels) pairs or labels=...")
+                raise ValueError(
+                    "targets='labels' but the cached training data had no labels; "
+                    "pass (inputs, labels) pairs or labels=..."
+                )
         else:
             fs, outs, ys = [], [], []
-            for f, out, yb in feat.iter_features(self.model, self.head, train_data, labels,
-                                                 self.batch_size, need, self.progress):
+            for f, out, yb in feat.iter_features(
+                self.model, self.head, train_data, labels, self.batch_size, need, self.progress
+            ):
                 fs.append(f)
                 outs.append(out.double())  # targets: keep the logits at full precision
                 ys.append(yb)
@@ -169,12 +185,18 @@ class RepresenterPoints(FittedMixin, Explainer):
             y = None if any(v is None for v in ys) else torch.cat([v for v in ys if v is not None])
             feat.check_finite(features)
             if cache is not None:
-                cache.write({"features": features, "outputs": outputs, "labels": y},
-                            {"head": self.head, "n": int(features.shape[0])})
+                cache.write(
+                    {"features": features, "outputs": outputs, "labels": y},
+                    {"head": self.head, "n": int(features.shape[0])},
+                )
         return self.fit_features(features, outputs=outputs, labels=y)
 
-    def fit_features(self, features: torch.Tensor, outputs: torch.Tensor | None = None,
-                     labels: torch.Tensor | None = None) -> RepresenterPoints:
+    def fit_features(
+        self,
+        features: torch.Tensor,
+        outputs: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> RepresenterPoints:
         """Fine-tune the head on precomputed head inputs ``features`` (n, D).
 
         ``outputs`` (n, C) are the model's logits on the same points (needed for
@@ -187,8 +209,9 @@ class RepresenterPoints(FittedMixin, Explainer):
         n, d = features.shape
         c = head.out_features
         if d != head.in_features:
-            raise ValueError(f"features have {d} columns but head {self.head!r} takes "
-                             f"{head.in_features}")
+            raise ValueError(
+                f"features have {d} columns but head {self.head!r} takes {head.in_features}"
+            )
         device = model_device(self.model)
         if labels is not None:
             labels = torch.as_tensor(labels).long().reshape(-1).to(device)
@@ -199,16 +222,20 @@ class RepresenterPoints(FittedMixin, Explainer):
         w0 = feat.head_weight(head).to(device, self.dtype)
         if self.targets == "labels":
             if labels is None:
-                raise ValueError("targets='labels' needs training labels: pass (inputs, labels) "
-                                 "pairs or labels=...")
+                raise ValueError(
+                    "targets='labels' needs training labels: pass (inputs, labels) "
+                    "pairs or labels=..."
+                )
             t = torch.nn.functional.one_hot(labels, c).to(self.dtype)
         else:
             if outputs is None:
                 outputs = fa @ w0.T
             if outputs.shape != (n, c):
-                raise ValueError(f"model outputs have shape {tuple(outputs.shape)}, expected "
-                                 f"({n}, {c}) = (training points, head outputs); targets='model' "
-                                 "needs a classifier whose output is the head's output")
+                raise ValueError(
+                    f"model outputs have shape {tuple(outputs.shape)}, expected "
+                    f"({n}, {c}) = (training points, head outputs); targets='model' "
+                    "needs a classifier whose output is the head's output"
+                )
             t = torch.softmax(outputs.to(device, self.dtype), dim=1)
         run = solve if self.solver == "gd" else solve_lbfgs
         res = run(fa, w0, t, self.l2, max_iter=self.max_iter, tol=self.tol)
@@ -232,8 +259,9 @@ class RepresenterPoints(FittedMixin, Explainer):
         with frozen_eval(self.model), torch.no_grad():
             dev = model_device(self.model)
             for i in range(0, x.shape[0], self.batch_size):
-                f, out = feat.forward_features(self.model, self.head, x[i:i + self.batch_size]
-                                               .to(dev))
+                f, out = feat.forward_features(
+                    self.model, self.head, x[i : i + self.batch_size].to(dev)
+                )
                 fs.append(f)
                 outs.append(out)
         f = torch.cat(fs)
@@ -257,9 +285,9 @@ class RepresenterPoints(FittedMixin, Explainer):
         ft = test.to(dev, kdt)
         n = self.features_.shape[0]
         for a in range(0, n, self.block_size):
-            fb = self.features_[a:a + self.block_size].to(dev, kdt)
+            fb = self.features_[a : a + self.block_size].to(dev, kdt)
             k = (ft @ fb.T).to(self.dtype) + 1.0  # [f_t, 1] . [f_i, 1]
-            yield a, self.alpha_[a:a + self.block_size].T[classes] * k
+            yield a, self.alpha_[a : a + self.block_size].T[classes] * k
 
     def values_features(self, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """Representer values (B, n) of head inputs ``features`` for ``classes`` (B,)."""
@@ -269,7 +297,7 @@ class RepresenterPoints(FittedMixin, Explainer):
         for i in range(0, features.shape[0], self.batch_size):
             rows = slice(i, i + self.batch_size)
             for a, v in self._blocks(features[rows], classes[rows]):
-                out[rows, a:a + v.shape[1]] = v
+                out[rows, a : a + v.shape[1]] = v
         return out
 
     def _classes(self, outputs: torch.Tensor, target: Any) -> torch.Tensor:
@@ -303,9 +331,15 @@ class RepresenterPoints(FittedMixin, Explainer):
         classes = self._classes(outputs, target)
         values = self.values_features(f, classes)
         logit = self.logits_features(f).gather(1, classes[:, None])[:, 0]
-        return Explanation(values=values, target=classes, method=self.method, layer=self.head,
-                           params=self._params(), extras={"logits": logit},
-                           meta={"n_train": int(self.features_.shape[0])})
+        return Explanation(
+            values=values,
+            target=classes,
+            method=self.method,
+            layer=self.head,
+            params=self._params(),
+            extras={"logits": logit},
+            meta={"n_train": int(self.features_.shape[0])},
+        )
 
     def top(self, inputs: torch.Tensor, k: int = 5, target: Any = "predicted") -> TopPoints:
         """The ``k`` most excitatory (largest) and inhibitory (most negative) training points.
@@ -339,8 +373,10 @@ class RepresenterPoints(FittedMixin, Explainer):
         """``|alpha_{i, y_i}|`` per training point (Sec. 4.2): large = suspicious label."""
         self.check_is_fitted()
         if self.labels_ is None:
-            raise ValueError("global importance needs the training labels; fit on "
-                             "(inputs, labels) pairs or pass labels=...")
+            raise ValueError(
+                "global importance needs the training labels; fit on "
+                "(inputs, labels) pairs or pass labels=..."
+            )
         return self.alpha_.gather(1, self.labels_[:, None].to(self.alpha_.device))[:, 0].abs()
 
     def mislabel_ranking(self) -> torch.Tensor:
@@ -350,9 +386,15 @@ class RepresenterPoints(FittedMixin, Explainer):
     # ---- persistence ---------------------------------------------------------------------
 
     def _params(self) -> dict[str, Any]:
-        return {"head": self.head, "l2": self.l2, "targets": self.targets,
-                "max_iter": self.max_iter, "tol": self.tol, "dtype": str(self.dtype),
-                "solver": self.solver}
+        return {
+            "head": self.head,
+            "l2": self.l2,
+            "targets": self.targets,
+            "max_iter": self.max_iter,
+            "tol": self.tol,
+            "dtype": str(self.dtype),
+            "solver": self.solver,
+        }
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the fitted state (alpha, head, features, labels) to one safetensors file."""
@@ -360,15 +402,21 @@ class RepresenterPoints(FittedMixin, Explainer):
         tensors = {"alpha": self.alpha_, "weight": self.weight_, "features": self.features_}
         if self.labels_ is not None:
             tensors["labels"] = self.labels_
-        meta = {"params": self._params(), "converged": self.converged_,
-                "grad_norm": self.grad_norm_, "grad_norm0": self.grad_norm0_,
-                "n_iter": self.n_iter_, "objective": self.objective_,
-                "model_fingerprint": feat.model_fingerprint(self.model, self.head)}
+        meta = {
+            "params": self._params(),
+            "converged": self.converged_,
+            "grad_norm": self.grad_norm_,
+            "grad_norm0": self.grad_norm0_,
+            "n_iter": self.n_iter_,
+            "objective": self.objective_,
+            "model_fingerprint": feat.model_fingerprint(self.model, self.head),
+        }
         return save_tensors(path, tensors, meta, FORMAT, FORMAT_VERSION)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], model: nn.Module, *,
-             strict: bool = True, **kwargs: Any) -> RepresenterPoints:
+    def load(
+        cls, path: str | os.PathLike[str], model: nn.Module, *, strict: bool = True, **kwargs: Any
+    ) -> RepresenterPoints:
         """Read a file written by :meth:`save` for ``model``.
 
         With ``strict`` (default) the model's weights must be those it was fitted with
@@ -384,12 +432,16 @@ class RepresenterPoints(FittedMixin, Explainer):
         self = cls(model, dtype=dtype, **p, **kwargs)
         head = feat.linear_head(model, self.head)
         if strict and feat.model_fingerprint(model, self.head) != meta.get("model_fingerprint"):
-            raise ValueError(f"{path} was fitted on a model with different weights; pass "
-                             "strict=False to load it anyway")
+            raise ValueError(
+                f"{path} was fitted on a model with different weights; pass "
+                "strict=False to load it anyway"
+            )
         w = tensors["weight"]
         if w.shape != (head.out_features, head.in_features + 1):
-            raise ValueError(f"{path} holds a head of shape {tuple(w.shape)}, the model's head "
-                             f"is ({head.out_features}, {head.in_features} + 1)")
+            raise ValueError(
+                f"{path} holds a head of shape {tuple(w.shape)}, the model's head "
+                f"is ({head.out_features}, {head.in_features} + 1)"
+            )
         dev = model_device(model)
         self.alpha_ = tensors["alpha"].to(dev)
         self.weight_ = w.to(dev)

@@ -46,24 +46,45 @@ def _fashion(section: Section, fast: bool, progress: bool | None) -> None:
     pick = torch.randperm(len(xtr), generator=g)[:n_tr].sort().values
     xtr, ytr, xte, yte = xtr[pick], ytr[pick], xte[:n_te], yte[:n_te]
     layers = info["layers"]["blocks"]
-    kw: dict[str, Any] = ({"method": "kmeans"} if fast else
-                          {"method": "idec", "pretrain_epochs": 4, "max_iter": 420,
-                           "max_fit_points": 10000})
+    kw: dict[str, Any] = (
+        {"method": "kmeans"}
+        if fast
+        else {"method": "idec", "pretrain_epochs": 4, "max_iter": 420, "max_fit_points": 10000}
+    )
     t0 = time.perf_counter()
-    s = ClusterSurrogate(model, layers, n_clusters=15, batch_size=256, seed=0,
-                         progress=progress, **kw).fit(xtr, ytr)
+    s = ClusterSurrogate(
+        model, layers, n_clusters=15, batch_size=256, seed=0, progress=progress, **kw
+    ).fit(xtr, ytr)
     fit_s = time.perf_counter() - t0
     rep = s.layer_report(xte, yte)
-    rows = [[name, round(r["fidelity"], 3), round(r.get("accuracy", float("nan")), 3),
-             round(r["purity"], 3) if "purity" in r else ""] for name, r in rep.items()]
-    section.tables.append(Table(
-        caption=(f"fashion-cnn surrogate ({kw['method']}, 15 clusters per layer, fitted on "
-                 f"{n_tr} training images in {fit_s:.0f} s): agreement with the network "
-                 f"(fidelity), accuracy and cluster purity on {n_te} test images; 'combined' "
-                 "uses all four layers with equal weights"),
-        columns=["layer", "fidelity", "accuracy", "purity"], rows=rows))
-    section.metrics["fashion"] = {"method": kw["method"], "n_train": n_tr, "n_test": n_te,
-                                  "fit_s": fit_s, "report": rep}
+    rows = [
+        [
+            name,
+            round(r["fidelity"], 3),
+            round(r.get("accuracy", float("nan")), 3),
+            round(r["purity"], 3) if "purity" in r else "",
+        ]
+        for name, r in rep.items()
+    ]
+    section.tables.append(
+        Table(
+            caption=(
+                f"fashion-cnn surrogate ({kw['method']}, 15 clusters per layer, fitted on "
+                f"{n_tr} training images in {fit_s:.0f} s): agreement with the network "
+                f"(fidelity), accuracy and cluster purity on {n_te} test images; 'combined' "
+                "uses all four layers with equal weights"
+            ),
+            columns=["layer", "fidelity", "accuracy", "purity"],
+            rows=rows,
+        )
+    )
+    section.metrics["fashion"] = {
+        "method": kw["method"],
+        "n_train": n_tr,
+        "n_test": n_te,
+        "fit_s": fit_s,
+        "report": rep,
+    }
 
     # concepts: for each layer, the 6 largest clusters x 6 images nearest their centre
     for layer in layers:
@@ -76,11 +97,16 @@ def _fashion(section: Section, fast: bool, progress: bool | None) -> None:
             for j, i in enumerate(idx[c].tolist()):
                 images.append(xtr[i, 0].numpy())
                 titles.append(f"c{c} {short[top]} {float(post[c, top]):.2f}" if j == 0 else "")
-        section.figures.append(Figure(
-            caption=(f"Concepts of {layer}: each row is one of the 6 largest clusters, the six "
-                     "training images nearest its centre; title = cluster, its majority class "
-                     "(by the network's prediction) and that class's share"),
-            png=grid_png(images, ncol=6, titles=titles, size=1.0)))
+        section.figures.append(
+            Figure(
+                caption=(
+                    f"Concepts of {layer}: each row is one of the 6 largest clusters, the six "
+                    "training images nearest its centre; title = cluster, its majority class "
+                    "(by the network's prediction) and that class's share"
+                ),
+                png=grid_png(images, ncol=6, titles=titles, size=1.0),
+            )
+        )
 
     # similar training images: low- vs high-level emphasis
     queries = [int(i) for i in torch.arange(3)]
@@ -98,15 +124,26 @@ def _fashion(section: Section, fast: bool, progress: bool | None) -> None:
             for i in idx[q, :5].tolist():
                 images.append(xtr[i, 0].numpy())
                 titles.append(short[int(ytr[i])])
-    section.figures.append(Figure(
-        caption=("Similar training images (5 nearest) for three test images, by weighted "
-                 "per-layer embedding distance: low-level emphasis (first three rows) matches "
-                 "shape and texture, high-level emphasis (last three) matches the class"),
-        png=grid_png(images, ncol=6, titles=titles, size=1.0)))
-    section.tables.append(Table(
-        caption=("Top-10 similar training images of 200 test images: share with the query's "
-                 "label, and with the network's class of the query"),
-        columns=["layer weights", "label agreement", "model-class agreement"], rows=agreement))
+    section.figures.append(
+        Figure(
+            caption=(
+                "Similar training images (5 nearest) for three test images, by weighted "
+                "per-layer embedding distance: low-level emphasis (first three rows) matches "
+                "shape and texture, high-level emphasis (last three) matches the class"
+            ),
+            png=grid_png(images, ncol=6, titles=titles, size=1.0),
+        )
+    )
+    section.tables.append(
+        Table(
+            caption=(
+                "Top-10 similar training images of 200 test images: share with the query's "
+                "label, and with the network's class of the query"
+            ),
+            columns=["layer weights", "label agreement", "model-class agreement"],
+            rows=agreement,
+        )
+    )
     section.metrics["similar"] = {r[0]: {"label": r[1], "model_class": r[2]} for r in agreement}
 
 
@@ -120,16 +157,24 @@ def _sentiment(section: Section, fast: bool, progress: bool | None) -> None:
     te = rotten_tomatoes("test", vocab=info["vocab"])
     n = 3000 if fast else len(tr)
     xtr, ytr = tr.x[:n], tr.y[:n]
-    s = ClusterSurrogate(model, ["embedding", "gru"], n_clusters=15, method="kmeans", seed=0,
-                         progress=progress).fit(xtr, ytr)
+    s = ClusterSurrogate(
+        model, ["embedding", "gru"], n_clusters=15, method="kmeans", seed=0, progress=progress
+    ).fit(xtr, ytr)
     rep = s.layer_report(te.x[:1000], te.y[:1000])
-    section.tables.append(Table(
-        caption=(f"sentiment-gru surrogate (k-means path, 15 clusters; token activations "
-                 f"mean-pooled over the review's words; fitted on {n} reviews): fidelity and "
-                 "accuracy on 1000 test reviews"),
-        columns=["layer", "fidelity", "accuracy"],
-        rows=[[k, round(r["fidelity"], 3), round(r.get("accuracy", float("nan")), 3)]
-              for k, r in rep.items()]))
+    section.tables.append(
+        Table(
+            caption=(
+                f"sentiment-gru surrogate (k-means path, 15 clusters; token activations "
+                f"mean-pooled over the review's words; fitted on {n} reviews): fidelity and "
+                "accuracy on 1000 test reviews"
+            ),
+            columns=["layer", "fidelity", "accuracy"],
+            rows=[
+                [k, round(r["fidelity"], 3), round(r.get("accuracy", float("nan")), 3)]
+                for k, r in rep.items()
+            ],
+        )
+    )
     post = s.posteriors_["gru"]
     idx = s.concepts("gru", k=2)
     order = post[:, 1].argsort().tolist()
@@ -137,11 +182,17 @@ def _sentiment(section: Section, fast: bool, progress: bool | None) -> None:
     for c in order[:3] + order[-3:]:
         for i in idx[c].tolist():
             rows.append([f"c{c}", round(float(post[c, 1]), 2), tr.texts[i][:110]])
-    section.tables.append(Table(
-        caption=("Concepts of the GRU layer: the two reviews nearest the centre of the three "
-                 "most 'rotten' and the three most 'fresh' clusters (P(fresh) from the "
-                 "network's predictions on the cluster's training reviews)"),
-        columns=["cluster", "P(fresh)", "review"], rows=rows))
+    section.tables.append(
+        Table(
+            caption=(
+                "Concepts of the GRU layer: the two reviews nearest the centre of the three "
+                "most 'rotten' and the three most 'fresh' clusters (P(fresh) from the "
+                "network's predictions on the cluster's training reviews)"
+            ),
+            columns=["cluster", "P(fresh)", "review"],
+            rows=rows,
+        )
+    )
     section.metrics["sentiment"] = {"n_train": n, "report": rep}
 
 
@@ -157,6 +208,7 @@ def run(out: Path, fast: bool = True, progress: bool | None = None) -> Section:
     section.notes.append(
         "Fast mode fits the k-means path (PCA to 20 dimensions, then k-means) on a training "
         "subset; the paper's IDEC embedding, measured on the full training set, is in "
-        "docs/clusters.md and benchmarks/results/clusters.json.")
+        "docs/clusters.md and benchmarks/results/clusters.json."
+    )
     section.metrics["seconds"] = time.perf_counter() - t0
     return section

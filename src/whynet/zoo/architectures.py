@@ -33,8 +33,12 @@ class BlockCNN(nn.Module):
     head's input (``embed``); clustering and influence read the named blocks.
     """
 
-    def __init__(self, widths: tuple[int, int, int, int], pools: tuple[bool, bool, bool, bool],
-                 n_classes: int = 10) -> None:
+    def __init__(
+        self,
+        widths: tuple[int, int, int, int],
+        pools: tuple[bool, bool, bool, bool],
+        n_classes: int = 10,
+    ) -> None:
         super().__init__()
         self.features = nn.Sequential()
         c_in = 1
