@@ -37,7 +37,8 @@ def _images(split: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, 
 def run(out: Path, fast: bool = True, progress: bool | None = None) -> Section:
     """Build the section; ``fast`` fits on 5,000 training images with L-BFGS.
 
-    Measured with 10,000 images on the loaded shared machine: 82 s (5,000 was not timed).
+    Measured with the zoo fashion-cnn on the shared 2-core machine: 9.3 s near idle (load ~1),
+    194 s at load ~13.
     """
     from whynet.representer import RepresenterPoints, augment
     from whynet.viz import grid_png
