@@ -37,6 +37,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "representer.json"
 
 # ---- data and models -------------------------------------------------------------------------
 
+
 def fashion(split: str, n: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     from whynet.data import fashion_mnist
 
@@ -55,9 +56,16 @@ class SmallCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-            nn.Linear(32 * 7 * 7, 32), nn.ReLU())
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(32 * 7 * 7, 32),
+            nn.ReLU(),
+        )
         self.head = nn.Linear(32, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,8 +77,9 @@ class SmallMLP(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.features = nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(),
-                                      nn.Linear(128, 32), nn.ReLU())
+        self.features = nn.Sequential(
+            nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 32), nn.ReLU()
+        )
         self.head = nn.Linear(32, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -81,9 +90,14 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def train(x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int = 0,
-          snapshots: bool = False, arch: type[nn.Module] = SmallCNN,
-          ) -> tuple[nn.Module, list[dict[str, torch.Tensor]]]:
+def train(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epochs: int,
+    seed: int = 0,
+    snapshots: bool = False,
+    arch: type[nn.Module] = SmallCNN,
+) -> tuple[nn.Module, list[dict[str, torch.Tensor]]]:
     """Adam 1e-3, batch 128; optionally the state after each epoch (TracIn checkpoints)."""
     torch.manual_seed(seed)
     model = arch()
@@ -105,7 +119,7 @@ def train(x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int = 0,
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     model.eval()
-    pred = torch.cat([model(x[i:i + 1000]).argmax(1) for i in range(0, len(x), 1000)])
+    pred = torch.cat([model(x[i : i + 1000]).argmax(1) for i in range(0, len(x), 1000)])
     return float((pred == y).float().mean())
 
 
@@ -154,6 +168,7 @@ def timed(fn: Any, repeats: int) -> tuple[float, list[float], Any]:
 
 # ---- 1. fidelity -----------------------------------------------------------------------------
 
+
 def fidelity(quick: bool, solvers: tuple[str, ...] = ("gd", "lbfgs")) -> dict[str, Any]:
     """Pearson r between the model's softmax and the decomposition's softmax (paper Sec. 4.1).
 
@@ -166,8 +181,12 @@ def fidelity(quick: bool, solvers: tuple[str, ...] = ("gd", "lbfgs")) -> dict[st
     t = time.perf_counter()
     ex = RepresenterPoints(model, head="head", batch_size=500)
     feats = {"train": ex._forward(xtr), "test": ex._forward(xte)}
-    out: dict[str, Any] = {"model": name, "n_train": len(ytr), "n_test": len(yte),
-                           "extract_s": round(time.perf_counter() - t, 2)}
+    out: dict[str, Any] = {
+        "model": name,
+        "n_train": len(ytr),
+        "n_test": len(yte),
+        "extract_s": round(time.perf_counter() - t, 2),
+    }
     for split, (_, outputs) in feats.items():
         y = ytr if split == "train" else yte
         out[f"model_accuracy_{split}"] = round(float((outputs.argmax(1) == y).float().mean()), 5)
@@ -179,23 +198,30 @@ def fidelity(quick: bool, solvers: tuple[str, ...] = ("gd", "lbfgs")) -> dict[st
         fit_s = time.perf_counter() - t
         fa = augment(rp.features_, torch.float64)
         w_repr = rp.alpha_.T @ fa  # sum_i alpha_i [f_i, 1]: the decomposition, all test points
-        res: dict[str, Any] = {"fit_s": round(fit_s, 2), "n_iter": rp.n_iter_,
-                               "converged": rp.converged_, "grad_mean": rp.grad_norm_,
-                               "grad_mean0": rp.grad_norm0_}
+        res: dict[str, Any] = {
+            "fit_s": round(fit_s, 2),
+            "n_iter": rp.n_iter_,
+            "converged": rp.converged_,
+            "grad_mean": rp.grad_norm_,
+            "grad_mean0": rp.grad_norm0_,
+        }
         for split, (f, outputs) in feats.items():
             model_p = torch.softmax(outputs.double(), 1)
             dec_p = torch.softmax(augment(f, torch.float64) @ w_repr.T, 1)
             r = float(np.corrcoef(model_p.flatten().numpy(), dec_p.flatten().numpy())[0, 1])
             res[f"pearson_{split}"] = round(r, 5)
-            res[f"argmax_agreement_{split}"] = round(float((model_p.argmax(1) == dec_p.argmax(1))
-                                                           .float().mean()), 5)
+            res[f"argmax_agreement_{split}"] = round(
+                float((model_p.argmax(1) == dec_p.argmax(1)).float().mean()), 5
+            )
         # the blocked sum over training points equals the matrix form on a few test points
         e = rp.explain(xte[:20])
         direct = (augment(feats["test"][0][:20], torch.float64) @ w_repr.T).gather(
-            1, e.target[:, None])[:, 0]
+            1, e.target[:, None]
+        )[:, 0]
         res["max_abs_sum_vs_matrix_form"] = float((e.values.sum(1) - direct).abs().max())
-        res["max_abs_sum_vs_finetuned_logit"] = float((e.values.sum(1) - e.extras["logits"])
-                                                      .abs().max())
+        res["max_abs_sum_vs_finetuned_logit"] = float(
+            (e.values.sum(1) - e.extras["logits"]).abs().max()
+        )
         out[solver] = res
         log(f"fidelity {solver}: {res}")
     return out
@@ -203,24 +229,33 @@ def fidelity(quick: bool, solvers: tuple[str, ...] = ("gd", "lbfgs")) -> dict[st
 
 # ---- 2. dataset debugging --------------------------------------------------------------------
 
-def _self_influence_tracin(model: nn.Module, states: list[dict[str, torch.Tensor]],
-                           x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+
+def _self_influence_tracin(
+    model: nn.Module, states: list[dict[str, torch.Tensor]], x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
     from captum.influence import TracInCPFast
 
     def load(m: nn.Module, key: str) -> float:
         m.load_state_dict(states[int(key)])
         return 1.0
 
-    tracin = TracInCPFast(model, "head", TensorDataset(x, y), [str(i) for i in range(len(states))],
-                          checkpoints_load_func=load,
-                          loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=500)
+    tracin = TracInCPFast(
+        model,
+        "head",
+        TensorDataset(x, y),
+        [str(i) for i in range(len(states))],
+        checkpoints_load_func=load,
+        loss_fn=nn.CrossEntropyLoss(reduction="sum"),
+        batch_size=500,
+    )
     scores = tracin.self_influence(DataLoader(TensorDataset(x, y), batch_size=500))
     model.load_state_dict(states[-1])
     return scores
 
 
-def _self_influence_dattri(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                           chunk: int = 2000) -> torch.Tensor:
+def _self_influence_dattri(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 2000
+) -> torch.Tensor:
     """dattri RPS self-attribution (its diagonal), computed chunk by chunk of test columns."""
     from dattri.algorithm import RPSAttributor
     from dattri.task import AttributionTask
@@ -234,7 +269,7 @@ def _self_influence_dattri(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     att.cache(train_dl)
     diag = []
     for a in range(0, len(y), chunk):
-        test_dl = DataLoader(TensorDataset(x[a:a + chunk], y[a:a + chunk]), batch_size=500)
+        test_dl = DataLoader(TensorDataset(x[a : a + chunk], y[a : a + chunk]), batch_size=500)
         scores = att.attribute(train_dl, test_dl)  # (n_train, chunk)
         diag.append(scores[torch.arange(a, a + scores.shape[1]), torch.arange(scores.shape[1])])
     return torch.cat(diag).abs()
@@ -251,8 +286,13 @@ def debug(quick: bool, noises: list[float] | None = None, n: int | None = None) 
     xte, yte = fashion("test", 2000 if quick else None)
     fractions = [0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5]
     fix_at = 0.2
-    out: dict[str, Any] = {"n_train": n, "epochs": epochs, "fix_at": fix_at,
-                           "model": "SmallMLP 784-128-32-10", "noise": {}}
+    out: dict[str, Any] = {
+        "n_train": n,
+        "epochs": epochs,
+        "fix_at": fix_at,
+        "model": "SmallMLP 784-128-32-10",
+        "noise": {},
+    }
     for noise in noises or ([0.2] if quick else [0.1, 0.2, 0.4]):
         noisy = with_noisy_labels(ytr, noise, seed=7, num_classes=10)
         yn, flipped = noisy.labels, noisy.flipped.bool()
@@ -272,12 +312,16 @@ def debug(quick: bool, noises: list[float] | None = None, n: int | None = None) 
         t = time.perf_counter()
         with torch.no_grad():
             scores["loss"] = nn.functional.cross_entropy(
-                torch.cat([model(xtr[i:i + 1000]) for i in range(0, n, 1000)]), yn,
-                reduction="none")
+                torch.cat([model(xtr[i : i + 1000]) for i in range(0, n, 1000)]),
+                yn,
+                reduction="none",
+            )
         secs["loss"] = time.perf_counter() - t
         scores["random"] = torch.rand(n, generator=torch.Generator().manual_seed(3))
-        peers = {"captum_tracincpfast": (_self_influence_tracin, (model, states, xtr, yn)),
-                 "dattri_rps": (_self_influence_dattri, (model, xtr, yn))}
+        peers = {
+            "captum_tracincpfast": (_self_influence_tracin, (model, states, xtr, yn)),
+            "dattri_rps": (_self_influence_dattri, (model, xtr, yn)),
+        }
         for name, (fn, fn_args) in peers.items():
             t = time.perf_counter()
             try:
@@ -287,22 +331,28 @@ def debug(quick: bool, noises: list[float] | None = None, n: int | None = None) 
             secs[name] = time.perf_counter() - t
             log(f"noise {noise}: {name} {secs[name]:.1f}s")
         res["seconds"] = {k: round(v, 2) for k, v in secs.items()}
-        res["representer_fit"] = {"n_iter": rp.n_iter_, "converged": rp.converged_,
-                                  "n_iter_model_targets": rp_m.n_iter_,
-                                  "converged_model_targets": rp_m.converged_}
+        res["representer_fit"] = {
+            "n_iter": rp.n_iter_,
+            "converged": rp.converged_,
+            "n_iter_model_targets": rp_m.n_iter_,
+            "converged_model_targets": rp_m.converged_,
+        }
         found, acc = {}, {}
         for name, s in scores.items():
             order = torch.argsort(s.double(), descending=True, stable=True)
-            found[name] = [round(float(flipped[order[:int(f * n)]].sum() / flipped.sum()), 4)
-                           for f in fractions]
+            found[name] = [
+                round(float(flipped[order[: int(f * n)]].sum() / flipped.sum()), 4)
+                for f in fractions
+            ]
             fixed = yn.clone()
-            checked = order[:int(fix_at * n)]
+            checked = order[: int(fix_at * n)]
             fixed[checked] = ytr[checked]  # checking a label reveals the true one
             acc[name] = round(accuracy(train(xtr, fixed, epochs, arch=arch)[0], xte, yte), 4)
         res["fraction_flipped_found"] = {"checked": fractions, **found}
         res["test_acc_after_fixing"] = acc
-        res["test_acc_all_fixed"] = round(accuracy(train(xtr, ytr, epochs, arch=arch)[0], xte,
-                                                   yte), 4)
+        res["test_acc_all_fixed"] = round(
+            accuracy(train(xtr, ytr, epochs, arch=arch)[0], xte, yte), 4
+        )
         out["noise"][str(noise)] = res
         print(json.dumps({str(noise): res}), file=sys.stderr)
     return out
@@ -310,15 +360,21 @@ def debug(quick: bool, noises: list[float] | None = None, n: int | None = None) 
 
 # ---- 3. speed --------------------------------------------------------------------------------
 
+
 def speed(quick: bool, n: int | None = None, extras: bool = True) -> dict[str, Any]:
     """fit + explain 1,000 test points over the training set, whynet vs dattri vs Captum."""
     model, name = reference_model(quick)
     xtr, ytr = fashion("train", n or (5000 if quick else None))
     xte, yte = fashion("test", 200 if quick else 1000)
     repeats = 1
-    out: dict[str, Any] = {"model": name, "n_train": len(ytr), "n_test": len(yte),
-                           "threads": torch.get_num_threads(), "repeats": repeats,
-                           "memory": "growth of max RSS (upper bound)"}
+    out: dict[str, Any] = {
+        "model": name,
+        "n_train": len(ytr),
+        "n_test": len(yte),
+        "threads": torch.get_num_threads(),
+        "repeats": repeats,
+        "memory": "growth of max RSS (upper bound)",
+    }
 
     def ours() -> torch.Tensor:
         rp = RepresenterPoints(model, head="head", batch_size=500).fit(xtr, ytr)
@@ -326,17 +382,25 @@ def speed(quick: bool, n: int | None = None, extras: bool = True) -> dict[str, A
 
     with Peak() as pk:
         med, times, values = timed(ours, repeats)
-    out["whynet"] = {"fit_explain_s": round(med, 2), "runs": [round(t, 2) for t in times],
-                     "peak_rss_mb": round(pk.mb)}
+    out["whynet"] = {
+        "fit_explain_s": round(med, 2),
+        "runs": [round(t, 2) for t in times],
+        "peak_rss_mb": round(pk.mb),
+    }
     log(f"whynet gd {med:.1f}s")
+
     def ours_lbfgs() -> RepresenterPoints:
         r = RepresenterPoints(model, head="head", batch_size=500, solver="lbfgs").fit(xtr, ytr)
         r.explain(xte)
         return r
 
     med, times, rp = timed(ours_lbfgs, repeats)
-    out["whynet_lbfgs"] = {"fit_explain_s": round(med, 2), "runs": [round(t, 2) for t in times],
-                           "n_iter": rp.n_iter_, "converged": rp.converged_}
+    out["whynet_lbfgs"] = {
+        "fit_explain_s": round(med, 2),
+        "runs": [round(t, 2) for t in times],
+        "n_iter": rp.n_iter_,
+        "converged": rp.converged_,
+    }
     log(f"whynet lbfgs {med:.1f}s")
     f_te = rp._forward(xte)[0]
     cls = rp._classes(model(xte[:1]).detach(), "predicted")
@@ -350,8 +414,11 @@ def speed(quick: bool, n: int | None = None, extras: bool = True) -> dict[str, A
         from dattri.algorithm import RPSAttributor
         from dattri.task import AttributionTask
 
-        task = AttributionTask(loss_func=lambda p, t: nn.functional.cross_entropy(p, t),
-                               model=model, checkpoints=model.state_dict())
+        task = AttributionTask(
+            loss_func=lambda p, t: nn.functional.cross_entropy(p, t),
+            model=model,
+            checkpoints=model.state_dict(),
+        )
         att = RPSAttributor(task, final_linear_layer_name="head", l2_strength=0.003, epoch=3000)
         train_dl = DataLoader(TensorDataset(xtr, ytr), batch_size=500)
         att.cache(train_dl)
@@ -361,11 +428,13 @@ def speed(quick: bool, n: int | None = None, extras: bool = True) -> dict[str, A
     try:
         with Peak() as pk:
             med, times, _ = timed(dattri_run, repeats)
-        out["dattri_rps"] = {"fit_explain_s": round(med, 2), "runs": [round(t, 2) for t in times],
-                             "peak_rss_mb": round(pk.mb)}
+        out["dattri_rps"] = {
+            "fit_explain_s": round(med, 2),
+            "runs": [round(t, 2) for t in times],
+            "peak_rss_mb": round(pk.mb),
+        }
         out["ratio_dattri_over_whynet"] = round(med / out["whynet"]["fit_explain_s"], 2)
-        out["ratio_dattri_over_whynet_lbfgs"] = round(med / out["whynet_lbfgs"]["fit_explain_s"],
-                                                      2)
+        out["ratio_dattri_over_whynet_lbfgs"] = round(med / out["whynet_lbfgs"]["fit_explain_s"], 2)
     except Exception as e:
         out["dattri_rps"] = {"error": f"{type(e).__name__}: {e}"[:300]}
 
@@ -379,20 +448,27 @@ def speed(quick: bool, n: int | None = None, extras: bool = True) -> dict[str, A
             m.load_state_dict(state)
             return 1.0
 
-        tr = TracInCPFast(model, "head", TensorDataset(xtr, ytr), ["final"],
-                          checkpoints_load_func=load,
-                          loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=500)
+        tr = TracInCPFast(
+            model,
+            "head",
+            TensorDataset(xtr, ytr),
+            ["final"],
+            checkpoints_load_func=load,
+            loss_fn=nn.CrossEntropyLoss(reduction="sum"),
+            batch_size=500,
+        )
         return tr.influence((xte, yte))
 
     log("dattri done")
     try:
         with Peak() as pk:
             med, times, _ = timed(captum_run, 1)
-        out["captum_tracincpfast_1ckpt"] = {"fit_explain_s": round(med, 2),
-                                            "peak_rss_mb": round(pk.mb)}
+        out["captum_tracincpfast_1ckpt"] = {
+            "fit_explain_s": round(med, 2),
+            "peak_rss_mb": round(pk.mb),
+        }
         out["ratio_captum_over_whynet"] = round(med / out["whynet"]["fit_explain_s"], 2)
-        out["ratio_captum_over_whynet_lbfgs"] = round(med / out["whynet_lbfgs"]["fit_explain_s"],
-                                                      2)
+        out["ratio_captum_over_whynet_lbfgs"] = round(med / out["whynet_lbfgs"]["fit_explain_s"], 2)
     except Exception as e:
         out["captum_tracincpfast_1ckpt"] = {"error": f"{type(e).__name__}: {e}"[:300]}
 
@@ -408,10 +484,14 @@ def speed(quick: bool, n: int | None = None, extras: bool = True) -> dict[str, A
         with Peak() as pk:
             med, _, rp = timed(ours60, 1)
         med1, _, _ = timed(lambda: rp.values_features(one, cls), 20)
-        out["whynet_60k"] = {"solver": "lbfgs", "fit_explain_s": round(med, 2),
-                             "peak_rss_mb": round(pk.mb),
-                             "n_iter": rp.n_iter_, "converged": rp.converged_,
-                             "per_test_point_ms_given_features": round(med1 * 1000, 3)}
+        out["whynet_60k"] = {
+            "solver": "lbfgs",
+            "fit_explain_s": round(med, 2),
+            "peak_rss_mb": round(pk.mb),
+            "n_iter": rp.n_iter_,
+            "converged": rp.converged_,
+            "per_test_point_ms_given_features": round(med1 * 1000, 3),
+        }
         log("whynet 60k done")
     if extras:
         out["simulated_1m"] = simulated_million(rp, f_te, quick)
@@ -445,9 +525,11 @@ def simulated_million(rp: RepresenterPoints, f_te: torch.Tensor, quick: bool) ->
         with Peak() as pk:
             med1, _, _ = timed(lambda: big.values_features(f_te[:1], cls[:1]), 5)
             med64, _, _ = timed(lambda: big.values_features(f_te[:64], cls[:64]), 2)
-        res[f"kernel_{str(kdt)[6:]}"] = {"one_point_ms": round(med1 * 1000, 1),
-                                         "batch64_ms_per_point": round(med64 * 1000 / 64, 2),
-                                         "rss_growth_mb": round(pk.mb)}
+        res[f"kernel_{str(kdt)[6:]}"] = {
+            "one_point_ms": round(med1 * 1000, 1),
+            "batch64_ms_per_point": round(med64 * 1000 / 64, 2),
+            "rss_growth_mb": round(pk.mb),
+        }
     return res
 
 
@@ -457,31 +539,52 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--n", type=int, default=None, help="training points (debug, speed)")
     ap.add_argument("--noise", type=float, nargs="*", default=None, help="debug noise levels")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (default 1: on a shared, oversubscribed 2-core machine "
-                         "OpenMP threads spin against each other; 0 keeps torch's default)")
-    ap.add_argument("--model", default="fashion-cnn", choices=["fashion-cnn", "smallcnn"],
-                    help="fidelity/speed model: the zoo's fashion-cnn (default) or the SmallCNN "
-                         "stand-in of the earlier results (debug always trains its own MLP)")
-    ap.add_argument("--solver", nargs="+", default=["gd", "lbfgs"], choices=["gd", "lbfgs"],
-                    help="fidelity solvers (default both: gd = the authors' procedure, lbfgs)")
-    ap.add_argument("--no-extras", action="store_true",
-                    help="speed: skip whynet alone at 60k and the simulated 1M")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on a shared, oversubscribed 2-core machine "
+        "OpenMP threads spin against each other; 0 keeps torch's default)",
+    )
+    ap.add_argument(
+        "--model",
+        default="fashion-cnn",
+        choices=["fashion-cnn", "smallcnn"],
+        help="fidelity/speed model: the zoo's fashion-cnn (default) or the SmallCNN "
+        "stand-in of the earlier results (debug always trains its own MLP)",
+    )
+    ap.add_argument(
+        "--solver",
+        nargs="+",
+        default=["gd", "lbfgs"],
+        choices=["gd", "lbfgs"],
+        help="fidelity solvers (default both: gd = the authors' procedure, lbfgs)",
+    )
+    ap.add_argument(
+        "--no-extras",
+        action="store_true",
+        help="speed: skip whynet alone at 60k and the simulated 1M",
+    )
     args = ap.parse_args()
     global MODEL
     MODEL = args.model
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     results: dict[str, Any] = {}
-    runs = {"fidelity": lambda: fidelity(args.quick, tuple(args.solver)),
-            "debug": lambda: debug(args.quick, args.noise, args.n),
-            "speed": lambda: speed(args.quick, args.n, not args.no_extras)}
+    runs = {
+        "fidelity": lambda: fidelity(args.quick, tuple(args.solver)),
+        "debug": lambda: debug(args.quick, args.noise, args.n),
+        "speed": lambda: speed(args.quick, args.n, not args.no_extras),
+    }
     for name, fn in runs.items():
         if args.what in (name, "all"):
             t = time.perf_counter()
-            key = name if args.n is None and args.noise is None else \
-                f"{name}_n{args.n or 'default'}" + ("" if args.noise is None else
-                                                    "_noise" + "-".join(map(str, args.noise)))
+            key = (
+                name
+                if args.n is None and args.noise is None
+                else f"{name}_n{args.n or 'default'}"
+                + ("" if args.noise is None else "_noise" + "-".join(map(str, args.noise)))
+            )
             if name != "debug" and args.model != "fashion-cnn":
                 key += f"_{args.model}"
             results[key] = fn()
