@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from torch import nn
@@ -32,6 +34,19 @@ class TinyCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(self.features(x)).flatten(1))
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for modules of tiny ops: on a shared, loaded 2-core machine OpenMP
+    spin contention made them 5-50x slower. Use with ``pytest.mark.usefixtures("one_thread")``;
+    the previous setting is restored after each test."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

@@ -19,6 +19,8 @@ from whynet.metrics import gaussian_blur
 sys.path.insert(0, str(Path(__file__).parent))
 from _toy import toy_model, trained_toy, two_object_image  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FAST = dict(stage1_steps=3, stage2_steps=12)
 
 

@@ -9,14 +9,7 @@ from torch import nn
 from tests.conftest import hook_count
 from whynet.masks import ImageMaskNet, MaskExplainer, SequenceMaskNet
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny ops on a loaded 2-core machine: one thread avoids OpenMP contention (50x measured)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------- tiny hermetic tasks

@@ -29,6 +29,8 @@ from whynet.metrics import (
     trapezoid,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 W = torch.tensor([[4.0, 3.0], [2.0, 1.0]], dtype=torch.float64)
 
 

@@ -22,13 +22,7 @@ L2 = 0.003
 FAST = 0.03  # lambda for fits that must converge tightly: 10x fewer steps on a loaded machine
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: OpenMP threads only contend on a loaded 2-core machine (40x slower here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(d_in: int = 5, hidden: int = 8, classes: int = 3) -> nn.Module:
