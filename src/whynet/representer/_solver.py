@@ -110,6 +110,41 @@ class SolveResult:
     objective: float  # J at ``weight``
 
 
+def _backtrack(
+    line: Any,
+    p: torch.Tensor,
+    w: torch.Tensor,
+    d: torch.Tensor,
+    targets: torch.Tensor,
+    l2: float,
+    t: float,
+    decrease: float,
+    min_step: float,
+) -> tuple[float, torch.Tensor]:
+    """Backtracking line search on ``t -> J(W - t d)`` shared by both solvers.
+
+    Halves ``t`` until the Armijo test ``J(W - t d) < J(W) - decrease * t`` holds; where the
+    change in ``J`` is below its rounding error, accepts a step whose slope
+    ``d/dt J(W - t d) <= 0`` instead (see :func:`solve`). Returns ``(t, Phi(W - t d))``;
+    ``t < min_step`` means no step was found.
+    """
+    n = p.shape[0]
+    wd, dd = float((w * d).sum()), float((d * d).sum())
+    f0, _ = line(0.0)
+    while True:
+        f_t, phi_t = line(t)
+        if math.isfinite(f_t) and f_t - f0 + decrease * t < 0.0:
+            return t, phi_t
+        if abs(f_t - f0) <= 1e-12 * max(1.0, abs(f0)):
+            # J differences are below rounding: the derivative form of the test
+            slope = float((loss_grad_phi(phi_t, targets) * p).sum()) / n + 2.0 * l2 * (wd - t * dd)
+            if slope >= 0.0:  # d/dt J(W - t d) = -slope
+                return t, phi_t
+        t /= 2.0
+        if t < min_step:
+            return t, phi_t
+
+
 def solve(
     features: torch.Tensor,
     weight0: torch.Tensor,
@@ -142,7 +177,6 @@ def solve(
     """
     if l2 <= 0:
         raise ValueError(f"l2 (lambda) must be > 0 for the representer theorem, got {l2}")
-    n = features.shape[0]
     tsum = targets.sum(1)
     unit = bool(torch.allclose(tsum, torch.ones_like(tsum)))
     w = weight0.clone()
@@ -157,24 +191,9 @@ def solve(
             break
         p = features @ g.T  # Phi(W - t g) = Phi - t p
         line = _line(phi, p, w, g, targets, l2, None if unit else tsum)
-        gg = float((g * g).sum())
-        wg = float((w * g).sum())
-        f0, _ = line(0.0)
-        t = step0
-        while True:
-            f_t, phi_t = line(t)
-            if math.isfinite(f_t) and f_t - f0 + t * gg / 2.0 < 0.0:
-                break
-            if abs(f_t - f0) <= 1e-12 * max(1.0, abs(f0)):
-                # J differences are below rounding: the derivative form of the test (see above)
-                slope = float((loss_grad_phi(phi_t, targets) * p).sum()) / n + 2.0 * l2 * (
-                    wg - t * gg
-                )
-                if slope >= 0.0:  # d/dt J(W - t g) = -slope
-                    break
-            t /= 2.0
-            if t < min_step:
-                break
+        t, phi_t = _backtrack(
+            line, p, w, g, targets, l2, step0, float((g * g).sum()) / 2.0, min_step
+        )
         if t < min_step:  # no step satisfies Armijo: we are at the precision floor
             break
         w, phi, n_iter = w - t * g, phi_t, it
@@ -254,21 +273,7 @@ def solve_lbfgs(
             d, gd = g, float((g * g).sum())
         p = features @ d.T
         line = _line(phi, p, w, d, targets, l2, None if unit else tsum)
-        f0, _ = line(0.0)
-        t = 1.0
-        while True:
-            f_t, phi_t = line(t)
-            if math.isfinite(f_t) and f_t - f0 + 1e-4 * t * gd < 0.0:
-                break
-            if abs(f_t - f0) <= 1e-12 * max(1.0, abs(f0)):
-                slope = float((loss_grad_phi(phi_t, targets) * p).sum()) / phi.shape[
-                    0
-                ] + 2.0 * l2 * float((d * (w - t * d)).sum())
-                if slope >= 0.0:
-                    break
-            t /= 2.0
-            if t < min_step:
-                break
+        t, phi_t = _backtrack(line, p, w, d, targets, l2, 1.0, 1e-4 * gd, min_step)
         if t < min_step:
             break
         w_new = w - t * d
