@@ -11,6 +11,10 @@ def test_resolve_dotted_paths(tiny_cnn):
     assert resolve_layer(tiny_cnn, "features.2") is tiny_cnn.features[2]
     assert layer_name_of(tiny_cnn, tiny_cnn.head) == "head"
     assert "features.0" in layer_names(tiny_cnn)
+    with pytest.raises(ValueError, match="not part of this model"):
+        layer_name_of(tiny_cnn, nn.Linear(1, 1))
+    with pytest.raises(ValueError, match="not part of this model"):
+        resolve_layer(tiny_cnn, nn.Linear(1, 1))
 
 
 def test_unknown_layer_lists_closest(tiny_cnn):
