@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -15,6 +16,7 @@ from whynet.clusters import (
     target_distribution,
 )
 from whynet.clusters._acts import reduce_activation
+from whynet.clusters.surrogate import fit_mixture_weights
 from whynet.core import NotFittedError
 
 pytest.importorskip("sklearn")
@@ -174,9 +176,12 @@ def test_concepts_are_nearest_to_each_centre(km):
     name = "1"
     idx = km.concepts(name, k=4)
     emb, centres = km.train_embeddings_[name], km.centres_[name]
-    ref = torch.cdist(centres.double(), emb.double()).topk(4, dim=1, largest=False).indices
+    d = torch.cdist(centres.double(), emb.double())
+    ref = d.topk(4, dim=1, largest=False)
     assert idx.shape == (C, 4)
-    assert torch.equal(idx, ref)
+    # the same distances (float32 search: near-ties may swap order, never change the set's
+    # distances beyond float32 rounding)
+    torch.testing.assert_close(d.gather(1, idx), ref.values, rtol=1e-5, atol=1e-5)
 
 
 def test_save_load_round_trip(km, idec, data, tmp_path):
@@ -185,6 +190,7 @@ def test_save_load_round_trip(km, idec, data, tmp_path):
         path = s.save(tmp_path / f"{s.method}.safetensors")
         t = ClusterSurrogate.load(path, model)
         assert torch.equal(s.predict_proba(x), t.predict_proba(x))
+        assert torch.equal(s.layer_weights_, t.layer_weights_)
         assert torch.equal(s.similar(x[:5], k=3)[0], t.similar(x[:5], k=3)[0])
         assert torch.equal(s.concepts(s.layers[0], 3), t.concepts(t.layers[0], 3))
     raw = tmp_path / "bad.safetensors"
@@ -317,6 +323,14 @@ def test_bad_input_errors(data):
         ClusterSurrogate(model, ["0"], layer_weights=[-1.0])
     with pytest.raises(ValueError, match="method must be one of"):
         ClusterSurrogate(model, ["0"], method="dbscan")
+    with pytest.raises(ValueError, match='layer_weights must be "fit"'):
+        ClusterSurrogate(model, ["0"], layer_weights="learn")
+    with pytest.raises(ValueError, match="weight_holdout"):
+        ClusterSurrogate(model, ["0"], weight_holdout=0.9)
+    with pytest.raises(ValueError, match="leaving fewer than n_clusters"):
+        ClusterSurrogate(
+            model, ["0"], n_clusters=40, method="kmeans", batch_size=32, weight_holdout=0.5
+        ).fit(x[:64])
     with pytest.raises(ValueError, match="labels are needed"):
         ClusterSurrogate(model, ["0"], n_clusters=3, batch_size=32, posterior="labels").fit(x)
     with pytest.raises(NotFittedError):
@@ -335,3 +349,95 @@ def test_posterior_from_labels(data):
     ).fit(x, flipped)
     assert s.accuracy(x, flipped) >= 0.99
     assert s.fidelity(x) <= 0.01
+
+
+# ------------------------------------------------------------------ fitted layer weights
+class InfoAndNoise(nn.Module):
+    """Layer ``info`` sees the blob coordinates (which decide the class), layer ``noise``
+    independent noise dimensions of the input; the head reads ``info`` only."""
+
+    def __init__(self, head: nn.Module, d: int) -> None:
+        super().__init__()
+        self.d = d
+        self.info = nn.Identity()
+        self.noise = nn.Identity()
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.noise(x[:, self.d :])
+        return self.head(self.info(x[:, : self.d]))
+
+
+def test_fit_mixture_weights_is_the_constrained_maximum():
+    g = torch.Generator().manual_seed(7)
+    p = torch.rand(4, 300, generator=g, dtype=torch.float64) * torch.tensor(
+        [[1.0], [0.2], [0.9], [0.05]], dtype=torch.float64
+    )
+    w, info = fit_mixture_weights(p, max_iter=5000, tol=1e-13)
+    assert w.dtype == torch.float64 and bool((w >= 0).all())
+    torch.testing.assert_close(w.sum(), torch.tensor(1.0, dtype=torch.float64))
+    assert info["log_likelihood"] >= info["log_likelihood_equal"]
+    # KKT of max mean log(w^T p) on the simplex: gradient = 1 where w > 0, <= 1 where w = 0
+    grad = (p / (w[:, None] * p).sum(0)).mean(1)
+    active = w > 1e-6
+    torch.testing.assert_close(grad[active], torch.ones(int(active.sum()), dtype=torch.float64))
+    assert bool((grad[~active] <= 1 + 1e-6).all())
+    # one layer explains every point perfectly, the other not at all: all weight on it
+    w1, _ = fit_mixture_weights(torch.tensor([[1.0] * 5, [0.0] * 5], dtype=torch.float64))
+    torch.testing.assert_close(w1, torch.tensor([1.0, 0.0], dtype=torch.float64))
+
+
+def test_fitted_weights_favour_the_informative_layer(data, tmp_path):
+    x, _, model = data
+    g = torch.Generator().manual_seed(11)
+    xn = torch.cat([x, 8 * torch.randn(len(x), 4, generator=g)], 1)
+    net = InfoAndNoise(model[1], x.shape[1])
+    kw = {"n_clusters": C, "method": "kmeans", "embed_dim": 4, "batch_size": 32}
+    s = ClusterSurrogate(net, ["noise", "info"], **kw).fit(xn)
+    assert s.layer_weights == "fit"
+    w = s.layer_weights_
+    assert w.dtype == torch.float64 and bool((w >= 0).all())
+    torch.testing.assert_close(w.sum(), torch.tensor(1.0, dtype=torch.float64))
+    assert float(w[1]) > 0.9
+    assert s.weight_fit_["n_holdout"] == round(0.1 * len(x))
+    assert s.weight_fit_["holdout_fidelity_fitted"] >= s.weight_fit_["holdout_fidelity_equal"]
+    assert s.fidelity(xn) >= 0.99
+    equal = ClusterSurrogate(net, ["noise", "info"], layer_weights=None, **kw).fit(xn)
+    torch.testing.assert_close(equal.layer_weights_, torch.ones(2, dtype=torch.float64))
+    assert equal.weight_fit_ == {}
+    p = s.predict_proba(xn[:50])
+    torch.testing.assert_close(p.sum(1), torch.ones(50, dtype=torch.float64))
+    # save/load keeps the fitted weights and the setting
+    t = ClusterSurrogate.load(s.save(tmp_path / "w.safetensors"), net)
+    assert t.layer_weights == "fit"
+    assert torch.equal(t.layer_weights_, w)
+    assert t.weight_fit_ == s.weight_fit_
+    assert torch.equal(t.predict_proba(xn[:50]), p)
+
+
+def test_weights_are_fitted_on_held_out_training_points(data, monkeypatch):
+    """The clustering never sees the held-out points; only fit's data enters the weights."""
+    import whynet.clusters.surrogate as sur
+
+    x, _, model = data
+    seen: list[int] = []
+    real = sur.kmeans
+
+    def spy(z, *args, **kwargs):
+        seen.append(len(z))
+        return real(z, *args, **kwargs)
+
+    monkeypatch.setattr(sur, "kmeans", spy)
+    kw = {"n_clusters": C, "method": "kmeans", "embed_dim": 4, "batch_size": 32}
+    s = ClusterSurrogate(model, ["0", "1"], **kw).fit(x)
+    n_out = round(0.1 * len(x))
+    assert seen == [len(x) - n_out] * 2
+    holdout, pool = s._split_holdout(len(x), np.random.default_rng(0))
+    assert len(holdout) == n_out and len(set(holdout) | set(pool)) == len(x)
+    assert not set(holdout) & set(pool)
+    # the same training data gives the same weights, whatever is evaluated afterwards
+    w = s.layer_weights_.clone()
+    s.fidelity(x[:30] + 0.5)
+    assert torch.equal(s.layer_weights_, w)
+    again = ClusterSurrogate(model, ["0", "1"], **kw).fit(x)
+    assert torch.equal(again.layer_weights_, w)

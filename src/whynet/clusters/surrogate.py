@@ -86,8 +86,14 @@ class ClusterSurrogate(FittedMixin, Explainer):
         ``"kmeans"``: fast path, PCA to ``embed_dim`` then k-means (faiss if installed).
     embed_dim : int
         Embedding dimension per layer (20 in the paper).
-    layer_weights : sequence of float, optional
-        w_l of the surrogate; default all ones.
+    layer_weights : "fit", sequence of float or None
+        w_l of the surrogate. ``"fit"`` (default): learned during :meth:`fit` on a held-out
+        part of the *training* data (``weight_holdout``): the non-negative weights summing to 1
+        that maximise the mean log-likelihood of the model's class (the posterior targets)
+        under the mixture, found by EM (see :func:`fit_mixture_weights`); the held-out points
+        are left out of the clustering fit sample and of the tables used for this fit. A
+        sequence fixes the weights; ``None`` = all ones (equal weights, as in the paper). The
+        weights in use are ``layer_weights_`` after :meth:`fit`.
     posterior : {"model", "labels"}
         Build H_l from the model's predictions (a surrogate of the model) or from the labels.
     batch_size : int
@@ -120,6 +126,9 @@ class ClusterSurrogate(FittedMixin, Explainer):
         k-means restarts (20 in the paper).
     memory_limit : int
         Bytes of activations kept in memory during ``fit`` before spilling to disk.
+    weight_holdout : float
+        With ``layer_weights="fit"``: share of the training points (0 < share <= 0.5) held out
+        to fit the weights.
     """
 
     method: ClassVar[str] = "clusters"  # registry name; the instance attribute is the algorithm
@@ -131,7 +140,7 @@ class ClusterSurrogate(FittedMixin, Explainer):
         n_clusters: int = 15,
         method: str = "idec",
         embed_dim: int = 20,
-        layer_weights: Sequence[float] | None = None,
+        layer_weights: Sequence[float] | str | None = "fit",
         posterior: str = "model",
         batch_size: int = 256,
         seed: int = 0,
@@ -150,6 +159,7 @@ class ClusterSurrogate(FittedMixin, Explainer):
         lr: float = 1e-3,
         n_init: int = 20,
         memory_limit: int = 1 << 30,
+        weight_holdout: float = 0.1,
     ) -> None:
         super().__init__(model, batch_size=batch_size, progress=progress)
         if isinstance(layers, str):
@@ -177,7 +187,18 @@ class ClusterSurrogate(FittedMixin, Explainer):
         self.n_clusters = n_clusters
         self.method = method  # type: ignore[misc]
         self.embed_dim = int(embed_dim)
-        self.layer_weights = _check_weights(layer_weights, len(layers))
+        if isinstance(layer_weights, str):
+            if layer_weights != "fit":
+                raise ValueError(
+                    f'layer_weights must be "fit", a sequence of floats or None, '
+                    f"got {layer_weights!r}"
+                )
+            self.layer_weights: torch.Tensor | str = "fit"
+        else:
+            self.layer_weights = _check_weights(layer_weights, len(layers))
+        if not 0 < weight_holdout <= 0.5:
+            raise ValueError(f"weight_holdout must be in (0, 0.5], got {weight_holdout}")
+        self.weight_holdout = float(weight_holdout)
         self.posterior = posterior
         self.seed = int(seed)
         self.cache_dir = cache_dir
@@ -250,9 +271,12 @@ class ClusterSurrogate(FittedMixin, Explainer):
             arrays = store.arrays()
             target = torch.cat(targets)
             gen = np.random.default_rng(self.seed)
-            fit_idx = None
-            if self.max_fit_points is not None and n > self.max_fit_points:
-                fit_idx = np.sort(gen.choice(n, self.max_fit_points, replace=False))
+            holdout, pool = self._split_holdout(n, gen)
+            fit_idx = pool  # None = every training point
+            size = n if pool is None else len(pool)
+            if self.max_fit_points is not None and size > self.max_fit_points:
+                choose_from = n if pool is None else pool
+                fit_idx = np.sort(gen.choice(choose_from, self.max_fit_points, replace=False))
             self.layer_state_: list[dict[str, Any]] = []
             self.history_: dict[str, dict[str, list[float]]] = {}
             for li, name in enumerate(self.layers):
@@ -267,8 +291,65 @@ class ClusterSurrogate(FittedMixin, Explainer):
         self.n_train_ = n
         self.train_targets_ = target
         self.spilled_to_disk_ = spilled
+        if holdout is None:
+            assert isinstance(self.layer_weights, torch.Tensor)
+            self.layer_weights_ = self.layer_weights.clone()
+            self.weight_fit_: dict[str, Any] = {}
+        else:
+            self._fit_weights(holdout)
         self._build_index()
         return self
+
+    def _split_holdout(
+        self, n: int, gen: np.random.Generator
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Held-out training points for ``layer_weights="fit"`` and the pool of the rest
+        (which the clustering may be fitted on); (None, None) without weight fitting."""
+        if not isinstance(self.layer_weights, str):
+            return None, None
+        n_out = max(1, round(self.weight_holdout * n))
+        if n - n_out < self.n_clusters:
+            raise ValueError(
+                f"layer_weights='fit' holds out {n_out} of {n} training points, leaving fewer "
+                f"than n_clusters={self.n_clusters}; pass more data or fixed layer_weights"
+            )
+        holdout = np.sort(gen.choice(n, n_out, replace=False))
+        keep = np.ones(n, dtype=bool)
+        keep[holdout] = False
+        return holdout, np.flatnonzero(keep)
+
+    def _fit_weights(self, holdout: np.ndarray) -> None:
+        """Learn w_l on the held-out training points: tables from the other training points,
+        q_l of the held-out embeddings, EM on the mixture log-likelihood of their targets."""
+        ho = torch.from_numpy(holdout)
+        t = self.train_targets_[ho]
+        parts, single = [], []
+        for s in self.layer_state_:
+            a = s["assign"][ho]
+            out = torch.zeros_like(s["counts"])
+            out.index_put_((a, t), torch.ones(len(a), dtype=torch.float64), accumulate=True)
+            table = self._posterior(s["counts"] - out)
+            p = (
+                self._q(s["embeddings"][ho].to(s["centres"].device), s)
+                @ table.to(s["centres"].device)
+            ).cpu()
+            parts.append(p[torch.arange(len(t)), t])
+            single.append(p)
+        w, info = fit_mixture_weights(torch.stack(parts))
+        self.layer_weights_ = w
+
+        def agree(p: torch.Tensor) -> float:
+            return float((p.argmax(1) == t).double().mean())
+
+        equal = sum(single) / len(single)
+        fitted = sum(float(wi) * p for wi, p in zip(w, single))
+        self.weight_fit_ = {
+            "n_holdout": len(holdout),
+            **info,
+            "holdout_fidelity_equal": agree(equal),  # type: ignore[arg-type]
+            "holdout_fidelity_fitted": agree(fitted),  # type: ignore[arg-type]
+            "holdout_fidelity_per_layer": [agree(p) for p in single],
+        }
 
     def _check_size(self, n: int) -> None:
         if n == 0:
@@ -353,7 +434,7 @@ class ClusterSurrogate(FittedMixin, Explainer):
         if centres is None:
             centres = torch.from_numpy(
                 kmeans(
-                    emb.cpu().numpy(),
+                    emb[torch.from_numpy(sample)].cpu().numpy(),
                     self.n_clusters,
                     n_init=self.idec.n_init,
                     seed=self.seed + li,
@@ -483,7 +564,7 @@ class ClusterSurrogate(FittedMixin, Explainer):
         """
         self.check_is_fitted()
         w = (
-            self.layer_weights
+            self.layer_weights_
             if layer_weights is None
             else _check_weights(layer_weights, len(self.layers))
         )
@@ -533,7 +614,7 @@ class ClusterSurrogate(FittedMixin, Explainer):
                 (self._q(z, s) @ s["posterior"].to(z.device)).cpu()
                 for z, s in zip(zs, self.layer_state_)
             ]
-            outs.append(self._combine(zs, self.layer_weights).cpu())
+            outs.append(self._combine(zs, self.layer_weights_).cpu())
             for i, p in enumerate(outs):
                 agree[i] += float((p.argmax(1) == pred).sum())
                 if y is not None:
@@ -579,7 +660,7 @@ class ClusterSurrogate(FittedMixin, Explainer):
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive int, got {k!r}")
         w = (
-            self.layer_weights
+            self.layer_weights_
             if layer_weights is None
             else _check_weights(layer_weights, len(self.layers))
         )
@@ -609,7 +690,7 @@ class ClusterSurrogate(FittedMixin, Explainer):
         self.check_is_fitted()
         proba, clusters, embs = [], [], []
         for zs, _, _ in self._walk(inputs):
-            proba.append(self._combine(zs, self.layer_weights).cpu())
+            proba.append(self._combine(zs, self.layer_weights_).cpu())
             clusters.append(
                 torch.stack(
                     [_hard_assign(z, s["centres"]).cpu() for z, s in zip(zs, self.layer_state_)], 1
@@ -618,7 +699,7 @@ class ClusterSurrogate(FittedMixin, Explainer):
             embs.append([z.cpu() for z in zs])
         values = torch.cat(proba)
         emb = [torch.cat([e[i] for e in embs]) for i in range(len(self.layers))]
-        idx, dist = self._index.search(emb, self.layer_weights, min(10, self.n_train_))
+        idx, dist = self._index.search(emb, self.layer_weights_, min(10, self.n_train_))
         return Explanation(
             values=values,
             target=resolve_targets(values, target),
@@ -627,7 +708,7 @@ class ClusterSurrogate(FittedMixin, Explainer):
                 "layers": self.layers,
                 "n_clusters": self.n_clusters,
                 "algorithm": self.method,
-                "layer_weights": self.layer_weights.tolist(),
+                "layer_weights": self.layer_weights_.tolist(),
             },
             extras={"clusters": torch.cat(clusters), "similar": idx, "similar_distances": dist},
             meta={"layers": self.layers},
@@ -651,7 +732,14 @@ class ClusterSurrogate(FittedMixin, Explainer):
             "n_clusters": self.n_clusters,
             "method": self.method,
             "embed_dim": self.embed_dim,
-            "layer_weights": self.layer_weights.tolist(),
+            "layer_weights": self.layer_weights_.tolist(),
+            "layer_weights_param": (
+                self.layer_weights
+                if isinstance(self.layer_weights, str)
+                else self.layer_weights.tolist()
+            ),
+            "weight_holdout": self.weight_holdout,
+            "weight_fit": self.weight_fit_,
             "posterior": self.posterior,
             "batch_size": self.batch_size,
             "seed": self.seed,
@@ -676,7 +764,7 @@ class ClusterSurrogate(FittedMixin, Explainer):
             meta["n_clusters"],
             meta["method"],
             meta["embed_dim"],
-            meta["layer_weights"],
+            meta.get("layer_weights_param", meta["layer_weights"]),
             meta["posterior"],
             meta["batch_size"],
             meta["seed"],
@@ -691,8 +779,11 @@ class ClusterSurrogate(FittedMixin, Explainer):
             assignment=meta["assignment"],
             lr=idec["lr"],
             n_init=idec["n_init"],
+            weight_holdout=meta.get("weight_holdout", 0.1),
         )
         device = model_device(model)
+        self.layer_weights_ = torch.tensor(meta["layer_weights"], dtype=torch.float64)
+        self.weight_fit_ = meta.get("weight_fit", {})
         self.n_classes_ = int(meta["n_classes"])
         self.n_train_ = int(meta["n_train"])
         self.history_ = meta["history"]
@@ -724,6 +815,42 @@ class ClusterSurrogate(FittedMixin, Explainer):
             self.layer_state_.append(s)
         self._build_index()
         return self
+
+
+def fit_mixture_weights(
+    likelihoods: torch.Tensor, max_iter: int = 1000, tol: float = 1e-9
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Mixture weights w (w >= 0, sum 1) maximising ``mean_i log sum_l w_l P[l, i]``.
+
+    ``likelihoods`` is ``(L, m)``: the probability layer l's term gives the target of held-out
+    point i. The objective is concave in w; the EM fixed point w_l <- mean_i (w_l P[l, i] /
+    sum_l' w_l' P[l', i]) increases it monotonically from equal weights and stops when no
+    weight moves by more than ``tol``. Returns the float64 weights and ``{"iterations",
+    "log_likelihood", "log_likelihood_equal"}``.
+    """
+    p = likelihoods.double().clamp_min(1e-300)
+    n_layers = p.shape[0]
+    w = torch.full((n_layers,), 1.0 / n_layers, dtype=torch.float64)
+
+    def loglik(v: torch.Tensor) -> float:
+        return float(torch.log((v[:, None] * p).sum(0)).mean())
+
+    start = loglik(w)
+    iterations = 0
+    while iterations < max_iter:
+        iterations += 1
+        r = w[:, None] * p
+        new = (r / r.sum(0, keepdim=True)).mean(1)
+        new = new / new.sum()
+        done = float((new - w).abs().max()) < tol
+        w = new
+        if done:
+            break
+    return w, {
+        "iterations": iterations,
+        "log_likelihood": loglik(w),
+        "log_likelihood_equal": start,
+    }
 
 
 def _accumulate(stats: dict[str, list[torch.Tensor]], name: str, a: torch.Tensor) -> None:
