@@ -135,12 +135,15 @@ def fashion(args: argparse.Namespace, res: dict[str, Any]) -> dict[str, ClusterS
             "max_fit_points": args.idec_points,
             "pretrain_epochs": args.pretrain_epochs,
             "max_iter": args.idec_iter,
+            "alpha": args.idec_alpha,
         },
     }
     for name in args.methods:
         kw = settings[name]
         log(f"fashion: fit {name} {kw}")
-        s = ClusterSurrogate(model, layers, n_clusters=15, batch_size=256, seed=0, **kw)
+        s = ClusterSurrogate(
+            model, layers, n_clusters=15, batch_size=256, seed=0, layer_weights=args.weights, **kw
+        )
         _, fit_s, fit_mb = timed(lambda s=s: s.fit(xtr, ytr))
         fit_anon = LAST["anon_mb"]
         log(f"fashion: {name} fit {fit_s:.1f} s, peak +{fit_mb:.0f} MB (anon +{fit_anon:.0f})")
@@ -150,14 +153,20 @@ def fashion(args: argparse.Namespace, res: dict[str, Any]) -> dict[str, ClusterS
         hard.assignment = "hard"
         rep_hard = hard.layer_report(xte, yte)["combined"]
         weighted = {}
-        for label, w in (("late [0,1,2,4]", [0, 1, 2, 4]), ("last only", [0, 0, 0, 1])):
+        for label, w in (
+            ("equal [1,1,1,1]", [1, 1, 1, 1]),
+            ("late [0,1,2,4]", [0, 1, 2, 4]),
+            ("last only", [0, 0, 0, 1]),
+        ):
             p = s.predict(xte, layer_weights=w)
             weighted[label] = {
                 "fidelity": float((p == _predict(model, xte)).float().mean()),
                 "accuracy": float((p == yte).float().mean()),
             }
         out[name] = {
-            "settings": kw,
+            "settings": {**kw, "layer_weights": args.weights},
+            "layer_weights": s.layer_weights_.tolist(),
+            "weight_fit": s.weight_fit_,
             "fit_s": fit_s,
             "fit_peak_rss_mb": fit_mb,
             "fit_peak_anon_mb": fit_anon,
@@ -168,7 +177,7 @@ def fashion(args: argparse.Namespace, res: dict[str, Any]) -> dict[str, ClusterS
             "other_weights": weighted,
             "idec_history": {k: {kk: len(v) for kk, v in h.items()} for k, h in s.history_.items()},
         }
-        log(f"fashion {name}: combined {rep['combined']}")
+        log(f"fashion {name}: weights {s.layer_weights_.tolist()} combined {rep['combined']}")
         fitted[name] = s
         if name == "idec":
             s.save(Path(args.tmp) / "fashion_idec.safetensors")
@@ -351,9 +360,16 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", nargs="*", default=["fashion", "similar", "sentiment", "scale"])
     ap.add_argument("--methods", nargs="*", default=["kmeans", "idec"])
-    ap.add_argument("--idec-points", type=int, default=10000)
-    ap.add_argument("--pretrain-epochs", type=int, default=4)
-    ap.add_argument("--idec-iter", type=int, default=420)
+    ap.add_argument("--idec-points", type=int, default=20000)
+    ap.add_argument("--pretrain-epochs", type=int, default=10)
+    ap.add_argument("--idec-iter", type=int, default=2000)
+    ap.add_argument("--idec-alpha", type=float, default=1.0)
+    ap.add_argument(
+        "--weights",
+        default="fit",
+        type=lambda v: None if v == "equal" else v,
+        help='surrogate layer weights: "fit" (learned on held-out training points) or "equal"',
+    )
     ap.add_argument("--tmp", default="/tmp/whynet-bench-clusters")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--weights-dir", default=None, help="zoo weights folder (default: bundled)")
