@@ -441,3 +441,33 @@ def test_weights_are_fitted_on_held_out_training_points(data, monkeypatch):
     assert torch.equal(s.layer_weights_, w)
     again = ClusterSurrogate(model, ["0", "1"], **kw).fit(x)
     assert torch.equal(again.layer_weights_, w)
+
+
+def test_likelihood_restart_selection_keeps_the_best_held_out_restart(data, monkeypatch):
+    import whynet.clusters.surrogate as sur
+
+    x, _, model = data
+    sizes: list[int] = []
+    real = sur.kmeans
+
+    def spy(z, *args, **kwargs):
+        sizes.append(len(z))
+        return real(z, *args, **kwargs)
+
+    monkeypatch.setattr(sur, "kmeans", spy)
+    kw = {"n_clusters": C + 2, "method": "kmeans", "embed_dim": 4, "batch_size": 32, "n_init": 4}
+    s = ClusterSurrogate(
+        model, ["0", "1"], layer_weights=[1.0, 1.0], restart_selection="likelihood", **kw
+    ).fit(x)
+    assert sizes == [len(x) - round(0.1 * len(x))] * 8  # 4 single restarts per layer
+    for name in s.layers:
+        h = s.history_[name]
+        assert len(h["restart_loglik"]) == 4 and len(h["restart_inertia"]) == 4
+        assert h["restart_chosen"] == [float(np.argmax(h["restart_loglik"]))]
+    assert s.weight_fit_ == {}  # fixed weights: a holdout for the restarts only
+    torch.testing.assert_close(s.layer_weights_, torch.ones(2, dtype=torch.float64))
+    assert s.fidelity(x) >= 0.99
+    p = s.predict_proba(x[:20])
+    torch.testing.assert_close(p.sum(1), torch.ones(20, dtype=torch.float64))
+    with pytest.raises(ValueError, match="restart_selection must be one of"):
+        ClusterSurrogate(model, ["0"], restart_selection="best")
