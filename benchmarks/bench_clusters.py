@@ -423,9 +423,13 @@ def main() -> None:
     print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():  # keep the other experiments' results when running a subset
+    if out.exists():  # keep the other experiments' (and methods') results when running a subset
         old = json.loads(out.read_text())
-        old.update(res)
+        for key, value in res.items():
+            if key in ("fashion", "similar", "sentiment") and isinstance(old.get(key), dict):
+                old[key].update(value)  # per method: a --methods subset keeps the others
+            else:
+                old[key] = value
         text = json.dumps(old, indent=1, default=float)
     out.write_text(text)
 
