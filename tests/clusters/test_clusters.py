@@ -471,3 +471,20 @@ def test_likelihood_restart_selection_keeps_the_best_held_out_restart(data, monk
     torch.testing.assert_close(p.sum(1), torch.ones(20, dtype=torch.float64))
     with pytest.raises(ValueError, match="restart_selection must be one of"):
         ClusterSurrogate(model, ["0"], restart_selection="best")
+
+
+def test_likelihood_selection_of_the_idec_initialisation(data):
+    x, _, model = data
+    s = ClusterSurrogate(
+        model,
+        ["0"],
+        n_clusters=C,
+        embed_dim=4,
+        batch_size=32,
+        restart_selection="likelihood",
+        **{**FAST, "n_init": 3},
+    ).fit(x)
+    h = s.history_["0"]
+    assert len(h["restart_loglik"]) == 3 and h["pretrain_loss"]
+    assert h["restart_chosen"] == [float(np.argmax(h["restart_loglik"]))]
+    assert s.fidelity(x) >= 0.99

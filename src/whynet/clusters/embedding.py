@@ -14,7 +14,7 @@ fewer than ``tol`` of the assignments change between updates.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -250,12 +250,15 @@ def fit_idec(
     s: IDECSettings,
     seed: int = 0,
     show: Any = None,
+    init: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
 ) -> IDECResult:
     """Pretrain ``ae`` on ``x``, initialise centres by k-means, then refine with IDEC.
 
     Loss per mini-batch: ``MSE(x, decode(z)) + gamma * KL(P || Q)`` (IDEC eq. 3); P recomputed
     from Q on all of ``x`` every ``update_interval`` iterations (DEC eq. 3); stop when fewer than
     ``tol`` of the hard assignments changed since the previous update.
+    ``init(ae, z)``, when given, returns the initial centres from the pretrained autoencoder and
+    the embedding ``z`` of ``x`` (default: k-means with ``n_init`` restarts by inertia).
     """
     gen = torch.Generator().manual_seed(seed)
     hist: dict[str, list[float]] = {"pretrain_loss": [], "loss": [], "delta": [], "kl": []}
@@ -275,9 +278,12 @@ def fit_idec(
             show(f"pretrain loss {hist['pretrain_loss'][-1]:.4f}")
     ae.eval()
     z = encode_all(ae, x)
-    centres = nn.Parameter(
+    start = (
         torch.from_numpy(kmeans(z.numpy(), n_clusters, n_init=s.n_init, seed=seed))
+        if init is None
+        else init(ae, z).float()
     )
+    centres = nn.Parameter(start)
     if s.max_iter <= 0:
         return IDECResult(centres.detach().clone(), hist)
     opt = torch.optim.Adam([*ae.parameters(), centres], lr=s.lr)

@@ -14,7 +14,7 @@ samples nearest each cluster centre).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, ClassVar
@@ -131,12 +131,14 @@ class ClusterSurrogate(FittedMixin, Explainer):
         With ``layer_weights="fit"`` or ``restart_selection="likelihood"``: share of the
         training points (0 < share <= 0.5) held out to fit the weights / select the restart.
     restart_selection : {"inertia", "likelihood"}
-        k-means path only. ``"inertia"`` (default, standard k-means): the best of ``n_init``
-        restarts by k-means objective. ``"likelihood"``: run the ``n_init`` restarts
-        separately and keep, per layer, the one whose surrogate term q_l^T H_l gives the
-        held-out *training* points' targets the highest mean log-likelihood (tables from the
-        other training points). Restarts differ a lot in fidelity (on fashion-cnn's last block
-        0.67-0.93), and the objective does not pick the faithful ones reliably.
+        Which of the ``n_init`` k-means restarts to keep (the clusters of the k-means path; the
+        initial centres of IDEC). ``"inertia"`` (default, standard k-means): the lowest k-means
+        objective. ``"likelihood"``: run the restarts separately and keep, per layer, the one
+        whose surrogate term q_l^T H_l gives held-out *training* points (``weight_holdout``)
+        their targets with the highest mean log-likelihood; tables from the other training
+        points (k-means path) or from the fitting sample (IDEC). Restarts differ a lot in
+        fidelity (fashion-cnn's last block: 0.67-0.93 over 30 restarts), and the objective
+        does not pick the faithful ones reliably.
     """
 
     method: ClassVar[str] = "clusters"  # registry name; the instance attribute is the algorithm
@@ -320,7 +322,7 @@ class ClusterSurrogate(FittedMixin, Explainer):
         """Held-out training points for ``layer_weights="fit"`` / likelihood restart selection
         and the pool of the rest (which the clustering may be fitted on); (None, None) when
         neither is asked for."""
-        select = self.method == "kmeans" and self.restart_selection == "likelihood"
+        select = self.restart_selection == "likelihood"
         if not isinstance(self.layer_weights, str) and not select:
             return None, None
         n_out = max(1, round(self.weight_holdout * n))
@@ -428,8 +430,13 @@ class ClusterSurrogate(FittedMixin, Explainer):
                     "radius": self.idec.radius,
                 }
             ae = ae.to(device)
-            res = fit_idec(ae, x_fit, self.n_clusters, self.idec, seed=self.seed + li)
+            init = None
+            init_hist: dict[str, list[float]] = {}
+            if self.restart_selection == "likelihood" and holdout is not None:
+                init, init_hist = self._idec_init(arr, holdout, sample, target, mean_t, std_t, li)
+            res = fit_idec(ae, x_fit, self.n_clusters, self.idec, seed=self.seed + li, init=init)
             embedder, centres, history = ae, res.centres.to(device), res.history
+            history.update(init_hist)
         else:
             embedder = PCAEmbed.fit(x_fit, self.embed_dim, seed=self.seed + li).to(device)
             config = {"kind": "pca", "in_shape": list(shape)}
@@ -451,7 +458,12 @@ class ClusterSurrogate(FittedMixin, Explainer):
         if centres is None:
             z_fit = emb[torch.from_numpy(sample)].cpu().numpy()
             if self.restart_selection == "likelihood" and holdout is not None:
-                centres, history = self._select_restart(z_fit, emb, target, holdout, li)
+                keep = torch.ones(n, dtype=torch.bool)
+                keep[torch.from_numpy(holdout)] = False
+                ho = torch.from_numpy(holdout)
+                centres, history = self._select_restart(
+                    z_fit, emb[keep].cpu(), target[keep], emb[ho].cpu(), target[ho], li
+                )
                 centres = centres.to(device)
             else:
                 centres = torch.from_numpy(
@@ -482,21 +494,46 @@ class ClusterSurrogate(FittedMixin, Explainer):
             "assign": assign.cpu(),
         }
 
+    def _idec_init(
+        self,
+        arr: np.ndarray,
+        holdout: np.ndarray,
+        sample: np.ndarray,
+        target: torch.Tensor,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        li: int,
+    ) -> tuple[Callable[[nn.Module, torch.Tensor], torch.Tensor], dict[str, list[float]]]:
+        """IDEC's k-means initialisation by held-out likelihood: restarts on the pretrained
+        embedding of the fitting sample (which also gives the tables), scored on the
+        held-out training points."""
+
+        def init(ae: nn.Module, z: torch.Tensor) -> torch.Tensor:
+            x_ho = torch.from_numpy(np.array(arr[holdout])).to(mean.device).sub_(mean).div_(std)
+            z_ho = encode_all(ae, x_ho).cpu()
+            ts = target[torch.from_numpy(sample)]
+            centres, h = self._select_restart(
+                z.cpu().numpy(), z.cpu(), ts, z_ho, target[torch.from_numpy(holdout)], li
+            )
+            hist.update(h)
+            return centres
+
+        hist: dict[str, list[float]] = {}
+        return init, hist
+
     def _select_restart(
         self,
         z_fit: np.ndarray,
-        emb: torch.Tensor,
-        target: torch.Tensor,
-        holdout: np.ndarray,
+        z_tab: torch.Tensor,
+        t_tab: torch.Tensor,
+        z_ho: torch.Tensor,
+        t_ho: torch.Tensor,
         li: int,
     ) -> tuple[torch.Tensor, dict[str, list[float]]]:
-        """k-means restarts one by one; keep the centres whose layer term q^T H gives the
-        held-out training targets the highest mean log-likelihood (H from the other points)."""
-        ho = torch.from_numpy(holdout)
-        keep = torch.ones(len(emb), dtype=torch.bool)
-        keep[ho] = False
-        t_ho = target[ho]
-        z_ho = emb[ho].cpu().double()
+        """k-means restarts one by one on ``z_fit``; keep the centres whose layer term q^T H
+        (H from the hard assignments of ``z_tab`` with targets ``t_tab``) gives the held-out
+        training points ``z_ho`` their targets ``t_ho`` with the highest mean log-likelihood."""
+        z_ho = z_ho.double()
         best: tuple[float, torch.Tensor] | None = None
         logliks, inertias = [], []
         for r in range(self.idec.n_init):
@@ -509,13 +546,9 @@ class ClusterSurrogate(FittedMixin, Explainer):
                     max_points=self.max_fit_points,
                 )
             )
-            a = _hard_assign(emb.cpu(), c)
+            a = _hard_assign(z_tab, c)
             counts = torch.zeros(self.n_clusters, self.n_classes_, dtype=torch.float64)
-            counts.index_put_(
-                (a[keep], target[keep]),
-                torch.ones(int(keep.sum()), dtype=torch.float64),
-                accumulate=True,
-            )
+            counts.index_put_((a, t_tab), torch.ones(len(a), dtype=torch.float64), accumulate=True)
             p = self._q(z_ho, {"centres": c}) @ self._posterior(counts)
             ll = float(p[torch.arange(len(t_ho)), t_ho].clamp_min(1e-300).log().mean())
             zf = torch.from_numpy(z_fit)
