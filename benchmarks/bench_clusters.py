@@ -145,6 +145,7 @@ def fashion(args: argparse.Namespace, res: dict[str, Any]) -> dict[str, ClusterS
             "alpha": args.idec_alpha,
         },
     }
+    settings["idec_select"] = {**settings["idec"], "restart_selection": "likelihood"}
     for name in args.methods:
         kw = settings[name]
         log(f"fashion: fit {name} {kw}")
@@ -186,8 +187,8 @@ def fashion(args: argparse.Namespace, res: dict[str, Any]) -> dict[str, ClusterS
         }
         log(f"fashion {name}: weights {s.layer_weights_.tolist()} combined {rep['combined']}")
         fitted[name] = s
-        if name == "idec":
-            s.save(Path(args.tmp) / "fashion_idec.safetensors")
+        if name.startswith("idec"):
+            s.save(Path(args.tmp) / f"fashion_{name}.safetensors")
     res["fashion"] = out
     if "similar" in args.only:
         res["similar"] = similar(args, model, fitted, xte, yte, ytr)
@@ -381,7 +382,8 @@ def main() -> None:
         "--methods",
         nargs="*",
         default=["kmeans", "kmeans_select", "idec"],
-        help="kmeans_select = k-means path with restart_selection='likelihood'",
+        help="kmeans_select / idec_select: restart_selection='likelihood' (idec_select is not "
+        "in the default list: it takes as long as idec)",
     )
     ap.add_argument("--idec-points", type=int, default=20000)
     ap.add_argument("--pretrain-epochs", type=int, default=10)
