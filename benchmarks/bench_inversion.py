@@ -24,7 +24,8 @@ Parts (``--only``):
   disjoint from the 200 headline images): zero background and a small grid over lam / delta /
   lr (``TUNE_GRID``), best pointing game then lowest localisation error; ``canvas`` then adds a
   "GFI tuned" row with the chosen settings (run ``tune`` first).
-- ``speed``: GFI on canvas-cnn, 16 images, ``batch_size=1`` vs ``16``: images per second.
+- ``speed``: GFI on canvas-cnn and fashion-cnn, 16 images, ``batch_size=1`` vs ``16``: images
+  per second, at each of ``--speed-threads`` torch thread counts (1 and 2: this machine's cores).
 
 Timing: wall clock, each method once per repeat, all methods in this process, medians over
 repeats (``--repeats``); torch uses ``--threads`` intra-op threads (1 by default: on a loaded
@@ -368,24 +369,29 @@ def part_speed(args: argparse.Namespace) -> dict[str, Any]:
     from whynet.data.canvas import canvas
 
     out: dict[str, Any] = {}
+    before = torch.get_num_threads()
     for name in ("canvas-cnn", "fashion-cnn"):
         model, weights = _speed_model(name, args.zoo_dir)
         ds = canvas("test", n=16) if name == "canvas-cnn" else fashion_mnist("test")
         x, y = (t[:16] for t in ds.tensors())
-        runs: dict[int, list[float]] = {1: [], 16: []}
-        for _ in range(args.repeats):
-            for bs in (1, 16):
-                gfi = GuidedFeatureInversion(model, "pool", "features.block4", batch_size=bs)
-                _, dt, _ = measured(lambda gfi=gfi, x=x, y=y: gfi.explain(x, y).values)
-                runs[bs].append(dt)
-        row: dict[str, Any] = {"weights": weights, "input": list(x.shape[1:])}
-        for bs, r in runs.items():
-            row[f"batch_{bs}"] = {
-                "s_runs": [round(v, 3) for v in r],
-                "images_per_s": 16 / statistics.median(r),
-            }
-        row["speedup"] = row["batch_16"]["images_per_s"] / row["batch_1"]["images_per_s"]
-        out[name] = row
+        out[name] = {"weights": weights, "input": list(x.shape[1:])}
+        for threads in args.speed_threads:
+            torch.set_num_threads(threads)
+            runs: dict[int, list[float]] = {1: [], 16: []}
+            for _ in range(args.repeats):
+                for bs in (1, 16):
+                    gfi = GuidedFeatureInversion(model, "pool", "features.block4", batch_size=bs)
+                    _, dt, _ = measured(lambda gfi=gfi, x=x, y=y: gfi.explain(x, y).values)
+                    runs[bs].append(dt)
+            row: dict[str, Any] = {}
+            for bs, r in runs.items():
+                row[f"batch_{bs}"] = {
+                    "s_runs": [round(v, 3) for v in r],
+                    "images_per_s": 16 / statistics.median(r),
+                }
+            row["speedup"] = row["batch_16"]["images_per_s"] / row["batch_1"]["images_per_s"]
+            out[name][f"threads_{threads}"] = row
+    torch.set_num_threads(before)
     return out
 
 
@@ -446,6 +452,9 @@ def main() -> None:
     ap.add_argument("--only", default="tune,canvas,photos,speed")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument(
+        "--speed-threads", default="1,2", help="speed: torch thread counts to time (comma list)"
+    )
     ap.add_argument("--train-canvas", default=None, help="train a fallback canvas-cnn here")
     ap.add_argument("--methods", default=None, help="canvas: only these methods (comma list)")
     ap.add_argument(
@@ -469,6 +478,7 @@ def main() -> None:
     args.n_photos = 2 if args.quick else 8
     args.steps_photos = 14 if args.quick else 28
     args.repeats = args.repeats or (1 if args.quick else 3)
+    args.speed_threads = [int(v) for v in args.speed_threads.split(",")]
     result: dict[str, Any] = {
         "machine": {
             "python": platform.python_version(),
