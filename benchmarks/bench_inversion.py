@@ -172,6 +172,9 @@ TUNE_GRID: list[dict[str, float]] = [
     {"delta": 0.3},
     {"lr": 0.03},
     {"lam": 3.0, "lr": 0.03},
+    {"lam": 3.0, "delta": 0.3},
+    {"lam": 5.0},
+    {"lam": 10.0},
 ]
 TUNE_RANGE = (200, 456)  # canvas("test") images 200..455: disjoint from the headline 0..199
 
