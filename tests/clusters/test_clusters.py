@@ -163,13 +163,17 @@ def test_weighted_index_equals_brute_force():
     blocks = [torch.randn(300, 3, generator=g), torch.randn(300, 5, generator=g)]
     q = [torch.randn(7, 3, generator=g), torch.randn(7, 5, generator=g)]
     index = WeightedIndex(blocks)
-    for w in ([1.0, 1.0], [2.0, 0.0], [0.0, 1.0], [0.3, 1.7]):
-        wt = torch.tensor(w, dtype=torch.float64)
-        idx, dist = index.search(q, wt, 6)
-        d2 = sum(wt[i] * torch.cdist(q[i].double(), blocks[i].double()) ** 2 for i in range(2))
-        ref_d, ref_i = d2.sort(dim=1)
-        torch.testing.assert_close(dist, ref_d[:, :6].sqrt())
-        assert torch.equal(idx, ref_i[:, :6])
+    # both search paths: faiss for small batches, matrix product + top-k (in score chunks of
+    # 2 queries here) for large ones
+    for threshold, chunk in ((10**9, 1 << 24), (0, 600)):
+        index.batch_threshold, index.chunk_scores = threshold, chunk
+        for w in ([1.0, 1.0], [2.0, 0.0], [0.0, 1.0], [0.3, 1.7]):
+            wt = torch.tensor(w, dtype=torch.float64)
+            idx, dist = index.search(q, wt, 6)
+            d2 = sum(wt[i] * torch.cdist(q[i].double(), blocks[i].double()) ** 2 for i in range(2))
+            ref_d, ref_i = d2.sort(dim=1)
+            torch.testing.assert_close(dist, ref_d[:, :6].sqrt())
+            assert torch.equal(idx, ref_i[:, :6])
 
 
 def test_concepts_are_nearest_to_each_centre(km):
