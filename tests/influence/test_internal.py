@@ -201,6 +201,10 @@ def test_determinism_and_chunking_invariance(tiny_cnn):
         assert torch.equal(runs[2], runs[3])  # determinism
         for r in runs[:2]:
             torch.testing.assert_close(r, runs[2], rtol=1e-12, atol=1e-13)
+        # an input's result does not depend on what it is explained with (Gaussian noise too)
+        for i in range(len(x)):
+            alone = infl(tiny_cnn, "features.2", x[i : i + 1], doi=doi, qoi=Class(1))
+            torch.testing.assert_close(alone, runs[2][i : i + 1], rtol=1e-12, atol=1e-13)
 
 
 def test_max_class_is_bound_on_the_unperturbed_input(tiny_cnn):

@@ -162,7 +162,10 @@ class LinearPath(DoI):
 class Gaussian(DoI):
     """A Gaussian ball around the input: z + sigma * N(0, I), ``samples`` draws (SmoothGrad).
 
-    Sample ``s`` uses a generator seeded with ``seed + s``, so results are reproducible.
+    Sample ``s`` uses a generator seeded with ``seed + s`` and one noise draw of a single row's
+    shape, added to every row: an input's result is reproducible and does not depend on what it
+    is explained with (alone, in any batch, in any data batch of ``explain_dataset``). The price:
+    over a dataset the noise is ``samples`` shared draws, not one set per input.
     """
 
     def __init__(
@@ -179,7 +182,7 @@ class Gaussian(DoI):
 
     def sample(self, z: torch.Tensor, s: int) -> torch.Tensor:
         g = torch.Generator(device="cpu").manual_seed(self.seed + s)
-        noise = torch.randn(z.shape, generator=g, dtype=torch.float64)
+        noise = torch.randn(z.shape[1:], generator=g, dtype=torch.float64)  # one row, broadcast
         return z + self.sigma * noise.to(device=z.device, dtype=z.dtype)
 
     def __repr__(self) -> str:
