@@ -343,9 +343,7 @@ class ClusterSurrogate(FittedMixin, Explainer):
         t = self.train_targets_[ho]
         parts, single = [], []
         for s in self.layer_state_:
-            a = s["assign"][ho]
-            out = torch.zeros_like(s["counts"])
-            out.index_put_((a, t), torch.ones(len(a), dtype=torch.float64), accumulate=True)
+            out = _class_counts(s["assign"][ho], t, self.n_clusters, self.n_classes_)
             table = self._posterior(s["counts"] - out)
             p = (
                 self._q(s["embeddings"][ho].to(s["centres"].device), s)
@@ -476,10 +474,7 @@ class ClusterSurrogate(FittedMixin, Explainer):
                     )
                 ).to(device)
         assign = _hard_assign(emb, centres)
-        counts = torch.zeros(self.n_clusters, self.n_classes_, dtype=torch.float64)
-        counts.index_put_(
-            (assign.cpu(), target), torch.ones(n, dtype=torch.float64), accumulate=True
-        )
+        counts = _class_counts(assign, target, self.n_clusters, self.n_classes_)
         self.history_[name] = history
         return {
             "name": name,
@@ -534,6 +529,7 @@ class ClusterSurrogate(FittedMixin, Explainer):
         (H from the hard assignments of ``z_tab`` with targets ``t_tab``) gives the held-out
         training points ``z_ho`` their targets ``t_ho`` with the highest mean log-likelihood."""
         z_ho = z_ho.double()
+        zf = torch.from_numpy(z_fit)
         best: tuple[float, torch.Tensor] | None = None
         logliks, inertias = [], []
         for r in range(self.idec.n_init):
@@ -546,12 +542,9 @@ class ClusterSurrogate(FittedMixin, Explainer):
                     max_points=self.max_fit_points,
                 )
             )
-            a = _hard_assign(z_tab, c)
-            counts = torch.zeros(self.n_clusters, self.n_classes_, dtype=torch.float64)
-            counts.index_put_((a, t_tab), torch.ones(len(a), dtype=torch.float64), accumulate=True)
+            counts = _class_counts(_hard_assign(z_tab, c), t_tab, self.n_clusters, self.n_classes_)
             p = self._q(z_ho, {"centres": c}) @ self._posterior(counts)
             ll = float(p[torch.arange(len(t_ho)), t_ho].clamp_min(1e-300).log().mean())
-            zf = torch.from_numpy(z_fit)
             inertias.append(float(torch.cdist(zf, c).min(1).values.pow(2).sum()))
             logliks.append(ll)
             if best is None or ll > best[0]:
@@ -724,10 +717,8 @@ class ClusterSurrogate(FittedMixin, Explainer):
                 if y is not None:
                     correct[i] += float((p.argmax(1) == y.cpu()).sum())
             for i, (z, s) in enumerate(zip(zs, self.layer_state_)):
-                k = _hard_assign(z, s["centres"]).cpu()
-                joint[i].index_put_(
-                    (k, pred), torch.ones(len(k), dtype=torch.float64), accumulate=True
-                )
+                k = _hard_assign(z, s["centres"])
+                joint[i] += _class_counts(k, pred, self.n_clusters, self.n_classes_)
             have_labels &= y is not None
             total += len(pred)
         report: dict[str, dict[str, float]] = {}
@@ -972,6 +963,15 @@ def _accumulate(stats: dict[str, list[torch.Tensor]], name: str, a: torch.Tensor
         stats[name][0] += s
         stats[name][1] += sq
         stats[name][2] += per
+
+
+def _class_counts(assign: torch.Tensor, target: torch.Tensor, k: int, c: int) -> torch.Tensor:
+    """``counts[cluster, class]``: how many points of each class fall in each cluster, float64."""
+    counts = torch.zeros(k, c, dtype=torch.float64)
+    counts.index_put_(
+        (assign.cpu(), target.cpu()), torch.ones(len(assign), dtype=torch.float64), accumulate=True
+    )
+    return counts
 
 
 def _hard_assign(z: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
