@@ -419,23 +419,29 @@ def test_fitted_weights_favour_the_informative_layer(data, tmp_path):
     assert torch.equal(t.predict_proba(xn[:50]), p)
 
 
-def test_weights_are_fitted_on_held_out_training_points(data, monkeypatch):
-    """The clustering never sees the held-out points; only fit's data enters the weights."""
+@pytest.fixture
+def kmeans_sizes(monkeypatch):
+    """The number of points each k-means call of the surrogate clusters, in call order."""
     import whynet.clusters.surrogate as sur
 
-    x, _, model = data
-    seen: list[int] = []
+    sizes: list[int] = []
     real = sur.kmeans
 
     def spy(z, *args, **kwargs):
-        seen.append(len(z))
+        sizes.append(len(z))
         return real(z, *args, **kwargs)
 
     monkeypatch.setattr(sur, "kmeans", spy)
+    return sizes
+
+
+def test_weights_are_fitted_on_held_out_training_points(data, kmeans_sizes):
+    """The clustering never sees the held-out points; only fit's data enters the weights."""
+    x, _, model = data
     kw = {"n_clusters": C, "method": "kmeans", "embed_dim": 4, "batch_size": 32}
     s = ClusterSurrogate(model, ["0", "1"], **kw).fit(x)
     n_out = round(0.1 * len(x))
-    assert seen == [len(x) - n_out] * 2
+    assert kmeans_sizes == [len(x) - n_out] * 2
     holdout, pool = s._split_holdout(len(x), np.random.default_rng(0))
     assert len(holdout) == n_out and len(set(holdout) | set(pool)) == len(x)
     assert not set(holdout) & set(pool)
@@ -447,23 +453,13 @@ def test_weights_are_fitted_on_held_out_training_points(data, monkeypatch):
     assert torch.equal(again.layer_weights_, w)
 
 
-def test_likelihood_restart_selection_keeps_the_best_held_out_restart(data, monkeypatch):
-    import whynet.clusters.surrogate as sur
-
+def test_likelihood_restart_selection_keeps_the_best_held_out_restart(data, kmeans_sizes):
     x, _, model = data
-    sizes: list[int] = []
-    real = sur.kmeans
-
-    def spy(z, *args, **kwargs):
-        sizes.append(len(z))
-        return real(z, *args, **kwargs)
-
-    monkeypatch.setattr(sur, "kmeans", spy)
     kw = {"n_clusters": C + 2, "method": "kmeans", "embed_dim": 4, "batch_size": 32, "n_init": 4}
     s = ClusterSurrogate(
         model, ["0", "1"], layer_weights=[1.0, 1.0], restart_selection="likelihood", **kw
     ).fit(x)
-    assert sizes == [len(x) - round(0.1 * len(x))] * 8  # 4 single restarts per layer
+    assert kmeans_sizes == [len(x) - round(0.1 * len(x))] * 8  # 4 single restarts per layer
     for name in s.layers:
         h = s.history_[name]
         assert len(h["restart_loglik"]) == 4 and len(h["restart_inertia"]) == 4
