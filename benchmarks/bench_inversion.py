@@ -194,17 +194,24 @@ def _loc_scores(s: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> 
     }
 
 
+def _canvas_images(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Images ``lo..hi-1`` of ``canvas("test")`` (the generator is sequential, so a prefix of a
+    longer set is the shorter set): inputs, labels, exact item boxes."""
+    from whynet.data.canvas import canvas
+
+    ds = canvas("test", n=hi)
+    x, y = (t[lo:] for t in ds.tensors())
+    return x, y, ds.boxes[lo:]
+
+
 def part_tune(args: argparse.Namespace) -> dict[str, Any]:
     """Pick GFI's canvas settings on validation images: best pointing game, then lowest
     localisation error at 0.5; Grad-CAM on the same images for reference."""
-    from whynet.data.canvas import canvas
     from whynet.zoo import load_model
 
     model, _ = load_model("canvas-cnn", weights_dir=args.zoo_dir)
     lo, hi = TUNE_RANGE if not args.quick else (200, 232)
-    ds = canvas("test", n=hi)
-    x, y = (t[lo:] for t in ds.tensors())
-    boxes = ds.boxes[lo:]
+    x, y, boxes = _canvas_images(lo, hi)
     size = (x.shape[-2], x.shape[-1])
     rows: dict[str, Any] = {}
     if args.tune_new and OUT.is_file():  # evaluate only grid entries without a row yet
@@ -213,19 +220,20 @@ def part_tune(args: argparse.Namespace) -> dict[str, Any]:
         cam = captum_methods(model, model.features.block4, (8, 4), 16, 64)["LayerGradCam"]
         rows["LayerGradCam"] = _loc_scores(cam(x, y), boxes, size)
         for cfg in TUNE_GRID:
-            if json.dumps(cfg, sort_keys=True) in rows:
+            key = json.dumps(cfg, sort_keys=True)
+            if key in rows:
                 continue
             gfi = GuidedFeatureInversion(
                 model, "pool", "features.block4", background="zero", batch_size=32, **cfg
             )
             e = gfi.explain(x, y)
-            rows[json.dumps(cfg, sort_keys=True)] = {
+            rows[key] = {
                 **_loc_scores(e.values, boxes, size),
                 "mean_mask": float(e.values.mean()),
                 "prob_kept": float(e.extras["prob_kept"].mean()),
                 "prob_removed": float(e.extras["prob_removed"].mean()),
             }
-            print(json.dumps(cfg), rows[json.dumps(cfg, sort_keys=True)], flush=True)
+            print(key, rows[key], flush=True)
     cands = [k for k in rows if k != "LayerGradCam"]
     best = max(cands, key=lambda k: (rows[k]["pointing_game"], -rows[k]["loc_error@0.5"]))
     return {"images": [lo, hi], "rows": rows, "best": json.loads(best)}
@@ -241,15 +249,12 @@ def tuned_settings() -> dict[str, float] | None:
 
 
 def part_canvas(args: argparse.Namespace) -> dict[str, Any]:
-    from whynet.data.canvas import canvas
     from whynet.zoo import load_model
 
     model, info = load_model("canvas-cnn", weights_dir=args.zoo_dir)
     weights = info["meta"].get("weights", "zoo")
     lo, hi = args.canvas_images
-    ds = canvas("test", n=hi)
-    x, y = (t[lo:] for t in ds.tensors())
-    boxes = ds.boxes[lo:]
+    x, y, boxes = _canvas_images(lo, hi)
     gfi = GuidedFeatureInversion(model, "pool", "features.block4", batch_size=16)
     # canvas backgrounds are black: "absence" is zero there, not a blurred item (a variant)
     gfi0 = GuidedFeatureInversion(model, "pool", "features.block4", background="zero")
