@@ -372,6 +372,17 @@ class InfoAndNoise(nn.Module):
         return self.head(self.info(x[:, : self.d]))
 
 
+def test_fit_mixture_weights_rejects_bad_likelihoods():
+    for bad, msg in (
+        (torch.ones(5), "shape"),
+        (torch.ones(2, 0), "shape"),
+        (-torch.ones(2, 3), ">= 0"),
+        (torch.full((2, 3), float("nan")), "finite"),
+    ):
+        with pytest.raises(ValueError, match=msg):
+            fit_mixture_weights(bad)
+
+
 def test_fit_mixture_weights_is_the_constrained_maximum():
     g = torch.Generator().manual_seed(7)
     p = torch.rand(4, 300, generator=g, dtype=torch.float64) * torch.tensor(

@@ -926,6 +926,13 @@ def fit_mixture_weights(
     "log_likelihood", "log_likelihood_equal"}`` (no key says "ratio": the
     benchmark table picks those up).
     """
+    if likelihoods.dim() != 2 or likelihoods.shape[0] < 1 or likelihoods.shape[1] < 1:
+        raise ValueError(
+            "likelihoods must be (n_layers, n_points) with both >= 1, got shape "
+            f"{tuple(likelihoods.shape)}"
+        )
+    if not bool(torch.isfinite(likelihoods).all()) or bool((likelihoods < 0).any()):
+        raise ValueError("likelihoods must be finite and >= 0 (probabilities of the targets)")
     p = likelihoods.double().clamp_min(1e-300)
     n_layers = p.shape[0]
     w = torch.full((n_layers,), 1.0 / n_layers, dtype=torch.float64)
