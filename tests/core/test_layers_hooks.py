@@ -43,6 +43,15 @@ def test_capture_keep_graph_differentiable(tiny_cnn):
     assert g.shape == x.shape and g.abs().sum() > 0
 
 
+def test_capture_same_name_twice_records_once(tiny_cnn):
+    x = torch.randn(2, 1, 5, 5, dtype=torch.float64)
+    with capture(tiny_cnn, ["features.0", "features.0"]) as cap:
+        tiny_cnn(x)
+    assert len(cap.calls["features.0"]) == 1
+    torch.testing.assert_close(cap["features.0"], tiny_cnn.features[0](x))
+    assert hook_count(tiny_cnn) == 0
+
+
 def test_reused_module_records_each_call():
     lin = nn.Linear(3, 3)
     model = nn.Sequential(lin, nn.Tanh(), lin).double()

@@ -80,6 +80,14 @@ def test_explain_shapes_range_and_extras() -> None:
     assert bool(((e.extras["prob_kept"] >= 0) & (e.extras["prob_kept"] <= 1)).all())
 
 
+def test_same_layer_for_inversion_and_basis() -> None:
+    # the authors' code inverts and spans the mask at one layer (pool5 for both)
+    model = small()
+    x = images(2)
+    e = GuidedFeatureInversion(model, "4", "4", **FAST).explain(x)
+    assert e.values.shape == (2, 16, 16) and bool(torch.isfinite(e.values).all())
+
+
 def test_omega_nonnegative_after_every_step(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[float] = []
     real = gfi_module.basis_mask

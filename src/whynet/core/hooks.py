@@ -127,7 +127,8 @@ def capture(
     ...     model(x)
     >>> cap["features.3"].shape
     """
-    names = [layers] if isinstance(layers, str) else list(layers)
+    # a name given twice is hooked once (else every call would be recorded twice)
+    names = [layers] if isinstance(layers, str) else list(dict.fromkeys(layers))
     cap = Capture(names)
     regs: list[Registration] = [
         (resolve_layer(model, n), "forward", _capture_hook(cap.calls[n], keep_graph)) for n in names
