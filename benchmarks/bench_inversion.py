@@ -184,14 +184,39 @@ TUNE_GRID: list[dict[str, float]] = [
 TUNE_RANGE = (200, 456)  # canvas("test") images 200..455: disjoint from the headline 0..199
 
 
-def _loc_scores(s: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> dict[str, float]:
+THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def _per_image(s: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> dict[str, Any]:
+    """Per-image pointing-game hits and box errors at every threshold in ``THRESHOLDS``."""
     return {
-        "pointing_game": float(pointing_game(s, boxes, size=size).mean()),
-        **{
-            f"loc_error@{th}": float(localisation_error(s, boxes, th, size=size).mean())
-            for th in (0.2, 0.35, 0.5)
-        },
+        "pointing_game": pointing_game(s, boxes, size=size).float(),
+        **{t: localisation_error(s, boxes, t, size=size).float() for t in THRESHOLDS},
     }
+
+
+def _loc_scores(per: dict[str, Any], val_threshold: float | None = None) -> dict[str, Any]:
+    """Means of ``_per_image``: pointing game, box error at 0.5 (fixed) and at the threshold
+    chosen on validation images for this method (``part_tune``), and the error curve."""
+    out: dict[str, Any] = {
+        "pointing_game": float(per["pointing_game"].mean()),
+        "loc_error@0.5": float(per[0.5].mean()),
+        "loc_error_by_threshold": {str(t): float(per[t].mean()) for t in THRESHOLDS},
+    }
+    if val_threshold is not None:
+        out["val_threshold"] = val_threshold
+        out["loc_error@val_threshold"] = float(per[val_threshold].mean())
+    return out
+
+
+def paired_diff(a: torch.Tensor, b: torch.Tensor, n_boot: int = 2000) -> dict[str, Any]:
+    """Mean of ``a - b`` over images and its 95% paired-bootstrap interval (seeded)."""
+    d = (a - b).double()
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.randint(len(d), (n_boot, len(d)), generator=gen)
+    boots = d[idx].mean(1)
+    lo, hi = torch.quantile(boots, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return {"diff": float(d.mean()), "ci95": [lo, hi]}
 
 
 def _canvas_images(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -204,57 +229,9 @@ def _canvas_images(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor, torch.
     return x, y, ds.boxes[lo:]
 
 
-def part_tune(args: argparse.Namespace) -> dict[str, Any]:
-    """Pick GFI's canvas settings on validation images: best pointing game, then lowest
-    localisation error at 0.5; Grad-CAM on the same images for reference."""
-    from whynet.zoo import load_model
-
-    model, _ = load_model("canvas-cnn", weights_dir=args.zoo_dir)
-    lo, hi = TUNE_RANGE if not args.quick else (200, 232)
-    x, y, boxes = _canvas_images(lo, hi)
-    size = (x.shape[-2], x.shape[-1])
-    rows: dict[str, Any] = {}
-    if args.tune_new and OUT.is_file():  # evaluate only grid entries without a row yet
-        rows = dict(json.loads(OUT.read_text()).get("tune", {}).get("rows", {}))
-    with frozen_eval(model):
-        cam = captum_methods(model, model.features.block4, (8, 4), 16, 64)["LayerGradCam"]
-        rows["LayerGradCam"] = _loc_scores(cam(x, y), boxes, size)
-        for cfg in TUNE_GRID:
-            key = json.dumps(cfg, sort_keys=True)
-            if key in rows:
-                continue
-            gfi = GuidedFeatureInversion(
-                model, "pool", "features.block4", background="zero", batch_size=32, **cfg
-            )
-            e = gfi.explain(x, y)
-            rows[key] = {
-                **_loc_scores(e.values, boxes, size),
-                "mean_mask": float(e.values.mean()),
-                "prob_kept": float(e.extras["prob_kept"].mean()),
-                "prob_removed": float(e.extras["prob_removed"].mean()),
-            }
-            print(key, rows[key], flush=True)
-    cands = [k for k in rows if k != "LayerGradCam"]
-    best = max(cands, key=lambda k: (rows[k]["pointing_game"], -rows[k]["loc_error@0.5"]))
-    return {"images": [lo, hi], "rows": rows, "best": json.loads(best)}
-
-
-def tuned_settings() -> dict[str, float] | None:
-    """The settings ``part_tune`` chose, from the results file (None if it has not run)."""
-    for path in (OUT, MAIN_OUT):
-        tune = json.loads(path.read_text()).get("tune") if path.is_file() else None
-        if tune:
-            return dict(tune["best"])
-    return None
-
-
-def part_canvas(args: argparse.Namespace) -> dict[str, Any]:
-    from whynet.zoo import load_model
-
-    model, info = load_model("canvas-cnn", weights_dir=args.zoo_dir)
-    weights = info["meta"].get("weights", "zoo")
-    lo, hi = args.canvas_images
-    x, y, boxes = _canvas_images(lo, hi)
+def canvas_methods(model: nn.Module, tuned: dict[str, float] | None) -> dict[str, Saliency]:
+    """The canvas rows: GFI (paper settings, zero background, the settings ``part_tune`` chose),
+    GFI's initial mask (ablation), Captum's four methods and the centre baseline."""
     gfi = GuidedFeatureInversion(model, "pool", "features.block4", batch_size=16)
     # canvas backgrounds are black: "absence" is zero there, not a blurred item (a variant)
     gfi0 = GuidedFeatureInversion(model, "pool", "features.block4", background="zero")
@@ -262,7 +239,6 @@ def part_canvas(args: argparse.Namespace) -> dict[str, Any]:
         "GFI": lambda x, t: gfi.explain(x, t).values,
         "GFI zero-bg": lambda x, t: gfi0.explain(x, t).values,
     }
-    tuned = tuned_settings()
     if tuned is not None:  # zero background + the settings chosen on validation images
         gfi_t = GuidedFeatureInversion(
             model, "pool", "features.block4", background="zero", batch_size=16, **tuned
@@ -275,6 +251,73 @@ def part_canvas(args: argparse.Namespace) -> dict[str, Any]:
     methods["GFI initial mask"] = lambda x, t: gfi_0.explain(x, t).values
     methods.update(captum_methods(model, model.features.block4, (8, 4), 16, 64))
     methods["centre"] = centre
+    return methods
+
+
+def part_tune(args: argparse.Namespace) -> dict[str, Any]:
+    """On validation images: pick GFI's canvas settings (best pointing game, then lowest box
+    error at 0.5), then each canvas method's box threshold (lowest mean error over
+    ``THRESHOLDS``, the protocol of Fong & Vedaldi 2017, which tune it per method)."""
+    from whynet.zoo import load_model
+
+    model, _ = load_model("canvas-cnn", weights_dir=args.zoo_dir)
+    lo, hi = TUNE_RANGE if not args.quick else (200, 232)
+    x, y, boxes = _canvas_images(lo, hi)
+    size = (x.shape[-2], x.shape[-1])
+    rows: dict[str, Any] = {}
+    if args.tune_new and OUT.is_file():  # evaluate only grid entries without a row yet
+        rows = dict(json.loads(OUT.read_text()).get("tune", {}).get("rows", {}))
+    with frozen_eval(model):
+        for cfg in TUNE_GRID:
+            key = json.dumps(cfg, sort_keys=True)
+            if key in rows:
+                continue
+            gfi = GuidedFeatureInversion(
+                model, "pool", "features.block4", background="zero", batch_size=32, **cfg
+            )
+            e = gfi.explain(x, y)
+            rows[key] = {
+                **_loc_scores(_per_image(e.values, boxes, size)),
+                "mean_mask": float(e.values.mean()),
+                "prob_kept": float(e.extras["prob_kept"].mean()),
+                "prob_removed": float(e.extras["prob_removed"].mean()),
+            }
+            print(key, rows[key], flush=True)
+        grid = [json.dumps(cfg, sort_keys=True) for cfg in TUNE_GRID]
+        best = max(grid, key=lambda k: (rows[k]["pointing_game"], -rows[k]["loc_error@0.5"]))
+        errors: dict[str, dict[str, float]] = {}
+        for name, f in canvas_methods(model, json.loads(best)).items():
+            errors[name] = _loc_scores(_per_image(f(x, y), boxes, size))["loc_error_by_threshold"]
+            print(name, errors[name], flush=True)
+    thresholds = {k: float(min(v, key=lambda t: (v[t], float(t)))) for k, v in errors.items()}
+    return {
+        "images": [lo, hi],
+        "rows": {k: rows[k] for k in grid},
+        "best": json.loads(best),
+        "thresholds": thresholds,
+        "threshold_errors": errors,
+    }
+
+
+def _tuned() -> dict[str, Any]:
+    """What ``part_tune`` chose, from the results file ({} if it has not run)."""
+    for path in (OUT, MAIN_OUT):
+        tune = json.loads(path.read_text()).get("tune") if path.is_file() else None
+        if tune:
+            return dict(tune)
+    return {}
+
+
+def part_canvas(args: argparse.Namespace) -> dict[str, Any]:
+    from whynet.zoo import load_model
+
+    model, info = load_model("canvas-cnn", weights_dir=args.zoo_dir)
+    weights = info["meta"].get("weights", "zoo")
+    lo, hi = args.canvas_images
+    x, y, boxes = _canvas_images(lo, hi)
+    tune = _tuned()
+    tuned, thresholds = tune.get("best"), tune.get("thresholds", {})
+    methods = canvas_methods(model, tuned)
     if args.methods:  # re-run some methods only; the other rows are kept from the results file
         methods = {k: v for k, v in methods.items() if k in args.methods.split(",")}
     size = (x.shape[-2], x.shape[-1])  # Grad-CAM maps are 8x8: boxes are in image pixels
@@ -283,13 +326,15 @@ def part_canvas(args: argparse.Namespace) -> dict[str, Any]:
         maps, timing = run_methods(methods, x, y, args.repeats)
         if "GFI" in methods:
             # stage-1 masks come with the stage-2 run (same call): recompute once, untimed
+            gfi = GuidedFeatureInversion(model, "pool", "features.block4", batch_size=16)
             maps["GFI stage 1"] = gfi.explain(x, y).extras["stage1_mask"]
         rows: dict[str, Any] = {}
         if args.methods and OUT.is_file():
             rows = dict(json.loads(OUT.read_text()).get("canvas", {}).get("methods", {}))
+        per = {name: _per_image(s, boxes, size) for name, s in maps.items()}
         for name, s in maps.items():
             row: dict[str, Any] = {
-                **_loc_scores(s, boxes, size),
+                **_loc_scores(per[name], thresholds.get(name)),
                 "deletion_auc": float(
                     deletion_auc(model, x, s, y, baseline="zero", steps=32, batch_size=256).mean()
                 ),
@@ -299,6 +344,18 @@ def part_canvas(args: argparse.Namespace) -> dict[str, Any]:
                     ).mean()
                 ),
             }
+            if "LayerGradCam" in per and name != "LayerGradCam":
+                # paired over the same images: positive = more hits / more box errors
+                ref = per["LayerGradCam"]
+                row["vs_LayerGradCam"] = {
+                    "pointing_game": paired_diff(per[name]["pointing_game"], ref["pointing_game"]),
+                    "loc_error@0.5": paired_diff(per[name][0.5], ref[0.5]),
+                }
+                t_own, t_ref = thresholds.get(name), thresholds.get("LayerGradCam")
+                if t_own is not None and t_ref is not None:
+                    row["vs_LayerGradCam"]["loc_error@val_threshold"] = paired_diff(
+                        per[name][t_own], ref[t_ref]
+                    )
             row.update(timing.get(name, {}))
             if name == "GFI tuned":
                 row["settings"] = {"background": "zero", **(tuned or {})}
@@ -385,8 +442,39 @@ def _speed_model(name: str, zoo_dir: str | None) -> tuple[nn.Module, str]:
         return arch.eval(), "random init (zoo weights not found)"
 
 
+def _pass_seconds(model: nn.Module, x: torch.Tensor, n: int, reps: int = 15) -> float:
+    """Median seconds of one forward + input-gradient backward of the bare model on ``n`` rows
+    (the pass every GFI step makes; the rows are ``x`` repeated)."""
+    xi = x.repeat(-(-n // len(x)), 1, 1, 1)[:n].clone().requires_grad_(True)
+    times = []
+    for _ in range(reps + 2):
+        t = time.perf_counter()
+        (g,) = torch.autograd.grad(model(xi)[:, 0].sum(), xi)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times[2:])  # the first two warm the allocator and kernels
+
+
+def model_passes_seconds(
+    model: nn.Module, x: torch.Tensor, steps1: int, steps2: int
+) -> dict[str, float]:
+    """Seconds of the bare model passes GFI makes for ``len(x)`` images at batch 1 and at batch
+    ``len(x)`` (stage 1: one pass of B rows per step; stage 2: one of 2B rows, Phi and Phi_bg
+    together), with no optimiser, mask or hook work: how much batching can speed up the model
+    itself. GFI's own speedup differs by how much of its per-step overhead batching amortises."""
+    n = len(x)
+
+    def seconds(bs: int) -> float:
+        per_batch = steps1 * _pass_seconds(model, x, bs) + steps2 * _pass_seconds(model, x, 2 * bs)
+        return (n // bs) * per_batch
+
+    out = {"batch_1": seconds(1), f"batch_{n}": seconds(n)}
+    out["speedup"] = out["batch_1"] / out[f"batch_{n}"]
+    return out
+
+
 def part_speed(args: argparse.Namespace) -> dict[str, Any]:
-    """Images per second at batch 1 vs 16, same 16 images, interleaved repeats."""
+    """Images per second at batch 1 vs 16, same 16 images, interleaved repeats; and how much
+    batching speeds up the bare model's passes (``model_passes_seconds``) at each thread count."""
     from whynet.data import fashion_mnist
     from whynet.data.canvas import canvas
 
@@ -412,6 +500,8 @@ def part_speed(args: argparse.Namespace) -> dict[str, Any]:
                     "images_per_s": 16 / statistics.median(r),
                 }
             row["speedup"] = row["batch_16"]["images_per_s"] / row["batch_1"]["images_per_s"]
+            with frozen_eval(model):
+                row["model_passes_s"] = model_passes_seconds(model, x, 10, 70)
             out[name][f"threads_{threads}"] = row
     torch.set_num_threads(before)
     return out
