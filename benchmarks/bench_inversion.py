@@ -9,7 +9,8 @@ Parts (``--only``):
 
 - ``canvas``: canvas-cnn on ``canvas("test")`` images (exact item boxes), target = true label.
   Pointing game (tolerance 0) and box-localisation error (largest component of the min-max
-  normalised map >= t, t in 0.2 / 0.35 / 0.5; IoU < 0.5 is an error), deletion AUC (zero
+  normalised map >= t, t in 0.1 .. 0.9, at 0.5 and at each method's threshold chosen by ``tune``;
+  IoU < 0.5 is an error), paired-bootstrap differences from Grad-CAM, deletion AUC (zero
   baseline) and insertion AUC (blur baseline, sigma 3 px), 32 steps, softmax of the target, for
   GFI (paper settings: 10 + 70 Adam steps; inversion layer ``pool``, basis ``features.block4``),
   Captum Saliency, IntegratedGradients (50 steps, zero baseline), LayerGradCam
@@ -22,10 +23,12 @@ Parts (``--only``):
   hooked); Grad-CAM on ``_bn1``; Occlusion 32x32, stride 16.
 - ``tune``: GFI's canvas settings chosen on validation images (``canvas("test")`` 200..455,
   disjoint from the 200 headline images): zero background and a small grid over lam / delta /
-  lr (``TUNE_GRID``), best pointing game then lowest localisation error; ``canvas`` then adds a
-  "GFI tuned" row with the chosen settings (run ``tune`` first).
+  lr (``TUNE_GRID``), best pointing game then lowest localisation error; then every canvas
+  method's box threshold. ``canvas`` adds a "GFI tuned" row with the chosen settings and uses
+  the thresholds (run ``tune`` first).
 - ``speed``: GFI on canvas-cnn and fashion-cnn, 16 images, ``batch_size=1`` vs ``16``: images
-  per second, at each of ``--speed-threads`` torch thread counts (1 and 2: this machine's cores).
+  per second, at each of ``--speed-threads`` torch thread counts (1 and 2: this machine's cores),
+  beside the same bare model passes timed at batch 1 and 16 (``model_passes_seconds``).
 
 Timing: wall clock, each method once per repeat, all methods in this process, medians over
 repeats (``--repeats``); torch uses ``--threads`` intra-op threads (1 by default: on a loaded
