@@ -50,7 +50,7 @@ EFFNET_LAYER = "_blocks.15"
 ALLOW_UNTRAINED = os.environ.get("WHYNET_BENCH_UNTRAINED") == "1"
 STANDIN = os.environ.get("WHYNET_BENCH_FASHION_WEIGHTS")  # a state_dict, zoo architecture
 ZOO_WIDTHS = (24, 48, 96, 128)
-ABLATION = os.environ.get("WHYNET_BENCH_ABLATION", "zero")  # essence: "zero" or "mean"
+ABLATION = os.environ.get("WHYNET_BENCH_ABLATION", "mean")  # essence: "mean" (default) or "zero"
 
 
 def fashion() -> tuple[torch.nn.Module, dict[str, Any]]:

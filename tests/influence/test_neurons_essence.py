@@ -102,6 +102,7 @@ def test_essence_all_channels_is_the_full_model_and_is_seeded():
         yte,
         influence_data=xtr,
         influence_labels=ytr,
+        ablation="zero",
         random_draws=3,
         seed=5,
     )
@@ -122,6 +123,7 @@ def test_essence_all_channels_is_the_full_model_and_is_seeded():
         yte,
         influence_data=xtr,
         influence_labels=ytr,
+        ablation="zero",
         random_draws=3,
         seed=5,
     )
@@ -130,6 +132,10 @@ def test_essence_all_channels_is_the_full_model_and_is_seeded():
     assert r.rows[1]["reduced_bacc"] > 0.9 > r.rows[1]["random_bacc"]
     rm = essence(m, "1", 1, 8, xte, yte, ablation="mean", random_draws=1)
     assert rm.rows[0]["reduced_acc"] == rm.rows[0]["full_acc"]
+    # the default is mean ablation; it too keeps the class with the top-2 and not with random-2
+    rd = essence(m, "1", 1, 2, xte, yte, influence_data=xtr, influence_labels=ytr, seed=5)
+    assert rd.ablation == "mean"
+    assert rd.rows[0]["reduced_bacc"] > 0.9 > rd.rows[0]["random_bacc"]
     assert hook_count(m) == 0
 
 

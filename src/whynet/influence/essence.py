@@ -109,7 +109,7 @@ def essence(
     k: int | Sequence[int],
     data: Any,
     labels: torch.Tensor | None = None,
-    ablation: str = "zero",
+    ablation: str = "mean",
     influence_data: Any = None,
     influence_labels: torch.Tensor | None = None,
     doi: DoI | None = None,
@@ -132,9 +132,11 @@ def essence(
     k : int or sequence of int
         Numbers of channels to keep.
     data, labels : held-out evaluation data (loader/dataset of pairs, or tensor + labels).
-    ablation : {"zero", "mean"}
-        Value given to the other channels: zero, or their mean activation (per position) over
-        ``influence_data``.
+    ablation : {"mean", "zero"}
+        Value given to the other channels: their mean activation (per position) over
+        ``influence_data`` (default), or zero. Mean ablation keeps the next layer's input near
+        its training distribution; zeroing many channels shifts every logit together, so the
+        argmax collapses to always / never ``cls`` (measured on fashion-cnn: docs/influence.md).
     influence_data, influence_labels : optional
         Data for the class-conditional influence (examples of ``cls``, QoI = its logit) and
         the mean activation; default: ``data``. Use training data to keep evaluation held out.

@@ -159,7 +159,8 @@ def run(out: Path, fast: bool = True, progress: bool | None = None) -> Section:
         Table(
             caption=(
                 f"Essence of '{names[cls]}': keep only the top-k channels of {LAYER} (others "
-                f"zeroed), class-vs-rest balanced accuracy on {r.n_eval} test images"
+                f"set to their mean activation), class-vs-rest balanced accuracy on {r.n_eval} "
+                "test images"
             ),
             columns=["k", "top-k", "random-k (mean)", "full model"],
             rows=[
