@@ -297,7 +297,7 @@ class ClusterSurrogate(FittedMixin, Explainer):
             self.history_: dict[str, dict[str, list[float]]] = {}
             for li, name in enumerate(self.layers):
                 state = self._fit_layer(
-                    li, name, arrays[name], stats[name], fit_idx, target, device, holdout
+                    li, name, arrays[name], stats[name], fit_idx, target, device, holdout, pool
                 )
                 self.layer_state_.append(state)
             del arrays
@@ -391,6 +391,7 @@ class ClusterSurrogate(FittedMixin, Explainer):
         target: torch.Tensor,
         device: torch.device,
         holdout: np.ndarray | None = None,
+        pool: np.ndarray | None = None,
     ) -> dict[str, Any]:
         n = len(arr)
         total, sq, count = st
@@ -456,11 +457,10 @@ class ClusterSurrogate(FittedMixin, Explainer):
         if centres is None:
             z_fit = emb[torch.from_numpy(sample)].cpu().numpy()
             if self.restart_selection == "likelihood" and holdout is not None:
-                keep = torch.ones(n, dtype=torch.bool)
-                keep[torch.from_numpy(holdout)] = False
-                ho = torch.from_numpy(holdout)
+                assert pool is not None  # _split_holdout returns both or neither
+                tab, ho = torch.from_numpy(pool), torch.from_numpy(holdout)
                 centres, history = self._select_restart(
-                    z_fit, emb[keep].cpu(), target[keep], emb[ho].cpu(), target[ho], li
+                    z_fit, emb[tab].cpu(), target[tab], emb[ho].cpu(), target[ho], li
                 )
                 centres = centres.to(device)
             else:
