@@ -530,8 +530,7 @@ class ClusterSurrogate(FittedMixin, Explainer):
         training points ``z_ho`` their targets ``t_ho`` with the highest mean log-likelihood."""
         z_ho = z_ho.double()
         zf = torch.from_numpy(z_fit)
-        best: tuple[float, torch.Tensor] | None = None
-        logliks, inertias = [], []
+        cands, logliks, inertias = [], [], []
         for r in range(self.idec.n_init):
             c = torch.from_numpy(
                 kmeans(
@@ -544,17 +543,14 @@ class ClusterSurrogate(FittedMixin, Explainer):
             )
             counts = _class_counts(_hard_assign(z_tab, c), t_tab, self.n_clusters, self.n_classes_)
             p = self._q(z_ho, {"centres": c}) @ self._posterior(counts)
-            ll = float(p[torch.arange(len(t_ho)), t_ho].clamp_min(1e-300).log().mean())
+            logliks.append(float(p[torch.arange(len(t_ho)), t_ho].clamp_min(1e-300).log().mean()))
             inertias.append(float(torch.cdist(zf, c).min(1).values.pow(2).sum()))
-            logliks.append(ll)
-            if best is None or ll > best[0]:
-                best = (ll, c)
-        assert best is not None
-        chosen = float(int(np.argmax(logliks)))
-        return best[1], {
+            cands.append(c)
+        chosen = int(np.argmax(logliks))  # the first of equal maxima, as the old running best
+        return cands[chosen], {
             "restart_loglik": logliks,
             "restart_inertia": inertias,
-            "restart_chosen": [chosen],
+            "restart_chosen": [float(chosen)],
         }
 
     def _posterior(self, counts: torch.Tensor) -> torch.Tensor:
