@@ -1,56 +1,124 @@
-"""The named registry of explainers: name -> class.
+"""The named registry of explainers: name -> class and what it can do.
 
-The command line resolves ``--method NAME`` here and the hook-leak test runs every entry.
-Entries are ``"module:attribute"`` strings resolved on first use, so listing the methods does
-not import every method's dependencies.
+Each method registers itself with one line here (listing the methods must not import every
+method's dependencies, so entries are ``"module:Class"`` strings resolved on first use). The
+command line, the tour, the hook-leak test and the contract suite read this table.
 """
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from typing import Any
 
-_REGISTRY: dict[str, tuple[str, str]] = {
-    # name: ("module:Class", one-line description)
-    "influence": (
-        "whynet.influence:InternalInfluence",
-        "internal influence of a layer's neurons (Leino et al. 2018)",
-    ),
-    "inversion": (
-        "whynet.inversion:GuidedFeatureInversion",
-        "guided feature inversion input masks (Du et al. 2018)",
-    ),
-    "masks": (
-        "whynet.masks:MaskExplainer",
-        "trained explanatory-mask network (Phillips et al. 2019)",
-    ),
-    "representer": (
-        "whynet.representer:RepresenterPoints",
-        "representer point selection over training data (Yeh et al. 2018)",
-    ),
-    "clusters": (
-        "whynet.clusters:ClusterSurrogate",
-        "activation-clustering surrogate (Liu & Arik 2020)",
-    ),
-}
+
+@dataclass(frozen=True)
+class Arg:
+    """One command-line argument of a method: ``--NAME`` maps to the constructor's ``name``."""
+
+    name: str
+    type: type = str
+    help: str = ""
+    required: bool = False
 
 
-def register_explainer(name: str, target: str, description: str) -> None:
+@dataclass(frozen=True)
+class MethodInfo:
+    """A registered method and its capabilities.
+
+    ``fitted``: needs ``fit(train_data)`` before ``explain``. ``inputs``: the input kinds it
+    explains (``"image"`` (B, C, H, W) floats, ``"tokens"`` integer ids, ``"vector"`` (B, F)).
+    ``targets``: ``"class"`` (any class per input), ``"qoi"`` (a class or the configured
+    quantity of interest) or ``"trained"`` (only what it was trained on: None/"predicted").
+    ``args``: its command-line arguments.
+    """
+
+    name: str
+    target: str
+    description: str
+    fitted: bool = False
+    inputs: tuple[str, ...] = ("image",)
+    targets: str = "class"
+    args: tuple[Arg, ...] = ()
+
+    def load(self) -> Any:
+        """The explainer class (imports its module)."""
+        module, _, attr = self.target.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+_REGISTRY: dict[str, MethodInfo] = {}
+
+
+def register_explainer(name: str, target: str, description: str, **capabilities: Any) -> None:
     """Add an explainer under ``name``; ``target`` is ``"package.module:Class"``."""
     if ":" not in target:
         raise ValueError(f"target must look like 'package.module:Class', got {target!r}")
-    _REGISTRY[name] = (target, description)
+    _REGISTRY[name] = MethodInfo(name, target, description, **capabilities)
+
+
+_LAYER = Arg("layer", str, "dotted name of the layer to explain", required=True)
+
+register_explainer(
+    "influence",
+    "whynet.influence:InternalInfluence",
+    "internal influence of a layer's neurons (Leino et al. 2018)",
+    inputs=("image", "tokens", "vector"),
+    targets="qoi",
+    args=(_LAYER,),
+)
+register_explainer(
+    "inversion",
+    "whynet.inversion:GuidedFeatureInversion",
+    "guided feature inversion input masks (Du et al. 2018)",
+    args=(
+        Arg("inversion_layer", str, "layer whose features stage 1 reconstructs", True),
+        Arg("basis_layer", str, "layer whose channels span the mask", True),
+    ),
+)
+register_explainer(
+    "masks",
+    "whynet.masks:MaskExplainer",
+    "trained explanatory-mask network (Phillips et al. 2019)",
+    fitted=True,
+    inputs=("image", "tokens"),
+    targets="trained",
+)
+register_explainer(
+    "representer",
+    "whynet.representer:RepresenterPoints",
+    "representer point selection over training data (Yeh et al. 2018)",
+    fitted=True,
+    inputs=("image", "tokens", "vector"),
+    args=(Arg("head", str, "dotted name of the final nn.Linear", True),),
+)
+register_explainer(
+    "clusters",
+    "whynet.clusters:ClusterSurrogate",
+    "activation-clustering surrogate (Liu & Arik 2020)",
+    fitted=True,
+    inputs=("image", "tokens", "vector"),
+)
 
 
 def list_explainers() -> dict[str, str]:
     """Registered explainer names with their one-line descriptions."""
-    return {name: desc for name, (_, desc) in sorted(_REGISTRY.items())}
+    return {name: info.description for name, info in sorted(_REGISTRY.items())}
+
+
+def method_info(name: str) -> MethodInfo:
+    """The registry entry (capabilities) of ``name``."""
+    if name not in _REGISTRY:
+        known = ", ".join(sorted(_REGISTRY))
+        raise ValueError(f"unknown explainer {name!r}; registered: {known}")
+    return _REGISTRY[name]
+
+
+def registered() -> list[MethodInfo]:
+    """Every registry entry, by name."""
+    return [_REGISTRY[n] for n in sorted(_REGISTRY)]
 
 
 def get_explainer(name: str) -> Any:
     """The explainer class registered under ``name``."""
-    if name not in _REGISTRY:
-        known = ", ".join(sorted(_REGISTRY))
-        raise ValueError(f"unknown explainer {name!r}; registered: {known}")
-    module, _, attr = _REGISTRY[name][0].partition(":")
-    return getattr(importlib.import_module(module), attr)
+    return method_info(name).load()

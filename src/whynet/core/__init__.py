@@ -1,10 +1,14 @@
-"""whynet.core: the one place where hooks and autograd meet.
+"""whynet.core: the one place where hooks and autograd meet, and the one framework under
+every method.
 
 Layers (:mod:`.layers`), hooks and capture/intervention (:mod:`.hooks`), the gradient utility
 (:mod:`.gradients`), quantities and distributions of interest (:mod:`.qoi`, :mod:`.doi`), data
-iteration (:mod:`.data`), model hygiene (:mod:`.model`), input checks (:mod:`.validation`),
-progress bars (:mod:`.progress`), the result type (:mod:`.explanation`) and the explainer base
-classes (:mod:`.explainer`).
+iteration (:mod:`.data`), the model pipeline (:mod:`.pipeline`), model hygiene
+(:mod:`.model`), input checks (:mod:`.validation`), declared parameters (:mod:`.params`),
+progress bars (:mod:`.progress`), image references and blending (:mod:`.image`), the result
+type (:mod:`.explanation`), the explain template (:mod:`.explainer`), declared fitted state
+and its persistence (:mod:`.state`), the activation store (:mod:`.store`) and the training
+loop (:mod:`.training`).
 """
 
 from whynet.core.data import data_length, iter_batches
@@ -20,22 +24,47 @@ from whynet.core.doi import (
 )
 from whynet.core.explainer import (
     Explainer,
-    FittedMixin,
     NotFittedError,
-    predict_logits,
+    Target,
+    parse_target,
     resolve_targets,
 )
 from whynet.core.explanation import Explanation, atomic_write, load_tensors, save_tensors
 from whynet.core.gradients import Gradients, qoi_gradients
-from whynet.core.hooks import Capture, capture, hooked, intervene
+from whynet.core.hooks import Capture, capture, hooked, intervene, unpack
+from whynet.core.image import blend, gaussian_blur, reference
 from whynet.core.layers import layer_name_of, layer_names, resolve_layer
 from whynet.core.model import as_logits, frozen_eval, model_device, model_dtype
+from whynet.core.params import Constraint, Interval, Options, constraint
+from whynet.core.pipeline import Accumulator, Batch, predict_logits, run_model
 from whynet.core.progress import progress, progress_enabled
 from whynet.core.qoi import Channel, Class, Comparative, Function, Linear, MaxClass, QoI, as_qoi
+from whynet.core.state import FittedMixin, State, model_fingerprint
+from whynet.core.store import ActivationStore, StoreCache
+from whynet.core.training import TrainResult, train
 from whynet.core.validation import check_batch_size, check_classes, check_inputs
 
 __all__ = [
+    "Accumulator",
+    "ActivationStore",
+    "Batch",
     "Capture",
+    "Constraint",
+    "Interval",
+    "Options",
+    "State",
+    "StoreCache",
+    "Target",
+    "TrainResult",
+    "blend",
+    "constraint",
+    "gaussian_blur",
+    "model_fingerprint",
+    "parse_target",
+    "reference",
+    "run_model",
+    "train",
+    "unpack",
     "Channel",
     "Class",
     "Comparative",

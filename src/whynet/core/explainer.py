@@ -1,30 +1,141 @@
-"""Base classes shared by the explainers: one entry shape, scikit-learn style fitting."""
+"""The explainer template: ``explain`` is written once, here; a method supplies its per-batch
+computation (zennit's ``Attributor.__call__`` -> ``forward``, Captum's ``attribute`` ->
+``_attribute``, pytorch-grad-cam's one override).
+
+``Explainer.explain(inputs, target=None)``:
+
+1. checks the explainer is ready (fitted explainers: :meth:`FittedMixin.check_is_fitted`);
+2. validates the inputs (:meth:`Explainer._check_inputs`) and moves them to the model's device;
+3. resolves the target once, with one policy for all methods (:func:`parse_target`);
+4. chunks by ``batch_size`` with a progress bar, under :func:`~whynet.core.model.frozen_eval`,
+   calling :meth:`Explainer._explain_batch` on each chunk;
+5. assembles the :class:`~whynet.core.explanation.Explanation` with the parameters.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from whynet.core.explanation import Explanation
-from whynet.core.model import as_logits, frozen_eval
-from whynet.core.qoi import Class, MaxClass, as_qoi
-from whynet.core.validation import check_batch_size
+from whynet.core.model import frozen_eval, model_device
+from whynet.core.params import Constraint, json_params, param_names, validate_params
+from whynet.core.pipeline import Accumulator, predict_logits
+from whynet.core.progress import progress as progress_bar
+from whynet.core.validation import check_batch_size, check_classes, check_inputs
 
 
 class NotFittedError(ValueError, AttributeError):
-    """A fitted explainer was used before ``fit``."""
+    """A fitted explainer was used before ``fit`` (or after a ``fit`` that failed)."""
+
+
+# ---- the one target policy -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """A target resolved once per ``explain`` call.
+
+    ``kind`` is ``"default"`` (``target=None``: the method's own default — the predicted class
+    for the methods that explain a class, the configured QoI for influence), ``"predicted"``
+    (the model's argmax on the unperturbed input) or ``"classes"`` (one class per input).
+    """
+
+    kind: str
+    classes: torch.Tensor | None = None
+
+    def take(self, rows: slice) -> Target:
+        """The part of the target for a chunk of inputs."""
+        if self.classes is None:
+            return self
+        return Target(self.kind, self.classes[rows])
+
+    def classes_for(self, output: torch.Tensor) -> torch.Tensor:
+        """One class per row of ``output``: the given classes, else the prediction."""
+        if self.classes is None:
+            return output.argmax(-1)
+        check_classes(self.classes, output.shape[-1], name="target")
+        return self.classes.to(output.device)
+
+    def describe(self) -> Any:
+        """JSON summary for the Explanation's parameters."""
+        if self.classes is None:
+            return None if self.kind == "default" else "predicted"
+        c = self.classes
+        return int(c[0]) if c.numel() and bool((c == c[0]).all()) else "per-input"
+
+
+def parse_target(target: Any, n: int) -> Target:
+    """The one policy: ``None`` -> the method's default; ``"predicted"``; an int (every input);
+    a sequence or ``(n,)`` integer tensor (one class per input). Floats, bools and other strings
+    are refused with a message saying what to pass."""
+    if target is None:
+        return Target("default")
+    if isinstance(target, str):
+        if target != "predicted":
+            raise ValueError(
+                f"target must be None, 'predicted', an int or a (B,) tensor of classes, "
+                f"got {target!r}"
+            )
+        return Target("predicted")
+    if isinstance(target, bool):
+        raise TypeError(f"target must be an int class index, got {target!r}")
+    if isinstance(target, int):
+        return Target("classes", torch.full((n,), target, dtype=torch.long))
+    if isinstance(target, (list, tuple)):
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in target):
+            raise TypeError(f"a target list must hold int class indices, got {target!r}")
+        target = torch.tensor(list(target), dtype=torch.long)
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(
+            "target must be None, 'predicted', an int or a (B,) tensor of classes, "
+            f"got {type(target).__name__}"
+        )
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise TypeError(
+            f"target must hold integer class indices, got dtype {target.dtype} "
+            "(pass target.long() if the values are whole numbers)"
+        )
+    if target.dim() == 0:
+        return Target("classes", target.long().expand(n).clone())
+    if target.dim() != 1 or target.shape[0] != n:
+        raise ValueError(
+            f"target gives {target.numel()} classes for {n} inputs (pass one per input, "
+            "an int, 'predicted' or None)"
+        )
+    return Target("classes", target.long())
+
+
+def resolve_targets(output: torch.Tensor, target: Any) -> torch.Tensor:
+    """One class per row of ``output`` under the one policy (None/"predicted" -> argmax)."""
+    return parse_target(target, output.shape[0]).classes_for(output)
+
+
+# ---- the template ----------------------------------------------------------------------------
 
 
 class Explainer:
-    """``explainer.explain(inputs, target=None) -> Explanation``.
+    """``explainer.explain(inputs, target=None) -> Explanation``, implemented once.
 
-    Constructors store settings only: no hooks, no ``.eval()``, no heavy imports.
+    Constructors store settings only (no hooks, no ``.eval()``, no heavy imports) under the
+    names of their arguments, declare constraints in ``_parameter_constraints`` and call
+    :meth:`_check_params`. A method overrides :meth:`_explain_batch` (and, where its inputs or
+    targets differ, :meth:`_check_inputs` / :meth:`_check_target`).
     """
 
     #: registry name of the method (see :mod:`whynet.registry`)
     method: ClassVar[str] = ""
+    #: parameter name -> :class:`~whynet.core.params.Constraint`
+    _parameter_constraints: ClassVar[dict[str, Constraint]] = {}
+    #: allowed input dimensions (batch included), None = any
+    _input_ndim: ClassVar[int | tuple[int, ...] | None] = None
+    #: integer inputs (token ids) allowed
+    _token_inputs: ClassVar[bool] = True
+    #: whether ``target`` may name classes (False: only None / "predicted")
+    _class_targets: ClassVar[bool] = True
 
     def __init__(
         self, model: nn.Module, *, batch_size: int = 64, progress: bool | None = None
@@ -35,47 +146,101 @@ class Explainer:
         self.batch_size = check_batch_size(batch_size)
         self.progress = progress
 
-    def explain(self, inputs: torch.Tensor, target: Any = None) -> Explanation:
+    # -- declared parameters ---------------------------------------------------------------
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        return param_names(cls)
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor's parameters with their current values (scikit-learn's)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def _check_params(self) -> None:
+        """Validate every declared constraint (one error format for all methods)."""
+        validate_params(self.get_params(), self._parameter_constraints)
+
+    def params(self) -> dict[str, Any]:
+        """The settings as JSON (stored in every Explanation); objects appear as their repr."""
+        p = json_params(self.get_params())
+        p.pop("progress", None)
+        return p
+
+    # -- the template ----------------------------------------------------------------------
+
+    def explain(self, inputs: Any, target: Any = None) -> Explanation:
+        """Explain ``inputs`` (first dimension = inputs) for ``target``.
+
+        ``target``: None (the method's default: the predicted class, or the configured
+        quantity of interest), ``"predicted"``, an int, or one class per input.
+        """
+        self._check_ready()
+        x = self._check_inputs(inputs).to(model_device(self.model))
+        tgt = parse_target(target, len(x))
+        self._check_target(x, tgt)
+        acc = Accumulator()
+        starts = range(0, len(x), self.batch_size)
+        with frozen_eval(self.model):
+            for s in progress_bar(
+                starts, total=len(starts), desc=self.method, enabled=self.progress
+            ):
+                rows = slice(s, s + self.batch_size)
+                acc.update(**self._explain_batch(x[rows], tgt.take(rows)))
+        return self._explanation(acc.compute(), tgt)
+
+    def _check_ready(self) -> None:
+        """Raise if the explainer cannot explain yet (fitted explainers: not fitted)."""
+
+    def _check_inputs(self, inputs: Any) -> torch.Tensor:
+        """Validate a batch of inputs; float or (where allowed) integer token ids."""
+        token = (
+            self._token_inputs
+            and isinstance(inputs, torch.Tensor)
+            and not inputs.is_floating_point()
+        )
+        return check_inputs(inputs, ndim=self._input_ndim, floating=not token)
+
+    def _check_target(self, x: torch.Tensor, target: Target) -> None:
+        """Refuse a target the method cannot honour before any work is done: class indices
+        are checked against the model's output width (one forward pass of one input)."""
+        if target.classes is None:
+            return
+        if not self._class_targets:
+            raise ValueError(
+                f"{type(self).__name__} explains what it was trained on; target must be None "
+                "or 'predicted'"
+            )
+        check_classes(target.classes, self._n_outputs(x), name="target")
+
+    def _n_outputs(self, x: torch.Tensor) -> int:
+        return int(predict_logits(self.model, x[:1]).shape[-1])
+
+    def _explain_batch(self, x: torch.Tensor, target: Target) -> dict[str, torch.Tensor | None]:
+        """The method's computation for one chunk of inputs, under ``frozen_eval``.
+
+        Returns ``values`` (first dimension = inputs), optionally ``target`` (the class
+        explained per input) and any further per-input tensors (they become ``extras``).
+        """
         raise NotImplementedError
+
+    def _explanation(self, parts: dict[str, Any], target: Target) -> Explanation:
+        values = parts.pop("values")
+        explained = parts.pop("target", None)
+        return Explanation(
+            values=values,
+            target=explained,
+            method=self.method,
+            layer=self._explained_layer(),
+            params=self.params(),
+            extras={k: v for k, v in parts.items() if v is not None},
+            meta=self._meta(),
+        )
+
+    def _explained_layer(self) -> str | None:
+        return getattr(self, "layer", None)
+
+    def _meta(self) -> dict[str, Any]:
+        return {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(method={self.method!r})"
-
-
-class FittedMixin:
-    """``fit(data) -> self``; learned attributes end in ``_``; use before fit raises."""
-
-    def check_is_fitted(self) -> None:
-        if not any(k.endswith("_") and not k.startswith("_") for k in vars(self)):
-            raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call .fit(data)")
-
-
-@torch.no_grad()
-def predict_logits(
-    model: nn.Module, inputs: torch.Tensor, batch_size: int = 256, **forward_kwargs: Any
-) -> torch.Tensor:
-    """The model's prediction tensor for ``inputs``, in eval mode, chunked by ``batch_size``."""
-    check_batch_size(batch_size)
-    with frozen_eval(model):
-        outs = [
-            as_logits(model(inputs[i : i + batch_size], **forward_kwargs))
-            for i in range(0, len(inputs), batch_size)
-        ]
-    return torch.cat(outs)
-
-
-def resolve_targets(output: torch.Tensor, target: Any) -> torch.Tensor:
-    """One class index per input: ``None``/"predicted" -> argmax of ``output``; an int or a
-    ``(B,)`` tensor -> checked against the number of classes."""
-    if target is None or (isinstance(target, str) and target == "predicted"):
-        qoi = MaxClass().bind(output)
-    else:
-        if isinstance(target, int) and not isinstance(target, bool):
-            target = torch.full((output.shape[0],), target, dtype=torch.long)
-        qoi = as_qoi(target).bind(output)
-    if not isinstance(qoi, Class):
-        raise TypeError(f"target must be None, an int or a (B,) tensor of classes, got {target!r}")
-    classes = qoi.classes.to(output.device)
-    if classes.shape != (output.shape[0],):
-        raise ValueError(f"target gives {classes.numel()} classes for {output.shape[0]} inputs")
-    return classes

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 from torch.utils.hooks import RemovableHandle
 
 from whynet.core.layers import resolve_layer
@@ -63,6 +64,26 @@ def primary(output: Any) -> tuple[torch.Tensor, Callable[[torch.Tensor], Any]]:
     raise TypeError(f"layer output of type {type(output).__name__} has no tensor to explain")
 
 
+def unpack(output: Any, layer: str = "layer") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The one output unpacker: ``(tensor, lengths)`` of a module's output or input.
+
+    A tensor is itself; a tuple/list is its first element (recurrent layers return
+    ``(output, hidden)``); a ``PackedSequence`` is padded batch-first and its ``lengths`` come
+    back so that callers can exclude the padding. Lengths are None otherwise.
+    """
+    if isinstance(output, PackedSequence):
+        padded, lengths = pad_packed_sequence(output, batch_first=True)
+        return padded, lengths
+    if isinstance(output, torch.Tensor):
+        return output, None
+    if isinstance(output, (tuple, list)) and output:
+        return unpack(output[0], layer)
+    raise TypeError(
+        f"layer {layer!r} returned {type(output).__name__}; expected a tensor, "
+        "a tuple starting with one, or a PackedSequence"
+    )
+
+
 def ran_twice(layer: str) -> None:
     """Raise the error for a layer that ran more than once where one call is needed."""
     raise ValueError(
@@ -74,52 +95,100 @@ def ran_twice(layer: str) -> None:
 class Capture:
     """Activations recorded at named layers, one entry per call."""
 
-    def __init__(self, layers: Sequence[str]) -> None:
+    def __init__(self, layers: Sequence[str], inputs: Sequence[str] = ()) -> None:
         self.calls: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+        #: per call, the valid lengths of a ``PackedSequence`` output (None otherwise)
+        self.lengths: dict[str, list[torch.Tensor | None]] = {name: [] for name in layers}
+        #: the first positional input of the ``inputs`` layers, one entry per call
+        self.input_calls: dict[str, list[torch.Tensor]] = {name: [] for name in inputs}
 
-    def __getitem__(self, layer: str) -> torch.Tensor:
-        calls = self.calls[layer]
+    @staticmethod
+    def _one(calls: list[torch.Tensor], layer: str, what: str) -> torch.Tensor:
         if not calls:
             raise ValueError(f"layer {layer!r} did not run in the forward pass")
         if len(calls) > 1:
-            raise ValueError(f"layer {layer!r} ran {len(calls)} times; use .calls[{layer!r}]")
+            raise ValueError(f"layer {layer!r} ran {len(calls)} times; use .{what}[{layer!r}]")
         return calls[0]
+
+    def __getitem__(self, layer: str) -> torch.Tensor:
+        return self._one(self.calls[layer], layer, "calls")
+
+    def input(self, layer: str) -> torch.Tensor:
+        """The input of ``layer`` (captured with ``inputs=[layer]``) of its one call."""
+        return self._one(self.input_calls[layer], layer, "input_calls")
+
+    def length(self, layer: str) -> torch.Tensor | None:
+        """Valid lengths of ``layer``'s one call when it returned a ``PackedSequence``."""
+        self[layer]  # the same errors as for the values
+        return self.lengths[layer][0]
 
     def check_ran(self) -> None:
         """Raise if a captured layer never ran."""
-        for name, calls in self.calls.items():
+        for name, calls in (*self.calls.items(), *self.input_calls.items()):
             if not calls:
                 raise ValueError(
                     f"layer {name!r} did not run in the forward pass; "
                     "it cannot be explained with this model/input"
                 )
 
+    def check_once(self) -> None:
+        """Raise if a captured layer did not run exactly once (a reused module)."""
+        self.check_ran()
+        for name, calls in (*self.calls.items(), *self.input_calls.items()):
+            if len(calls) > 1:
+                raise ValueError(
+                    f"layer {name!r} ran {len(calls)} times in one forward pass "
+                    "(a reused module); choose a layer that runs once"
+                )
 
-def _capture_hook(store: list[torch.Tensor], keep_graph: bool) -> Callable[..., Any]:
+
+def _capture_hook(
+    store: list[torch.Tensor], lengths: list[torch.Tensor | None], keep_graph: bool, layer: str
+) -> Callable[..., Any]:
     def hook(module: nn.Module, args: Any, output: Any) -> Any:
-        tensor, rebuild = primary(output)
         if keep_graph:
+            tensor, rebuild = primary(output)
             store.append(tensor)
+            lengths.append(None)
             return rebuild(tensor.clone())  # downstream in-place ops hit the clone
-        store.append(tensor.detach().clone())
+        tensor, length = unpack(output, layer)
+        store.append(tensor.detach().clone())  # a later in-place op must not change it
+        lengths.append(length)
         return None
+
+    return hook
+
+
+def _input_hook(store: list[torch.Tensor], layer: str) -> Callable[..., Any]:
+    def hook(module: nn.Module, args: Any) -> None:
+        if not args:
+            raise TypeError(f"layer {layer!r} was called without a positional input")
+        store.append(unpack(args[0], layer)[0].detach())
 
     return hook
 
 
 @contextmanager
 def capture(
-    model: nn.Module, layers: str | Sequence[str], *, keep_graph: bool = False
+    model: nn.Module,
+    layers: str | Sequence[str],
+    *,
+    keep_graph: bool = False,
+    inputs: str | Sequence[str] = (),
 ) -> Iterator[Capture]:
-    """Record the outputs of ``layers`` during forwards run inside the block.
+    """Record the outputs of ``layers`` (and the inputs of ``inputs``) during forwards run
+    inside the block.
 
     Parameters
     ----------
     layers : str or sequence of str
-        Dotted module paths.
+        Dotted module paths whose outputs are recorded (unpacked by :func:`unpack`).
     keep_graph : bool
         Keep the autograd graph (to differentiate through the captured tensors); otherwise
         detached copies are stored.
+    inputs : str or sequence of str
+        Dotted module paths whose first positional *input* is recorded (Captum's
+        ``attribute_to_layer_input``; representer points read the head's input).
 
     Examples
     --------
@@ -129,9 +198,19 @@ def capture(
     """
     # a name given twice is hooked once (else every call would be recorded twice)
     names = [layers] if isinstance(layers, str) else list(dict.fromkeys(layers))
-    cap = Capture(names)
+    in_names = [inputs] if isinstance(inputs, str) else list(dict.fromkeys(inputs))
+    cap = Capture(names, in_names)
     regs: list[Registration] = [
-        (resolve_layer(model, n), "forward", _capture_hook(cap.calls[n], keep_graph)) for n in names
+        (
+            resolve_layer(model, n),
+            "forward",
+            _capture_hook(cap.calls[n], cap.lengths[n], keep_graph, n),
+        )
+        for n in names
+    ]
+    regs += [
+        (resolve_layer(model, n), "forward_pre", _input_hook(cap.input_calls[n], n))
+        for n in in_names
     ]
     with hooked(regs):
         yield cap

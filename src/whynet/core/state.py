@@ -1,0 +1,219 @@
+"""Declared fitted state and its one persistence (torchmetrics' ``add_state``, scikit-learn's
+``check_is_fitted(attributes=...)``).
+
+A fitted explainer declares, in ``_fitted_state``, the attributes ``fit`` produces (names end
+in ``_``) and what each holds. From the declaration alone core
+
+- checks the explainer is fitted (every required name present),
+- assigns the state all at once at the end of ``fit`` (:meth:`FittedMixin._set_fitted`), so a
+  ``fit`` that raises half-way leaves the object unfitted,
+- writes and reads it: one safetensors file with JSON metadata, atomic, versioned, never
+  pickled (:meth:`FittedMixin.save`, :meth:`FittedMixin.load`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from whynet.core.explainer import NotFittedError
+from whynet.core.explanation import load_tensors, save_tensors
+from whynet.core.model import model_device, model_dtype
+from whynet.core.params import decode_params, encode_params
+
+
+@dataclass(frozen=True)
+class State:
+    """What a fitted attribute holds.
+
+    ``kind``: ``"tensor"``, ``"tensors"`` (a dict of name -> tensor), ``"json"`` (numbers,
+    strings, lists, dicts) or ``"module"`` (an ``nn.Module`` rebuilt by ``build(config)`` from
+    ``config(module)``, then loaded from its state dict). ``optional``: may be None / absent.
+    ``device``: tensors go to the model's device on load (False: stay on the CPU, e.g. large
+    feature matrices that may be memory-mapped).
+    """
+
+    kind: str = "tensor"
+    optional: bool = False
+    device: bool = True
+    config: Callable[[nn.Module], dict[str, Any]] | None = None
+    build: Callable[[dict[str, Any]], nn.Module] | None = None
+
+
+def model_fingerprint(model: nn.Module, extra: str = "") -> str:
+    """sha256 over the model's parameters and buffers (names, shapes, bytes) and ``extra``."""
+    h = hashlib.sha256(extra.encode())
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class FittedMixin:
+    """``fit(data) -> self``; the fitted state is declared, checked and persisted here."""
+
+    #: attribute name -> :class:`State` (names end in ``_``)
+    _fitted_state: ClassVar[dict[str, State]] = {}
+    #: the file format name and version of :meth:`save`
+    _format: ClassVar[str] = ""
+    _format_version: ClassVar[int] = 1
+    #: ``load`` refuses a model whose weights differ from the fitted one (unless strict=False)
+    _check_fingerprint: ClassVar[bool] = False
+
+    model: nn.Module
+
+    # -- fitted or not -----------------------------------------------------------------------
+
+    def check_is_fitted(self) -> None:
+        if not self._fitted_state:  # TRANSITION: methods not yet declaring their state
+            if not any(k.endswith("_") and not k.startswith("_") for k in vars(self)):
+                raise NotFittedError(
+                    f"this {type(self).__name__} is not fitted yet; call .fit(data)"
+                )
+            return
+        missing = [
+            name
+            for name, spec in self._fitted_state.items()
+            if not spec.optional and name not in vars(self)
+        ]
+        if missing:
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call .fit(data)")
+
+    def _check_ready(self) -> None:
+        self.check_is_fitted()
+
+    def _reset_fitted(self) -> None:
+        """Forget any earlier fit (a refit starts from scratch)."""
+        for name in self._fitted_state:
+            vars(self).pop(name, None)
+
+    def _set_fitted(self, **state: Any) -> None:
+        """Assign the whole fitted state at once (call at the very end of ``fit``)."""
+        unknown = sorted(set(state) - set(self._fitted_state))
+        if unknown:
+            raise AttributeError(f"{type(self).__name__} does not declare fitted state {unknown}")
+        missing = [
+            n for n, spec in self._fitted_state.items() if n not in state and not spec.optional
+        ]
+        if missing:
+            raise AttributeError(f"{type(self).__name__}.fit did not produce {missing}")
+        self._reset_fitted()
+        for name, value in state.items():
+            setattr(self, name, value)
+
+    def _fingerprint(self) -> str:
+        return model_fingerprint(self.model)
+
+    # -- files -------------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the settings and the fitted state to one safetensors file (atomically)."""
+        self.check_is_fitted()
+        tensors: dict[str, torch.Tensor] = {}
+        state: dict[str, Any] = {}
+        for name, spec in self._fitted_state.items():
+            value = getattr(self, name, None)
+            if value is None:
+                state[name] = {"none": True}
+            elif spec.kind == "tensor":
+                tensors[f"state.{name}"] = value
+                state[name] = {"tensor": True}
+            elif spec.kind == "tensors":
+                for key, t in value.items():
+                    tensors[f"state.{name}.{key}"] = t
+                state[name] = {"keys": list(value)}
+            elif spec.kind == "module":
+                assert spec.config is not None
+                for key, t in value.state_dict().items():
+                    tensors[f"state.{name}.{key}"] = t
+                state[name] = {"config": spec.config(value), "keys": list(value.state_dict())}
+            else:
+                state[name] = {"json": value}
+        params = self.get_params()  # type: ignore[attr-defined]
+        params.pop("progress", None)
+        meta = {
+            "params": encode_params(params),
+            "state": state,
+            "model_fingerprint": self._fingerprint(),
+        }
+        return save_tensors(path, tensors, meta, self._format, self._format_version)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        model: nn.Module,
+        *,
+        strict: bool = True,
+        **overrides: Any,
+    ) -> Any:
+        """Rebuild a saved explainer for ``model``; never unpickles anything.
+
+        ``overrides`` replace saved settings (runtime ones such as ``batch_size`` or
+        ``progress``, and those a file cannot hold, such as callables). With ``strict`` and a
+        method that checks it, the model's weights must be those it was fitted with.
+        """
+        tensors, meta = load_tensors(path, cls._format, cls._format_version)
+        try:
+            saved, state = meta["params"], meta["state"]
+        except (KeyError, TypeError):
+            raise ValueError(f"{path} has no parameters or state in its metadata") from None
+        self = cls(model, **decode_params(saved, overrides, str(path)))  # type: ignore[call-arg]
+        if (
+            strict
+            and cls._check_fingerprint
+            and self._fingerprint() != meta.get("model_fingerprint")
+        ):
+            raise ValueError(
+                f"{path} was fitted on a model with different weights; pass "
+                "strict=False to load it anyway"
+            )
+        values: dict[str, Any] = {}
+        dev, dtype = model_device(model), model_dtype(model)
+        for name, spec in cls._fitted_state.items():
+            entry = state.get(name)
+            if entry is None or entry.get("none"):
+                if not spec.optional:
+                    raise ValueError(f"{path} lacks the fitted state {name!r}")
+                values[name] = None
+                continue
+            to = dev if spec.device else None
+            try:
+                if spec.kind == "tensor":
+                    values[name] = (
+                        tensors[f"state.{name}"].to(to) if to else tensors[f"state.{name}"]
+                    )
+                elif spec.kind == "tensors":
+                    values[name] = {
+                        k: tensors[f"state.{name}.{k}"].to(to)
+                        if to
+                        else tensors[f"state.{name}.{k}"]
+                        for k in entry["keys"]
+                    }
+                elif spec.kind == "module":
+                    assert spec.build is not None
+                    net = spec.build(entry["config"])
+                    # cast first: loading float64 weights into float32 parameters would round
+                    net.to(device=dev, dtype=dtype)
+                    net.load_state_dict({k: tensors[f"state.{name}.{k}"] for k in entry["keys"]})
+                    values[name] = net.eval()
+                else:
+                    values[name] = entry["json"]
+            except KeyError as e:
+                raise ValueError(f"{path} lacks the tensor {e} of fitted state {name!r}") from None
+        self._set_fitted(
+            **{k: v for k, v in values.items() if v is not None or cls._fitted_state[k].optional}
+        )
+        self._check_loaded(str(path))
+        return self
+
+    def _check_loaded(self, where: str) -> None:
+        """Method-specific checks of a loaded state against the model (shapes...)."""

@@ -1,0 +1,195 @@
+"""The one activation store: per-name arrays appended batch by batch, in memory until a limit,
+then spilled to raw files (``np.memmap``); optionally kept on disk as a verified cache.
+
+Representer points keep the head's inputs and the model's outputs here, clustering surrogates
+the reduced layer activations. A 60k-point set of conv feature maps never has to fit in memory
+twice, and a cache of 1M feature rows is read back memory-mapped, not into RAM.
+
+Cache files: ``NAME-KEY.npy`` per array and ``store-KEY.json`` with each file's sha256, shape
+and dtype; every file is written atomically and every checksum is verified on read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from whynet.core.explanation import atomic_write, file_sha256
+
+CACHE_VERSION = 1
+
+
+class ActivationStore:
+    """Append-only arrays by name; spills to files in ``cache_dir`` past ``memory_limit`` bytes.
+
+    Arrays keep the dtype of what is appended (floating batches are stored as float32 unless
+    appended with ``dtype=``); every batch of a name must have the same per-row shape.
+    """
+
+    def __init__(
+        self, memory_limit: int = 1 << 30, cache_dir: str | os.PathLike[str] | None = None
+    ) -> None:
+        self.memory_limit = memory_limit
+        self.cache_dir = cache_dir
+        self.chunks: dict[str, list[np.ndarray]] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.dtypes: dict[str, np.dtype[Any]] = {}
+        self.rows: dict[str, int] = {}
+        self.bytes = 0
+        self.folder: Path | None = None
+        self.files: dict[str, Any] = {}
+        self.paths: dict[str, Path] = {}
+
+    def append(self, name: str, batch: torch.Tensor, dtype: Any = None) -> None:
+        t = batch.detach().cpu()
+        if dtype is None:
+            dtype = np.float32 if t.is_floating_point() else None
+        arr = np.ascontiguousarray(t.numpy(), dtype=dtype)
+        shape = tuple(arr.shape[1:])
+        if self.shapes.setdefault(name, shape) != shape:
+            raise ValueError(
+                f"layer {name!r} changed shape between batches: "
+                f"{self.shapes[name]} then {shape} (pad sequences to one length?)"
+            )
+        self.dtypes.setdefault(name, arr.dtype)
+        self.rows[name] = self.rows.get(name, 0) + len(arr)
+        if self.folder is not None:
+            self._file(name).write(arr.tobytes())
+            return
+        self.chunks.setdefault(name, []).append(arr)
+        self.bytes += arr.nbytes
+        if self.bytes > self.memory_limit:
+            self._spill()
+
+    def _spill(self) -> None:
+        base = None if self.cache_dir is None else str(self.cache_dir)
+        if base is not None:
+            os.makedirs(base, exist_ok=True)
+        self.folder = Path(tempfile.mkdtemp(prefix="whynet-acts-", dir=base))
+        for name, chunks in self.chunks.items():
+            fh = self._file(name)
+            for c in chunks:
+                fh.write(c.tobytes())
+        self.chunks = {}
+
+    def _file(self, name: str) -> Any:
+        if name not in self.files:
+            assert self.folder is not None
+            self.paths[name] = self.folder / f"layer{len(self.paths)}.bin"
+            self.files[name] = open(self.paths[name], "wb")  # noqa: SIM115
+        return self.files[name]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Each name's rows as one array (in memory or memory-mapped, read-only)."""
+        out: dict[str, np.ndarray] = {}
+        for name, shape in self.shapes.items():
+            if self.folder is None:
+                out[name] = np.concatenate(self.chunks.pop(name))  # free chunks as we go
+            else:
+                self.files[name].close()
+                out[name] = np.memmap(
+                    self.paths[name],
+                    dtype=self.dtypes[name],
+                    mode="r",
+                    shape=(self.rows[name], *shape),
+                )
+        return out
+
+    @property
+    def on_disk(self) -> bool:
+        return self.folder is not None
+
+    def close(self) -> None:
+        """Delete the spill files (arrays returned by :meth:`arrays` become invalid)."""
+        for fh in self.files.values():
+            fh.close()
+        self.files = {}
+        self.chunks = {}
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+
+
+class StoreCache:
+    """A keyed on-disk cache of named arrays in ``folder`` (see the module doc).
+
+    ``KEY`` should combine the model's and the data's fingerprints. Reading verifies every
+    checksum; a mismatch raises ``ValueError`` naming the file (delete it to rebuild). Arrays
+    named in ``mmap`` come back memory-mapped (copy-on-write: the file is never changed).
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], key: str, what: str = "activation") -> None:
+        self.folder = Path(folder)
+        self.key = key[:24]
+        self.what = what
+        self.meta_path = self.folder / f"store-{self.key}.json"
+
+    def path(self, name: str) -> Path:
+        return self.folder / f"{name}-{self.key}.npy"
+
+    def exists(self) -> bool:
+        return self.meta_path.is_file()
+
+    def write(
+        self, arrays: dict[str, torch.Tensor | np.ndarray | None], extra: dict[str, Any]
+    ) -> None:
+        meta: dict[str, Any] = {"version": CACHE_VERSION, "key": self.key, "files": {}, **extra}
+        for name, value in arrays.items():
+            if value is None:
+                continue
+            arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
+            path = self.path(name)
+
+            def write(tmp: str, arr: np.ndarray = arr) -> None:
+                with open(tmp, "wb") as f:  # a file object: np.save would append ".npy"
+                    np.save(f, arr)
+
+            atomic_write(path, write)
+            meta["files"][name] = {
+                "sha256": file_sha256(path),
+                "shape": list(arr.shape),
+                "dtype": str(arr.dtype),
+            }
+        atomic_write(self.meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta)))
+
+    def read(self, mmap: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Verified arrays by name and the sidecar metadata."""
+        where = f"{self.what} cache"
+        try:
+            meta = json.loads(self.meta_path.read_text())
+            files = meta["files"]
+        except (OSError, KeyError, TypeError, json.JSONDecodeError) as e:
+            raise ValueError(
+                f"corrupted {where} {self.meta_path} ({e}); delete it to rebuild"
+            ) from None
+        if meta.get("version", 0) > CACHE_VERSION:
+            raise ValueError(
+                f"{self.meta_path} has cache version {meta.get('version')}; "
+                f"this whynet reads <= {CACHE_VERSION}"
+            )
+        out: dict[str, torch.Tensor] = {}
+        for name, info in files.items():
+            path = self.path(name)
+            if not path.is_file() or file_sha256(path) != info.get("sha256"):
+                raise ValueError(
+                    f"corrupted {where}: {path} is missing or its sha256 does not match the "
+                    f"recorded checksum; delete {self.folder}/*-{self.key}.* to rebuild"
+                )
+            try:
+                arr = np.load(path, mmap_mode="c" if name in mmap else None)
+            except ValueError as e:
+                raise ValueError(f"corrupted {where} {path} ({e})") from None
+            if str(arr.dtype) != info.get("dtype") or list(arr.shape) != info.get("shape"):
+                raise ValueError(
+                    f"corrupted {where} {path}: {arr.dtype} {arr.shape}, expected "
+                    f"{info.get('dtype')} {info.get('shape')}"
+                )
+            out[name] = torch.from_numpy(arr)
+        return out, meta
