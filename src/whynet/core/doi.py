@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from whynet.core.data import DataLike, iter_batches
+from whynet.core.image import blend
 from whynet.core.validation import check_batch_size
 
 RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
@@ -152,8 +153,7 @@ class LinearPath(DoI):
         return broadcast_baseline(self.baseline_value, z, where)
 
     def sample(self, z: torch.Tensor, s: int) -> torch.Tensor:
-        base = self.baseline(z)
-        return base + float(self.alphas[s]) * (z - base)
+        return blend(z, float(self.alphas[s]), self.baseline(z))
 
     def __repr__(self) -> str:
         return f"LinearPath(steps={self.steps}, rule={self.rule!r}, at={self.at!r})"

@@ -82,13 +82,14 @@ def reference(
     )
 
 
-def blend(x: torch.Tensor, mask: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+def blend(x: torch.Tensor, mask: torch.Tensor | float, ref: torch.Tensor) -> torch.Tensor:
     """``x * m + ref * (1 - m)``: keep ``x`` where the mask is 1, the reference where it is 0.
 
-    ``mask`` is ``(B, H, W)`` (broadcast over channels), ``(B, 1, H, W)`` or shaped like ``x``.
+    ``mask`` is ``(B, H, W)`` (broadcast over channels), ``(B, 1, H, W)``, shaped like ``x``,
+    or a number (a point on the straight line from ``ref`` to ``x``).
     A mask of ones gives ``x`` exactly. (Du et al. 2018 Eq. 2, Phillips et al. 2019, the
     deletion/insertion perturbation, a DoI's straight line with ``m = alpha``.)
     """
-    if mask.dim() == x.dim() - 1:
+    if isinstance(mask, torch.Tensor) and mask.dim() == x.dim() - 1:
         mask = mask.unsqueeze(1)
     return x * mask + ref * (1 - mask)
