@@ -7,7 +7,8 @@ Every function returns one value per input (float64) so that results stream over
   curves (Petsiuk et al. 2018), :func:`mask_fidelity` (preservation/deletion of a soft mask).
 - Localisation (:mod:`.localisation`): :func:`pointing_game` (Zhang et al. 2016),
   :func:`localisation_error` with :func:`saliency_boxes` and :func:`box_iou`.
-- Helpers: :func:`trapezoid`, :func:`as_saliency`, :func:`gaussian_blur`, :func:`apply_mask`.
+- Helpers: :func:`trapezoid`, :func:`as_saliency`, :func:`gaussian_blur`; baselines and the
+  blend of an image with one are :func:`whynet.core.reference` and :func:`whynet.core.blend`.
 
 Saliency maps are (B, H, W) tensors or :class:`~whynet.core.Explanation` objects; see
 :func:`as_saliency` for the accepted shapes. Boxes are ``(x0, y0, x1, y1)``, end exclusive.
@@ -18,7 +19,6 @@ from whynet.metrics._common import as_saliency, make_baseline
 from whynet.metrics.auc import trapezoid
 from whynet.metrics.faithfulness import (
     Fidelity,
-    apply_mask,
     deletion_auc,
     deletion_curve,
     insertion_auc,
@@ -49,7 +49,6 @@ __all__ = [
     "LocalisationError",
     "PointingGame",
     "StreamingMetric",
-    "apply_mask",
     "as_saliency",
     "box_iou",
     "deletion_auc",

@@ -1,4 +1,9 @@
-"""Shared helpers of the metrics: saliency maps in one shape, baselines, class scores."""
+"""Shared helpers of the metrics: saliency maps in one shape, baselines, class scores.
+
+Targets follow the one policy of :func:`whynet.core.parse_target` and predictions come from
+the one pipeline (:func:`whynet.core.predict_logits`); baselines are the one image
+:func:`whynet.core.reference`.
+"""
 
 from __future__ import annotations
 
@@ -8,36 +13,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from whynet.core import Explanation, as_logits, check_inputs, resolve_targets
-from whynet.core.image import gaussian_blur
-from whynet.core.validation import check_batch_size, check_classes
+from whynet.core import Explanation, as_logits, check_inputs, parse_target, predict_logits
+from whynet.core.image import ReferenceSpec, reference
+from whynet.core.validation import check_batch_size
 
 Score = Literal["softmax", "logit"]
-BaselineSpec = str | float | torch.Tensor
+BaselineSpec = ReferenceSpec
 
 
 def make_baseline(x: torch.Tensor, baseline: BaselineSpec, blur_sigma: float) -> torch.Tensor:
-    """The reference image replacing removed pixels: ``"blur"``, ``"zero"``, a float or a tensor
-    broadcastable to ``x``."""
-    if isinstance(baseline, str):
-        if baseline == "blur":
-            return gaussian_blur(x, blur_sigma)
-        if baseline == "zero":
-            return torch.zeros_like(x)
-        raise ValueError(f"baseline must be 'blur', 'zero', a float or a tensor; got {baseline!r}")
-    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
-        return torch.full_like(x, float(baseline))
-    if isinstance(baseline, torch.Tensor):
-        try:
-            return baseline.to(dtype=x.dtype, device=x.device).expand_as(x)
-        except RuntimeError:
-            raise ValueError(
-                f"baseline of shape {tuple(baseline.shape)} does not broadcast to "
-                f"inputs of shape {tuple(x.shape)}"
-            ) from None
-    raise TypeError(
-        f"baseline must be 'blur', 'zero', a float or a tensor; got {type(baseline).__name__}"
-    )
+    """The reference replacing removed pixels (:func:`whynet.core.reference`)."""
+    return reference(x, baseline, blur_sigma, name="baseline")
 
 
 def as_saliency(
@@ -88,20 +74,11 @@ def scores(output: Any, classes: torch.Tensor, score: Score) -> torch.Tensor:
     return logits.gather(1, classes.view(-1, 1).to(logits.device)).squeeze(1)
 
 
-@torch.no_grad()
 def targets_for(model: nn.Module, x: torch.Tensor, target: Any, batch_size: int) -> torch.Tensor:
-    """One class per input (``None`` -> the model's prediction on the unperturbed input)."""
+    """One class per input under the one target policy (:func:`whynet.core.parse_target`):
+    ``None``/``"predicted"`` -> the model's prediction on the unperturbed input; given classes
+    are range-checked against the model's output width (one forward pass of one input)."""
     check_batch_size(batch_size)
-    if target is None or isinstance(target, str):
-        out = torch.cat(
-            [as_logits(model(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
-        )
-        return resolve_targets(out, target)
-    if isinstance(target, int) and not isinstance(target, bool):
-        target = torch.full((len(x),), target, dtype=torch.long)
-    if not isinstance(target, torch.Tensor) or target.shape != (len(x),):
-        raise ValueError(f"target must be None, an int or a ({len(x)},) tensor of classes")
-    # class range is checked against the model's output width on first use
-    out = as_logits(model(x[:1]))
-    check_classes(target.long(), out.shape[-1], name="target")
-    return target.long().to(x.device)
+    tgt = parse_target(target, len(x))
+    rows = x if tgt.classes is None else x[:1]
+    return tgt.classes_for(predict_logits(model, rows, batch_size)).to(x.device)

@@ -17,14 +17,13 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from whynet.core import as_logits, frozen_eval
+from whynet.core import blend, predict_logits, reference
 from whynet.core.validation import check_batch_size
 from whynet.metrics._common import (
     BaselineSpec,
     Score,
     as_saliency,
     check_images,
-    make_baseline,
     scores,
     targets_for,
 )
@@ -78,8 +77,9 @@ def perturbation_curve(
         Remove salient pixels from the image, or insert them into the baseline.
     target : None, int or (B,) tensor
         Class to score; ``None`` = the model's prediction on the unperturbed input.
-    baseline : "blur", "zero", float or tensor
-        What removed pixels become (RISE: zeros for deletion, a blurred image for insertion).
+    baseline : "blur", "zero", "mean", float or tensor
+        What removed pixels become (:func:`whynet.core.reference`; RISE: zeros for deletion,
+        a blurred image for insertion).
     blur_sigma : float
         Gaussian sigma in pixels for ``baseline="blur"``.
     steps : int
@@ -96,22 +96,22 @@ def perturbation_curve(
     b, _, h, w = x.shape
     sal = as_saliency(saliency, (h, w), n=b).to(x.device)
     counts = pixel_counts(h * w, steps).to(x.device)
-    with frozen_eval(model):
-        classes = targets_for(model, x, target, batch_size)
-        base = make_baseline(x, baseline, blur_sigma)
-        ranks = saliency_ranks(sal)
-        # walk the B x (steps+1) grid of perturbed images in chunks of batch_size
-        img = torch.arange(b, device=x.device).repeat_interleave(steps + 1)
-        step = torch.arange(steps + 1, device=x.device).repeat(b)
-        out = torch.empty(b * (steps + 1), dtype=torch.float64, device=x.device)
-        for s in range(0, len(img), batch_size):
-            i, k = img[s : s + batch_size], step[s : s + batch_size]
-            changed = (ranks[i] < counts[k].view(-1, 1, 1)).unsqueeze(1)
-            if mode == "deletion":
-                pert = torch.where(changed, base[i], x[i])
-            else:
-                pert = torch.where(changed, x[i], base[i])
-            out[s : s + batch_size] = scores(model(pert), classes[i], score).double()
+    classes = targets_for(model, x, target, batch_size)
+    base = reference(x, baseline, blur_sigma, name="baseline")
+    ranks = saliency_ranks(sal)
+    # walk the B x (steps+1) grid of perturbed images in chunks of batch_size; the pipeline
+    # runs each chunk (eval mode, no gradients, modes restored)
+    img = torch.arange(b, device=x.device).repeat_interleave(steps + 1)
+    step = torch.arange(steps + 1, device=x.device).repeat(b)
+    out = torch.empty(b * (steps + 1), dtype=torch.float64, device=x.device)
+    for s in range(0, len(img), batch_size):
+        i, k = img[s : s + batch_size], step[s : s + batch_size]
+        changed = (ranks[i] < counts[k].view(-1, 1, 1)).to(x.dtype)
+        # deletion keeps the image where unchanged; insertion keeps it where changed
+        keep = 1 - changed if mode == "deletion" else changed
+        pert = blend(x[i], keep, base[i])
+        logits = predict_logits(model, pert, batch_size)
+        out[s : s + batch_size] = scores(logits, classes[i], score).double()
     return out.view(b, steps + 1)
 
 
@@ -146,13 +146,6 @@ def insertion_auc(
 ) -> torch.Tensor:
     """Per-image area under the insertion curve, (B,) float64; higher is more faithful."""
     return trapezoid(insertion_curve(model, inputs, saliency, target, **kwargs))
-
-
-def apply_mask(inputs: torch.Tensor, mask: torch.Tensor, baseline: torch.Tensor) -> torch.Tensor:
-    """``x * m + b * (1 - m)`` with a (B, H, W) or (B, 1, H, W) mask broadcast over channels."""
-    if mask.dim() == 3:
-        mask = mask.unsqueeze(1)
-    return inputs * mask + baseline * (1 - mask)
 
 
 @dataclass
@@ -192,19 +185,14 @@ def mask_fidelity(
     m = as_saliency(mask, (h, w), n=b).to(x.device, x.dtype)
     if float(m.min()) < 0 or float(m.max()) > 1:
         raise ValueError("mask values must lie in [0, 1]")
-    with frozen_eval(model):
-        classes = targets_for(model, x, target, batch_size)
-        base = make_baseline(x, baseline, blur_sigma)
-        parts: dict[str, list[torch.Tensor]] = {"o": [], "k": [], "r": [], "a": []}
-        for s in range(0, b, batch_size):
-            sl = slice(s, s + batch_size)
-            c = classes[sl]
-            parts["o"].append(scores(model(x[sl]), c, score).double())
-            kept_out = as_logits(model(apply_mask(x[sl], m[sl], base[sl])))
-            parts["k"].append(scores(kept_out, c, score).double())
-            parts["a"].append((kept_out.argmax(-1) == c).double())
-            parts["r"].append(
-                scores(model(apply_mask(x[sl], 1 - m[sl], base[sl])), c, score).double()
-            )
-    o, k, r, a = (torch.cat(parts[key]) for key in "okra")
-    return Fidelity(original=o, kept=k, removed=r, agreement=a)
+    classes = targets_for(model, x, target, batch_size)
+    base = reference(x, baseline, blur_sigma, name="baseline")
+    kept_out = predict_logits(model, blend(x, m, base), batch_size)
+    return Fidelity(
+        original=scores(predict_logits(model, x, batch_size), classes, score).double(),
+        kept=scores(kept_out, classes, score).double(),
+        removed=scores(
+            predict_logits(model, blend(x, 1 - m, base), batch_size), classes, score
+        ).double(),
+        agreement=(kept_out.argmax(-1) == classes.to(kept_out.device)).double(),
+    )
