@@ -402,8 +402,8 @@ def speed(quick: bool, n: int | None = None, extras: bool = True) -> dict[str, A
         "converged": rp.converged_,
     }
     log(f"whynet lbfgs {med:.1f}s")
-    f_te = rp._forward(xte)[0]
-    cls = rp._classes(model(xte[:1]).detach(), "predicted")
+    f_te, out_te = rp._forward(xte)
+    cls = out_te[:1].argmax(1)  # the predicted class (the explain default)
     one = f_te[:1]
     med1, _, _ = timed(lambda: rp.values_features(one, cls), 20)
     out["whynet"]["per_test_point_ms_given_features"] = round(med1 * 1000, 3)
@@ -513,10 +513,18 @@ def simulated_million(rp: RepresenterPoints, f_te: torch.Tensor, quick: bool) ->
         mm.flush()
         del mm
     big = RepresenterPoints(rp.model, head="head", block_size=131072)
-    big.features_ = torch.from_numpy(np.load(path, mmap_mode="c"))
     reps = n // len(rp.alpha_) + 1
-    big.alpha_ = rp.alpha_.repeat(reps, 1)[:n] / reps
-    big.weight_, big.labels_ = rp.weight_, None
+    big._set_fitted(
+        features_=torch.from_numpy(np.load(path, mmap_mode="c")),
+        alpha_=rp.alpha_.repeat(reps, 1)[:n] / reps,
+        weight_=rp.weight_,
+        labels_=None,
+        converged_=rp.converged_,
+        grad_norm_=rp.grad_norm_,
+        grad_norm0_=rp.grad_norm0_,
+        n_iter_=rp.n_iter_,
+        objective_=rp.objective_,
+    )
     cls = torch.zeros(len(f_te), dtype=torch.long)
     res: dict[str, Any] = {"n": n, "storage": "np.load(mmap_mode='c') float32, page cache warm"}
     for kdt in (torch.float64, torch.float32):

@@ -7,37 +7,41 @@ The pre-softmax output of the fine-tuned head decomposes exactly over the traini
 
 with ``f`` the head's input and ``alpha_i = -1/(2 lambda n) dL/dPhi_i``. The term of point ``i``
 is its *representer value*: positive = excitatory, negative = inhibitory.
+
+Built on the core template: ``explain`` is :meth:`whynet.core.Explainer.explain`, this class
+supplies :meth:`RepresenterPoints._explain_batch`; parameters and fitted state are declared.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import os
-from pathlib import Path
-from typing import Any, NamedTuple
+from collections.abc import Iterator
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
 
 from whynet.core import (
+    Accumulator,
+    Constraint,
     Explainer,
-    Explanation,
     FittedMixin,
+    Interval,
+    Options,
+    State,
+    StoreCache,
+    Target,
     check_classes,
     check_inputs,
-    frozen_eval,
-    load_tensors,
+    constraint,
     model_device,
-    resolve_targets,
-    save_tensors,
+    model_fingerprint,
+    parse_target,
 )
+from whynet.core.params import DTYPE
 from whynet.representer import _features as feat
 from whynet.representer._solver import alpha_from, augment, solve, solve_lbfgs
-
-FORMAT = "whynet.representer"
-FORMAT_VERSION = 1
-_TARGETS = ("model", "labels")
 
 
 class TopPoints(NamedTuple):
@@ -83,8 +87,8 @@ class RepresenterPoints(FittedMixin, Explainer):
         "lbfgs": L-BFGS with Armijo backtracking on the same (strongly convex) objective and
         the same stopping rule: same minimiser, typically 10-30x fewer steps.
     cache_dir : str or Path, optional
-        Keep features on disk (``.npy`` + sha256 sidecar) and reuse them, memory-mapped, when
-        the same model and data come back.
+        Keep features on disk (:class:`whynet.core.StoreCache`: ``.npy`` + sha256 sidecar) and
+        reuse them, memory-mapped, when the same model and data come back.
     progress : bool, optional
         Progress bars (default: on a terminal).
 
@@ -93,10 +97,48 @@ class RepresenterPoints(FittedMixin, Explainer):
     alpha_ : (n, C) representer coefficients; ``features_`` : (n, D) float32 head inputs;
     ``weight_`` : (C, D+1) fine-tuned head, bias last; ``labels_`` : (n,) or None;
     ``converged_``, ``grad_norm_`` (mean |grad J| at the returned iterate), ``grad_norm0_``,
-    ``n_iter_``, ``objective_``.
+    ``n_iter_``, ``objective_`` (declared in ``_fitted_state``; saved and loaded by
+    :class:`whynet.core.FittedMixin`).
     """
 
     method = "representer"
+    _parameter_constraints: ClassVar[dict[str, Constraint]] = {
+        "head": constraint(str, error=TypeError, desc="the dotted name of a layer"),
+        "l2": constraint(Interval(float, 0, None, "neither"), desc="a positive number"),
+        "targets": constraint(Options(("model", "labels"))),
+        "max_iter": constraint(Interval(int, 0, None)),
+        "tol": constraint(Interval(float, 0, 1, "left"), desc="in [0, 1)"),
+        "dtype": constraint(DTYPE, error=TypeError),
+        "block_size": constraint(Interval(int, 1, None)),
+        "kernel_dtype": constraint(DTYPE, None, error=TypeError),
+        "solver": constraint(Options(("gd", "lbfgs")), desc="'gd' or 'lbfgs'"),
+        "cache_dir": constraint(str, os.PathLike, None, error=TypeError, desc="a folder or None"),
+    }
+    _fitted_state: ClassVar[dict[str, State]] = {
+        "alpha_": State(),
+        "weight_": State(),
+        # a memory-mapped CPU matrix for large n: never moved to the model's device
+        "features_": State(device=False),
+        "labels_": State(optional=True),
+        "converged_": State("json"),
+        "grad_norm_": State("json"),
+        "grad_norm0_": State("json"),
+        "n_iter_": State("json"),
+        "objective_": State("json"),
+    }
+    # the declared state's types (annotations only: absent until fit)
+    alpha_: torch.Tensor
+    weight_: torch.Tensor
+    features_: torch.Tensor
+    labels_: torch.Tensor | None
+    converged_: bool
+    grad_norm_: float
+    grad_norm0_: float
+    n_iter_: int
+    objective_: float
+    _format = "whynet.representer"
+    _format_version = 2  # 1: the representer's own file layout before the core persistence
+    _check_fingerprint = True
 
     def __init__(
         self,
@@ -116,33 +158,24 @@ class RepresenterPoints(FittedMixin, Explainer):
         progress: bool | None = None,
     ) -> None:
         super().__init__(model, batch_size=batch_size, progress=progress)
-        if not isinstance(head, str):
-            raise TypeError(f"head must be the dotted name of a layer, got {type(head).__name__}")
-        if not (isinstance(l2, (int, float)) and l2 > 0 and math.isfinite(l2)):
-            raise ValueError(f"l2 must be a positive number, got {l2!r}")
-        if targets not in _TARGETS:
-            raise ValueError(f"targets must be one of {_TARGETS}, got {targets!r}")
-        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
-            raise ValueError(f"max_iter must be an int >= 0, got {max_iter!r}")
-        if not (isinstance(tol, (int, float)) and 0 <= tol < 1):
-            raise ValueError(f"tol must be in [0, 1), got {tol!r}")
-        for name, dt in (("dtype", dtype), ("kernel_dtype", kernel_dtype)):
-            if dt is not None and dt not in (torch.float32, torch.float64):
-                raise TypeError(f"{name} must be torch.float32 or torch.float64, got {dt}")
-        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-            raise ValueError(f"block_size must be an int >= 1, got {block_size!r}")
-        if solver not in ("gd", "lbfgs"):
-            raise ValueError(f"solver must be 'gd' or 'lbfgs', got {solver!r}")
-        self.solver = solver
         self.head = head
-        self.l2 = float(l2)
+        self.l2 = l2
         self.targets = targets
         self.max_iter = max_iter
-        self.tol = float(tol)
+        self.tol = tol
         self.dtype = dtype
         self.block_size = block_size
         self.kernel_dtype = kernel_dtype
+        self.solver = solver
         self.cache_dir = cache_dir
+        self._check_params()
+        self.l2, self.tol = float(l2), float(tol)
+        # a str, so that the setting can be saved (a Path is not JSON)
+        self.cache_dir = None if cache_dir is None else os.fspath(cache_dir)
+
+    def _fingerprint(self) -> str:
+        """The model's weights and the head's name (a cache or file is for one head)."""
+        return model_fingerprint(self.model, extra=self.head)
 
     # ---- fitting -------------------------------------------------------------------------
 
@@ -152,19 +185,24 @@ class RepresenterPoints(FittedMixin, Explainer):
         ``train_data`` is anything :func:`whynet.core.iter_batches` takes; labels come from the
         loader/dataset, or ``labels`` for a tensor. Training-point order is the data order.
         """
+        self._reset_fitted()
         feat.linear_head(self.model, self.head)
         need = self.targets == "labels"
         cache = None
         if self.cache_dir is not None:
             key = hashlib.sha256(
                 (
-                    feat.model_fingerprint(self.model, self.head)
-                    + feat.data_fingerprint(train_data, labels, self.batch_size)
+                    self._fingerprint() + feat.data_fingerprint(train_data, labels, self.batch_size)
                 ).encode()
             ).hexdigest()
-            cache = feat.FeatureCache(self.cache_dir, key)
+            cache = StoreCache(self.cache_dir, key, what="representer feature")
         if cache is not None and cache.exists():
-            arrays, _ = cache.read()
+            arrays, _ = cache.read(mmap=("features",))
+            if "features" not in arrays or "outputs" not in arrays:
+                raise ValueError(
+                    f"corrupted representer feature cache {cache.meta_path}: "
+                    "no features/outputs recorded"
+                )
             features, outputs, y = arrays["features"], arrays["outputs"], arrays.get("labels")
             if need and y is None:
                 raise ValueError(
@@ -172,21 +210,30 @@ class RepresenterPoints(FittedMixin, Explainer):
                     "pass (inputs, labels) pairs or labels=..."
                 )
         else:
-            fs, outs, ys = [], [], []
+            acc = Accumulator()
             for f, out, yb in feat.iter_features(
-                self.model, self.head, train_data, labels, self.batch_size, need, self.progress
+                self.model,
+                self.head,
+                train_data,
+                labels,
+                batch_size=self.batch_size,
+                need_labels=need,
+                progress=self.progress,
             ):
-                fs.append(f)
-                outs.append(out.double())  # targets: keep the logits at full precision
-                ys.append(yb)
-            if not fs:
+                # targets: keep the logits at full precision
+                acc.update(features=f, outputs=out.double(), labels=yb)
+            if acc.n == 0:
                 raise ValueError("train_data is empty")
-            features, outputs = torch.cat(fs), torch.cat(outs)
-            y = None if any(v is None for v in ys) else torch.cat([v for v in ys if v is not None])
+            parts = acc.compute()
+            features, outputs, y = parts["features"], parts["outputs"], parts["labels"]
             feat.check_finite(features)
             if cache is not None:
                 cache.write(
-                    {"features": features, "outputs": outputs, "labels": y},
+                    {
+                        "features": features.cpu().float(),
+                        "outputs": outputs.cpu().double(),
+                        "labels": None if y is None else y.cpu().long(),
+                    },
                     {"head": self.head, "n": int(features.shape[0])},
                 )
         return self.fit_features(features, outputs=outputs, labels=y)
@@ -197,12 +244,13 @@ class RepresenterPoints(FittedMixin, Explainer):
         outputs: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> RepresenterPoints:
-        """Fine-tune the head on precomputed head inputs ``features`` (n, D).
+        """Fine-tune the head on precomputed head inputs ``features`` (n, D) (Eq. 2).
 
         ``outputs`` (n, C) are the model's logits on the same points (needed for
         ``targets="model"``; default: the current head applied to ``features``); ``labels``
         (n,) are needed for ``targets="labels"`` and for :meth:`global_importance`.
         """
+        self._reset_fitted()
         head = feat.linear_head(self.model, self.head)
         features = check_inputs(features, name="features", ndim=2, finite=False)
         feat.check_finite(features)
@@ -239,34 +287,46 @@ class RepresenterPoints(FittedMixin, Explainer):
             t = torch.softmax(outputs.to(device, self.dtype), dim=1)
         run = solve if self.solver == "gd" else solve_lbfgs
         res = run(fa, w0, t, self.l2, max_iter=self.max_iter, tol=self.tol)
-        self.alpha_ = alpha_from(res.phi, t, self.l2)
-        self.weight_ = res.weight
-        self.features_ = features if features.dtype == torch.float32 else features.float()
-        self.labels_ = labels
-        self.converged_ = res.converged
-        self.grad_norm_ = res.grad_mean
-        self.grad_norm0_ = res.grad_mean0
-        self.n_iter_ = res.n_iter
-        self.objective_ = res.objective
+        self._set_fitted(
+            alpha_=alpha_from(res.phi, t, self.l2),
+            weight_=res.weight,
+            features_=features if features.dtype == torch.float32 else features.float(),
+            labels_=labels,
+            converged_=bool(res.converged),
+            grad_norm_=float(res.grad_mean),
+            grad_norm0_=float(res.grad_mean0),
+            n_iter_=int(res.n_iter),
+            objective_=float(res.objective),
+        )
         return self
+
+    def _check_loaded(self, where: str) -> None:
+        """The saved head and coefficients must fit the model's head."""
+        head = feat.linear_head(self.model, self.head)
+        w = self.weight_
+        if w.shape != (head.out_features, head.in_features + 1):
+            raise ValueError(
+                f"{where} holds a head of shape {tuple(w.shape)}, the model's head "
+                f"is ({head.out_features}, {head.in_features} + 1)"
+            )
+        n, d = self.features_.shape
+        if d != head.in_features or self.alpha_.shape != (n, head.out_features):
+            raise ValueError(
+                f"{where} holds features {tuple(self.features_.shape)} and alpha "
+                f"{tuple(self.alpha_.shape)}, inconsistent with the model's head "
+                f"({head.out_features} outputs, {head.in_features} inputs)"
+            )
 
     # ---- explaining ----------------------------------------------------------------------
 
-    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Test features (B, D) float32 and model outputs, chunked, eval mode."""
-        check_inputs(x, name="inputs", floating=x.is_floating_point())
-        fs, outs = [], []
-        with frozen_eval(self.model), torch.no_grad():
-            dev = model_device(self.model)
-            for i in range(0, x.shape[0], self.batch_size):
-                f, out = feat.forward_features(
-                    self.model, self.head, x[i : i + self.batch_size].to(dev)
-                )
-                fs.append(f)
-                outs.append(out)
-        f = torch.cat(fs)
+    def _features_of(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f, out = feat.forward_features(self.model, self.head, x, self.batch_size)
         feat.check_finite(f, "test")
-        return f, torch.cat(outs)
+        return f, out
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Test features (B, D) float32 and model outputs of inputs ``x`` (eval mode)."""
+        return self._features_of(self._check_inputs(x))
 
     def logits_features(self, features: torch.Tensor) -> torch.Tensor:
         """Fine-tuned head logits ``[f, 1] W^T`` (B, C) for head inputs ``features``."""
@@ -278,7 +338,9 @@ class RepresenterPoints(FittedMixin, Explainer):
         self.check_is_fitted()
         return self.logits_features(self._forward(x)[0])
 
-    def _blocks(self, test: torch.Tensor, classes: torch.Tensor) -> Any:
+    def _blocks(
+        self, test: torch.Tensor, classes: torch.Tensor
+    ) -> Iterator[tuple[int, torch.Tensor]]:
         """Yield ``(start, values (B, nb))`` over blocks of training points (Thm. 3.1 terms)."""
         kdt = self.kernel_dtype or self.dtype
         dev = self.alpha_.device
@@ -300,59 +362,51 @@ class RepresenterPoints(FittedMixin, Explainer):
                 out[rows, a : a + v.shape[1]] = v
         return out
 
-    def _classes(self, outputs: torch.Tensor, target: Any) -> torch.Tensor:
-        if target is None or (isinstance(target, str) and target == "predicted"):
-            return resolve_targets(outputs, None).to(self.alpha_.device)
-        if isinstance(target, str):
-            raise ValueError(f"target must be 'predicted', an int or a (B,) tensor, got {target!r}")
-        classes = resolve_targets(outputs, target).to(self.alpha_.device)
+    def _classes(self, outputs: torch.Tensor, target: Target) -> torch.Tensor:
+        """The class per input (the given ones, else the original model's argmax)."""
+        classes = target.classes_for(outputs).to(self.alpha_.device)
         check_classes(classes, self.alpha_.shape[1], name="target")
         return classes
 
-    def explain(self, inputs: torch.Tensor, target: Any = "predicted") -> Explanation:
-        """Representer values of every training point for each input.
+    def _check_target(self, x: torch.Tensor, target: Target) -> None:
+        # the classes are the fitted coefficients' columns: no forward pass needed
+        if target.classes is not None:
+            check_classes(target.classes, self.alpha_.shape[1], name="target")
 
-        Parameters
-        ----------
-        inputs : torch.Tensor
-            Test inputs (B, ...).
-        target : "predicted", int or (B,) tensor
-            Class to decompose; "predicted" = the original model's argmax.
+    def _explain_batch(self, x: torch.Tensor, target: Target) -> dict[str, torch.Tensor | None]:
+        """Representer values of every training point for a chunk of inputs (Thm. 3.1).
 
-        Returns
-        -------
-        Explanation
-            ``values`` (B, n_train) with ``values.sum(1) == logits(inputs)[b, target_b]`` (up to
-            the stationarity residual ``grad J / (2 lambda)``); ``extras["logits"]`` the
-            fine-tuned logit of the target class.
+        ``values`` (B, n_train) with ``values.sum(1) == logits(inputs)[b, target_b]`` (up to the
+        stationarity residual ``grad J / (2 lambda)``); ``logits`` (an extra) the fine-tuned
+        logit of the target class; the default target is the original model's prediction.
         """
-        self.check_is_fitted()
-        f, outputs = self._forward(inputs)
+        f, outputs = self._features_of(x)
         classes = self._classes(outputs, target)
-        values = self.values_features(f, classes)
         logit = self.logits_features(f).gather(1, classes[:, None])[:, 0]
-        return Explanation(
-            values=values,
-            target=classes,
-            method=self.method,
-            layer=self.head,
-            params=self._params(),
-            extras={"logits": logit},
-            meta={"n_train": int(self.features_.shape[0])},
-        )
+        return {"values": self.values_features(f, classes), "target": classes, "logits": logit}
 
-    def top(self, inputs: torch.Tensor, k: int = 5, target: Any = "predicted") -> TopPoints:
+    def _explained_layer(self) -> str | None:
+        return self.head
+
+    def _meta(self) -> dict[str, Any]:
+        return {"n_train": int(self.features_.shape[0])}
+
+    def top(self, inputs: torch.Tensor, k: int = 5, target: Any = None) -> TopPoints:
         """The ``k`` most excitatory (largest) and inhibitory (most negative) training points.
 
-        Computed block by block with a running top-k, so memory stays O(B x (block + k)) even
-        for millions of training points.
+        ``target`` follows the one policy of :meth:`explain` (None / "predicted": the model's
+        prediction). Computed block by block with a running top-k, so memory stays
+        O(B x (block + k)) even for millions of training points.
         """
         self.check_is_fitted()
         n = self.features_.shape[0]
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
             raise ValueError(f"k must be an int in [1, {n}], got {k!r}")
-        f, outputs = self._forward(inputs)
-        classes = self._classes(outputs, target)
+        x = self._check_inputs(inputs)
+        tgt = parse_target(target, len(x))
+        self._check_target(x, tgt)
+        f, outputs = self._features_of(x)
+        classes = self._classes(outputs, tgt)
         b = f.shape[0]
         empty_v = torch.empty(b, 0, dtype=self.dtype, device=self.alpha_.device)
         empty_i = torch.empty(b, 0, dtype=torch.long, device=self.alpha_.device)
@@ -382,74 +436,3 @@ class RepresenterPoints(FittedMixin, Explainer):
     def mislabel_ranking(self) -> torch.Tensor:
         """Training indices by decreasing global importance: the order to check labels in."""
         return torch.argsort(self.global_importance(), descending=True, stable=True)
-
-    # ---- persistence ---------------------------------------------------------------------
-
-    def _params(self) -> dict[str, Any]:
-        return {
-            "head": self.head,
-            "l2": self.l2,
-            "targets": self.targets,
-            "max_iter": self.max_iter,
-            "tol": self.tol,
-            "dtype": str(self.dtype),
-            "solver": self.solver,
-        }
-
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the fitted state (alpha, head, features, labels) to one safetensors file."""
-        self.check_is_fitted()
-        tensors = {"alpha": self.alpha_, "weight": self.weight_, "features": self.features_}
-        if self.labels_ is not None:
-            tensors["labels"] = self.labels_
-        meta = {
-            "params": self._params(),
-            "converged": self.converged_,
-            "grad_norm": self.grad_norm_,
-            "grad_norm0": self.grad_norm0_,
-            "n_iter": self.n_iter_,
-            "objective": self.objective_,
-            "model_fingerprint": feat.model_fingerprint(self.model, self.head),
-        }
-        return save_tensors(path, tensors, meta, FORMAT, FORMAT_VERSION)
-
-    @classmethod
-    def load(
-        cls, path: str | os.PathLike[str], model: nn.Module, *, strict: bool = True, **kwargs: Any
-    ) -> RepresenterPoints:
-        """Read a file written by :meth:`save` for ``model``.
-
-        With ``strict`` (default) the model's weights must be those it was fitted with
-        (sha256 fingerprint); otherwise explanations would not describe this model.
-        ``kwargs`` override runtime settings (batch_size, block_size, kernel_dtype, progress).
-        """
-        tensors, meta = load_tensors(path, FORMAT, FORMAT_VERSION)
-        missing = {"alpha", "weight", "features"} - set(tensors)
-        if missing:
-            raise ValueError(f"{path} lacks tensors {sorted(missing)}")
-        p = dict(meta["params"])
-        dtype = {"torch.float64": torch.float64, "torch.float32": torch.float32}[p.pop("dtype")]
-        self = cls(model, dtype=dtype, **p, **kwargs)
-        head = feat.linear_head(model, self.head)
-        if strict and feat.model_fingerprint(model, self.head) != meta.get("model_fingerprint"):
-            raise ValueError(
-                f"{path} was fitted on a model with different weights; pass "
-                "strict=False to load it anyway"
-            )
-        w = tensors["weight"]
-        if w.shape != (head.out_features, head.in_features + 1):
-            raise ValueError(
-                f"{path} holds a head of shape {tuple(w.shape)}, the model's head "
-                f"is ({head.out_features}, {head.in_features} + 1)"
-            )
-        dev = model_device(model)
-        self.alpha_ = tensors["alpha"].to(dev)
-        self.weight_ = w.to(dev)
-        self.features_ = tensors["features"]
-        self.labels_ = tensors["labels"].to(dev) if "labels" in tensors else None
-        self.converged_ = bool(meta["converged"])
-        self.grad_norm_ = float(meta["grad_norm"])
-        self.grad_norm0_ = float(meta["grad_norm0"])
-        self.n_iter_ = int(meta["n_iter"])
-        self.objective_ = float(meta["objective"])
-        return self
