@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import inspect
 import json
 import subprocess
 import sys
@@ -17,7 +18,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-FITTED_METHODS = {"masks", "representer", "clusters"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff"}
 
 
@@ -33,22 +33,33 @@ def _say(msg: str) -> None:
 def run_demo(
     out: Path, fast: bool, only: Sequence[str] | None = None, progress: bool | None = None
 ) -> Path:
-    """Run every available tour, write sections + the report, return the report path."""
-    from whynet.report import save_sections, write_report
-    from whynet.tour import TOURS, Section
+    """Run the tour of every registered method that has one (``whynet.tour.<name>``), write
+    sections + the report, return the report path."""
+    from whynet.registry import registered
+    from whynet.report import Section, save_sections, write_report
+    from whynet.tour import tour_modules
 
+    names = [info.name for info in registered()]
+    unknown = sorted(set(only or ()) - set(names))
+    if unknown:
+        raise CLIError(
+            f"--only: unknown section(s) {', '.join(unknown)}; known: {', '.join(names)}"
+        )
+    tours = tour_modules()
     sections: list[Section] = []
     timings: dict[str, float] = {}
-    for name, module in TOURS.items():
+    for name in names:
         if only and name not in only:
             continue
-        if importlib.util.find_spec(module) is None:
-            _say(f"[demo] {name}: not available yet, skipped")
+        if name not in tours:
+            _say(f"[demo] {name}: no tour module, skipped")
             continue
         _say(f"[demo] {name} ...")
         t0 = time.perf_counter()
         try:
-            section = importlib.import_module(module).run(out / name, fast=fast, progress=progress)
+            section = importlib.import_module(tours[name]).run(
+                out / name, fast=fast, progress=progress
+            )
         except ImportError as e:  # an optional extra is missing: say so in the report
             section = Section(title=name, notes=[f"skipped: {e}"])
         timings[name] = time.perf_counter() - t0
@@ -66,13 +77,12 @@ def run_demo(
         sections,
         out / "report.html",
         title="whynet demo",
-        subtitle="influence, feature inversion, explanatory masks, representer "
-        "points and clustering surrogates on bundled models",
+        subtitle=f"{', '.join(timings) or 'no methods'} on bundled models",
     )
 
 
 def _timing_table(timings: dict[str, float]) -> Any:
-    from whynet.tour import Table
+    from whynet.report import Table
 
     return Table(
         caption="time per section (s)",
@@ -150,18 +160,25 @@ def load_images(paths: Sequence[Path], size: int | None) -> tuple[Any, list[str]
 def run_explain(args: argparse.Namespace) -> Path:
     import torch
 
-    from whynet.registry import get_explainer
+    from whynet.registry import method_info
     from whynet.report import sections_from_explanations, write_report
 
-    if args.method in FITTED_METHODS:
+    info = method_info(args.method)
+    if info.fitted:
         raise CLIError(
             f"method {args.method!r} must be fitted on training data first; use the Python "
             "API (see docs) — `whynet explain` runs methods that need no fitting"
         )
-    cls = get_explainer(args.method)
+    if "image" not in info.inputs:
+        raise CLIError(
+            f"method {args.method!r} explains {', '.join(info.inputs)} inputs; "
+            "`whynet explain` reads images"
+        )
     factory = load_factory(args.model)
+    kwargs = explainer_kwargs(info, args)
+    cls = info.load()
     made = factory()
-    model, info = made if isinstance(made, tuple) else (made, {})
+    model, extra = made if isinstance(made, tuple) else (made, {})
     if not isinstance(model, torch.nn.Module):
         raise CLIError(f"{args.model} returned {type(model).__name__}, not a torch.nn.Module")
     if args.weights:
@@ -172,9 +189,11 @@ def run_explain(args: argparse.Namespace) -> Path:
             raise CLIError("--weights must be a .safetensors file (whynet never unpickles)")
         model.load_state_dict(load_file(str(w)))
     x, names = load_images([Path(p) for p in args.inputs], args.size)
-    preprocess = info.get("preprocess") if isinstance(info, dict) else None
+    preprocess = extra.get("preprocess") if isinstance(extra, dict) else None
     x_model = preprocess(x) if callable(preprocess) else x
-    explainer = _build_explainer(args.method, cls, model, args)
+    if "batch_size" in inspect.signature(cls).parameters:
+        kwargs["batch_size"] = args.batch_size
+    explainer = cls(model, **kwargs)
     target: Any = None if args.target is None else int(args.target)
     e = explainer.explain(x_model, target=target)
     e.extras.setdefault("inputs", x)
@@ -189,21 +208,62 @@ def run_explain(args: argparse.Namespace) -> Path:
     )
 
 
-def _build_explainer(name: str, cls: Any, model: Any, args: argparse.Namespace) -> Any:
-    if name == "influence":
-        if not args.layer:
-            raise CLIError("influence needs --layer (a dotted module path, e.g. features.3)")
-        return cls(model, layer=args.layer, batch_size=args.batch_size)
-    if name == "inversion":
-        if not args.layer or not args.basis_layer:
-            raise CLIError("inversion needs --layer (inversion layer) and --basis-layer")
-        return cls(
-            model,
-            inversion_layer=args.layer,
-            basis_layer=args.basis_layer,
-            batch_size=args.batch_size,
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def explainer_kwargs(info: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Constructor arguments of a registered method from its command-line arguments
+    (``MethodInfo.args``). ``--layer`` also fills a method's first ``*_layer`` argument when
+    the method has no ``layer`` one (``--layer`` is guided feature inversion's inversion
+    layer, as before)."""
+    names = [a.name for a in info.args]
+    given = {n: getattr(args, n, None) for n in _all_args()}
+    if "layer" not in names and given.get("layer") is not None:
+        alias = next((n for n in names if n.endswith("_layer") and given.get(n) is None), None)
+        if alias is not None:
+            given[alias], given["layer"] = given["layer"], None
+    extra = sorted(n for n, v in given.items() if v is not None and n not in names)
+    if extra:
+        takes = ", ".join(_flag(n) for n in names) or "no method arguments"
+        raise CLIError(
+            f"{info.name} does not take {', '.join(_flag(n) for n in extra)} (it takes {takes})"
         )
-    return cls(model)
+    missing = [a for a in info.args if a.required and given.get(a.name) is None]
+    if missing:
+        need = " and ".join(f"{_flag(a.name)} ({a.help})" for a in missing)
+        raise CLIError(f"{info.name} needs {need}")
+    return {n: given[n] for n in names if given.get(n) is not None}
+
+
+def _all_args() -> dict[str, Any]:
+    """Every registered method's command-line arguments by name (the first help wins)."""
+    from whynet.registry import registered
+
+    out: dict[str, Any] = {}
+    for info in registered():
+        for a in info.args:
+            out.setdefault(a.name, a)
+    return out
+
+
+def describe_methods() -> list[str]:
+    """``whynet methods``: each registered method with its capabilities."""
+    from whynet.registry import registered
+
+    lines = []
+    for info in registered():
+        if info.fitted:
+            how = "needs fit on training data (Python API)"
+        else:
+            flags = " ".join(
+                f"{_flag(a.name)} {a.name.upper()}" if a.required else f"[{_flag(a.name)}]"
+                for a in info.args
+            )
+            how = f"whynet explain --method {info.name} {flags}".rstrip()
+        lines.append(f"{info.name:<12} {info.description}")
+        lines.append(f"{'':<12} inputs: {', '.join(info.inputs)}; targets: {info.targets}; {how}")
+    return lines
 
 
 # ---------------------------------------------------------------------------- bench, zoo
@@ -300,8 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--weights", help="a .safetensors state dict to load into the model")
     e.add_argument("--method", required=True, help="registered method (see `whynet methods`)")
     e.add_argument("--inputs", nargs="+", required=True, help="image files or folders")
-    e.add_argument("--layer", help="layer to explain (dotted module path)")
-    e.add_argument("--basis-layer", help="basis layer (guided feature inversion)")
+    for arg in _all_args().values():  # the registered methods' own arguments
+        e.add_argument(_flag(arg.name), dest=arg.name, type=arg.type, help=arg.help)
     e.add_argument("--target", help="class index (default: the predicted class)")
     e.add_argument("--size", type=int, help="resize images to SIZE x SIZE")
     e.add_argument("--batch-size", type=int, default=16)
@@ -317,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     z = sub.add_parser("zoo", help="bundled models and data sets")
     z.add_argument("action", choices=["list"])
 
-    sub.add_parser("methods", help="list the registered methods")
+    sub.add_parser("methods", help="list the registered methods and what they can do")
     return p
 
 
@@ -336,10 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "zoo":
             run_zoo_list()
         elif args.command == "methods":
-            from whynet.registry import list_explainers
-
-            for name, desc in list_explainers().items():
-                print(f"{name:<12} {desc}")
+            print("\n".join(describe_methods()))
         return 0
     except KeyboardInterrupt:
         _say("whynet: interrupted")

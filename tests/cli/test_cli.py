@@ -125,3 +125,67 @@ def test_explain_rejects_fitted_methods_and_missing_layer(tmp_path, capsys):
         == 1
     )
     assert "no callable named 'nothere'" in capsys.readouterr().err
+
+
+def test_methods_prints_the_registry_capabilities(capsys):
+    from whynet.registry import registered
+
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for info in registered():
+        assert f"{info.name} " in out and info.description in out
+        if info.fitted:
+            assert "needs fit" in out
+    assert "whynet explain --method influence --layer" in out
+
+
+def explain_args(*argv: str):
+    from whynet.cli import build_parser
+
+    return build_parser().parse_args(["explain", "--model", "m:f", "--inputs", "x", *argv])
+
+
+def test_explainer_arguments_come_from_the_registry():
+    from whynet.cli import CLIError, explainer_kwargs
+    from whynet.registry import method_info
+
+    args = explain_args("--method", "influence", "--layer", "features.3")
+    assert explainer_kwargs(method_info("influence"), args) == {"layer": "features.3"}
+    args = explain_args(
+        "--method", "inversion", "--inversion-layer", "features.3", "--basis-layer", "features.1"
+    )
+    assert explainer_kwargs(method_info("inversion"), args) == {
+        "inversion_layer": "features.3",
+        "basis_layer": "features.1",
+    }
+    # --layer is still the inversion layer of guided feature inversion
+    args = explain_args("--method", "inversion", "--layer", "features.3", "--basis-layer", "b")
+    assert explainer_kwargs(method_info("inversion"), args) == {
+        "inversion_layer": "features.3",
+        "basis_layer": "b",
+    }
+    with pytest.raises(CLIError, match="influence needs --layer"):
+        explainer_kwargs(method_info("influence"), explain_args("--method", "influence"))
+    with pytest.raises(CLIError, match="inversion needs --basis-layer"):
+        explainer_kwargs(
+            method_info("inversion"), explain_args("--method", "inversion", "--layer", "a")
+        )
+    with pytest.raises(CLIError, match="does not take --head"):
+        explainer_kwargs(
+            method_info("influence"),
+            explain_args("--method", "influence", "--layer", "a", "--head", "fc"),
+        )
+
+
+def test_explain_missing_layer_and_unknown_method(tmp_path, capsys):
+    model_file, imgs = write_user_files(tmp_path)
+    base = ["explain", "--model", f"{model_file}:make", "--inputs", str(imgs)]
+    assert main([*base, "--method", "influence"]) == 1
+    assert "influence needs --layer" in capsys.readouterr().err
+    assert main([*base, "--method", "nosuch"]) == 1
+    assert "unknown explainer 'nosuch'" in capsys.readouterr().err
+
+
+def test_demo_rejects_unknown_sections(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--only", "nosuch"]) == 1
+    assert "unknown section(s) nosuch" in capsys.readouterr().err

@@ -124,3 +124,29 @@ def test_report_renders_in_headless_chromium(tmp_path):
     # the sentence holding <script> is shown as text, never run
     assert "alert" not in log
     assert "&lt;script&gt;" in dom
+
+
+def test_report_owns_its_data_model_and_does_not_import_the_tour():
+    import sys
+
+    import whynet.report
+    import whynet.tour
+
+    assert whynet.tour.Section is whynet.report.Section and whynet.tour.Figure is Figure
+    code = (
+        "import sys, whynet.report; "
+        "bad = sorted(m for m in sys.modules if m.startswith('whynet.tour')); "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_tour_list_comes_from_the_registry():
+    from whynet.registry import registered
+    from whynet.tour import tour_modules
+
+    tours = tour_modules()
+    names = [info.name for info in registered()]
+    assert list(tours) == [n for n in names if n in tours]
+    assert {"influence", "inversion", "masks", "representer", "clusters"} <= set(tours)
+    assert all(module == f"whynet.tour.{name}" for name, module in tours.items())

@@ -1,4 +1,4 @@
-"""Render :class:`whynet.tour.Section` objects into one self-contained HTML file."""
+"""Render :class:`whynet.report.Section` objects into one self-contained HTML file."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 from whynet.core.explanation import atomic_write
-from whynet.tour import Figure, Section, Table
+from whynet.report.sections import Figure, Section, Table
 
 # Marks the page once every image has decoded, so a headless browser test can check it.
 _CHECK_SCRIPT = """<script>

@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from whynet.core.explanation import Explanation, atomic_write
-from whynet.tour import Figure, Section, Table
+from whynet.report.sections import Figure, Section, Table
 
 SECTIONS_FILE = "sections.json"
 

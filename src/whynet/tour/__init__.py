@@ -1,53 +1,30 @@
-"""The demo tour: one module per method family, each returning a report :class:`Section`.
+"""The demo tour: one module per registered method family, each returning a report
+:class:`Section`.
 
-Tours sit above the methods and below the report/CLI. Each ``whynet.tour.<name>`` module has
-``run(out: Path, fast: bool = True, progress: bool | None = None) -> Section`` that uses only
-shipped weights and bundled data, and finishes in about a minute on 2 CPU cores when ``fast``.
-The report renders sections; all text here is plain text (the report escapes it).
+Tours sit above the methods and the report, below the CLI. Each ``whynet.tour.<name>`` module
+(``name`` a method of :mod:`whynet.registry`) has ``run(out: Path, fast: bool = True,
+progress: bool | None = None) -> Section`` that uses only shipped weights and bundled data, and
+finishes in about a minute on 2 CPU cores when ``fast``. A registered method without a tour
+module is skipped (Grad-CAM appears as a comparison inside the inversion tour). The data model
+(:class:`Section`, :class:`Figure`, :class:`Table`) lives in :mod:`whynet.report` and is
+re-exported here for the tour modules.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+import importlib.util
 
-#: tour modules in report order (name -> module); a missing module is skipped by the report
-TOURS: dict[str, str] = {
-    "influence": "whynet.tour.influence",
-    "inversion": "whynet.tour.inversion",
-    "masks": "whynet.tour.masks",
-    "representer": "whynet.tour.representer",
-    "clusters": "whynet.tour.clusters",
-}
+from whynet.registry import registered
+from whynet.report.sections import Figure, Section, Table
+
+__all__ = ["Figure", "Section", "Table", "tour_modules"]
 
 
-@dataclass
-class Figure:
-    """One picture: PNG bytes, or an SVG string (molecules), or trusted HTML made by whynet.viz."""
-
-    caption: str
-    png: bytes | None = None
-    svg: str | None = None
-    html: str | None = None
-
-
-@dataclass
-class Table:
-    """A small table of numbers/text; cells are rendered escaped."""
-
-    caption: str
-    columns: list[str]
-    rows: list[list[Any]]
-
-
-@dataclass
-class Section:
-    """One method's part of the report."""
-
-    title: str
-    intro: str = ""
-    figures: list[Figure] = field(default_factory=list)
-    tables: list[Table] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    #: numbers worth keeping machine-readable (written to the report folder as JSON)
-    metrics: dict[str, Any] = field(default_factory=dict)
+def tour_modules() -> dict[str, str]:
+    """Registered methods that have a tour module, in registry order (name -> module)."""
+    out: dict[str, str] = {}
+    for info in registered():
+        module = f"{__name__}.{info.name}"
+        if importlib.util.find_spec(module) is not None:
+            out[info.name] = module
+    return out
