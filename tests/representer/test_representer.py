@@ -342,3 +342,45 @@ def test_registry_entry() -> None:
     import whynet
 
     assert whynet.RepresenterPoints is RepresenterPoints
+
+
+class HeadTwice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(5, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.head(x))
+
+
+def test_head_errors_through_the_pipeline() -> None:
+    x, y = data()
+    with pytest.raises(ValueError, match="ran 2 times"):
+        RepresenterPoints(HeadTwice().double(), head="head").fit(x, y)
+    seq = nn.Sequential(nn.Unflatten(1, (1, 5)), nn.Linear(5, 3)).double()
+    with pytest.raises(ValueError, match=r"flat \(batch, features\)"):
+        RepresenterPoints(seq, head="1").fit(x, y)
+
+
+def test_failed_fit_leaves_it_unfitted() -> None:
+    from whynet.core import NotFittedError
+
+    x, y = data()
+    rp = RepresenterPoints(make_model(), head="4", max_iter=2).fit(x, y)
+    with pytest.raises(ValueError, match="empty"):
+        rp.fit(x[:0])
+    with pytest.raises(NotFittedError):
+        rp.explain(x[:2])
+    assert not hasattr(rp, "alpha_")
+
+
+def test_default_target_is_predicted_and_top_follows_the_policy(rp_model) -> None:
+    rp, x, _ = rp_model
+    a, b = rp.explain(x[:5]), rp.explain(x[:5], target="predicted")
+    assert torch.equal(a.values, b.values) and torch.equal(a.target, b.target)
+    assert a.layer == "4" and a.meta["n_train"] == 120 and a.params["head"] == "4"
+    top = rp.top(x[:5], k=3, target=1)
+    ref = rp.explain(x[:5], target=1).values.topk(3, dim=1)
+    torch.testing.assert_close(top.excitatory_values, ref.values)
+    with pytest.raises(ValueError, match="out of range"):
+        rp.top(x[:5], k=3, target=3)
