@@ -348,3 +348,26 @@ def test_channel_qoi_at_input_is_a_neuron_saliency(tiny_cnn):
     xr = x.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(tiny_cnn.features[0](xr)[:, 1].sum(), xr)
     torch.testing.assert_close(v, g)
+
+
+def test_batch_baselines_and_per_input_qois_follow_the_chunks(tiny_cnn):
+    # the template explains the inputs in chunks of batch_size: a baseline given per input
+    # and a QoI with one class per input must be sliced with them
+    x = torch.randn(5, 1, 5, 5, dtype=D)
+    cls = torch.tensor([0, 2, 1, 1, 0])
+    z = torch.randn(5, 4, 5, 5, dtype=D)
+    for doi in (
+        LinearPath(torch.randn(5, 1, 5, 5, dtype=D), steps=3),
+        LinearPath(z, steps=3, at="features.0"),
+        Mixture([(0.5, Point()), (0.5, LinearPath(torch.randn(5, 1, 5, 5, dtype=D), steps=2))]),
+    ):
+        for qoi in (Class(cls), Comparative(cls, 1), Class(cls) - Class(2)):
+            kw = dict(qoi=qoi, doi=doi, multiply_activation=True)
+            whole = infl(tiny_cnn, "features.2", x, **kw)
+            torch.testing.assert_close(
+                infl(tiny_cnn, "features.2", x, batch_size=2, **kw), whole, rtol=1e-12, atol=1e-13
+            )
+    e = InternalInfluence(tiny_cnn, "features.2", qoi=Class(cls), batch_size=2).explain(x)
+    assert torch.equal(e.target, cls) and e.params["target"] is None
+    with pytest.raises(ValueError, match="4 per-input targets for 5 inputs"):
+        InternalInfluence(tiny_cnn, "features.2", qoi=Class(cls[:4])).explain(x)

@@ -7,8 +7,9 @@
 """
 
 from whynet.influence.essence import EssenceResult, essence
-from whynet.influence.internal import InternalInfluence, collapse, top_neurons
+from whynet.influence.internal import InternalInfluence
 from whynet.influence.neurons import gaussian_blur, visualize_neuron
+from whynet.influence.ranking import collapse, top_neurons
 
 __all__ = [
     "EssenceResult",

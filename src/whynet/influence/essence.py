@@ -16,17 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from whynet.core import (
-    DoI,
-    capture,
-    frozen_eval,
-    intervene,
-    iter_batches,
-    model_device,
-    resolve_layer,
-)
-from whynet.core.model import as_logits
-from whynet.influence.internal import InternalInfluence, collapse
+from whynet.core import Accumulator, DoI, frozen_eval, resolve_layer, run_model
+from whynet.influence.internal import InternalInfluence
+from whynet.influence.ranking import collapse
 
 
 @dataclass
@@ -63,30 +55,25 @@ def _predict(
     batch_size: int,
     replace: dict[str, Any] | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    preds, ys = [], []
-    device = model_device(model)
-    for x, y in iter_batches(data, labels, batch_size=batch_size, need_labels=True, device=device):
-        with torch.no_grad(), intervene(model, replace or {}):
-            preds.append(as_logits(model(x)).argmax(-1).cpu())
-        assert y is not None
-        ys.append(y.cpu())
-    return torch.cat(preds), torch.cat(ys)
+    """Predicted classes and labels over ``data`` (the model pipeline; ``replace`` ablates)."""
+    acc = Accumulator()
+    for b in run_model(
+        model, data, labels, replace=replace, batch_size=batch_size, need_labels=True
+    ):
+        acc.update(pred=b.output.argmax(-1).cpu(), y=b.labels)
+    got = acc.compute()
+    return got["pred"], got["y"].cpu()
 
 
 def _mean_activation(
     model: nn.Module, layer: str, data: Any, labels: torch.Tensor | None, batch_size: int
 ) -> torch.Tensor:
-    total: torch.Tensor | None = None
-    n = 0
-    for x, _ in iter_batches(data, labels, batch_size=batch_size, device=model_device(model)):
-        with torch.no_grad(), capture(model, [layer]) as cap:
-            model(x)
-        a = cap[layer].to(torch.float64)
-        total = a.sum(0) if total is None else total + a.sum(0)
-        n += len(a)
-    if total is None:
+    acc = Accumulator("sum")  # float64 running sum over examples
+    for b in run_model(model, data, labels, layers=[layer], batch_size=batch_size):
+        acc.update(act=b.acts[layer])
+    if acc.n == 0:
         raise ValueError("no data to compute the mean activation from")
-    return total / n
+    return acc.compute()["act"] / acc.n
 
 
 def _keep_only(keep: torch.Tensor, fill: torch.Tensor | float):

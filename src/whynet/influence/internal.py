@@ -26,7 +26,8 @@ space uses ``z_baseline = h(baseline input)`` and completeness is only approxima
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import EllipsisType
 from typing import Any
@@ -35,30 +36,34 @@ import torch
 from torch import nn
 
 from whynet.core import (
+    Accumulator,
     Channel,
     Class,
+    Comparative,
     DatasetDoI,
     DoI,
     Explainer,
     Explanation,
+    Linear,
+    LinearPath,
     MaxClass,
+    Mixture,
     Point,
     QoI,
+    Target,
     as_qoi,
-    capture,
-    check_inputs,
+    check_classes,
+    constraint,
     data_length,
     expand,
-    frozen_eval,
-    intervene,
     model_device,
+    parse_target,
     progress,
     qoi_gradients,
     resolve_layer,
+    run_model,
 )
-from whynet.core.model import as_logits
-
-REDUCTIONS = ("sum", "max", "mean", None)
+from whynet.influence.ranking import REDUCE, top_neurons
 
 
 @dataclass
@@ -70,31 +75,37 @@ class _Block:
     target: torch.Tensor | None  # class per input when the QoI is a per-input Class
 
 
-def _check_reduce(reduce: str | None) -> str | None:
-    if reduce not in REDUCTIONS:
-        raise ValueError(f"reduce must be one of 'sum', 'max', 'mean' or None, got {reduce!r}")
-    return reduce
+def _take_qoi(qoi: QoI, rows: slice, n: int) -> QoI:
+    """The part of a QoI with per-input classes (``Class((B,) tensor)``, also inside a
+    ``Comparative`` or a sum) that belongs to the inputs ``rows`` of an ``n``-input call."""
+    if isinstance(qoi, Class) and qoi.per_input:
+        if len(qoi.classes) != n:
+            raise ValueError(f"{len(qoi.classes)} per-input targets for {n} inputs")
+        return Class(qoi.classes[rows])
+    if isinstance(qoi, Comparative):
+        part = copy.copy(qoi)
+        part.a, part.b = _take_qoi(qoi.a, rows, n), _take_qoi(qoi.b, rows, n)  # type: ignore[assignment]
+        return part
+    if isinstance(qoi, Linear):
+        return Linear([(w, _take_qoi(q, rows, n)) for w, q in qoi.terms])
+    return qoi
 
 
-def collapse(values: torch.Tensor, reduce: str | None) -> torch.Tensor:
-    """Collapse the spatial positions of ``(B, C, *spatial)`` values to ``(B, C)`` channels.
-
-    ``sum`` follows TruLens' notebooks, ``max`` the paper's Keras code; ``None`` keeps every
-    neuron and flattens to ``(B, C * prod(spatial))``.
-    """
-    _check_reduce(reduce)
-    if values.dim() < 2:
-        raise ValueError(
-            f"values need a batch and a channel dimension, got shape {tuple(values.shape)}"
-        )
-    if reduce is None or values.dim() == 2:
-        return values.reshape(values.shape[0], -1)
-    flat = values.reshape(values.shape[0], values.shape[1], -1)
-    if reduce == "sum":
-        return flat.sum(-1)
-    if reduce == "mean":
-        return flat.mean(-1)
-    return flat.amax(-1)
+def _take_doi(doi: DoI, rows: slice, n: int, space: torch.Tensor) -> DoI:
+    """The DoI for the inputs ``rows`` of an ``n``-input call: a baseline given as a batch
+    (one point per input, shaped like the whole call's points) is sliced with the inputs."""
+    if isinstance(doi, Mixture):
+        mix = copy.copy(doi)
+        mix.components = [(w, _take_doi(d, rows, n, space)) for w, d in doi.components]
+        return mix
+    if isinstance(doi, LinearPath):
+        base = doi.baseline_value
+        batch = isinstance(base, torch.Tensor) and base.dim() == space.dim()
+        if batch and n > 1 and base.shape[0] == n:  # type: ignore[union-attr]
+            path = copy.copy(doi)
+            path.baseline_value = base[rows]  # type: ignore[index]
+            return path
+    return doi
 
 
 class InternalInfluence(Explainer):
@@ -125,6 +136,14 @@ class InternalInfluence(Explainer):
     """
 
     method = "influence"
+    _parameter_constraints = {
+        "layer": constraint(str, None, error=TypeError, desc="a dotted layer name or None"),
+        "doi": constraint(
+            DoI, None, error=TypeError, desc="a whynet DoI (Point, LinearPath, Gaussian, Mixture)"
+        ),
+        "multiply_activation": constraint(bool, error=TypeError),
+        "reduce": REDUCE,
+    }
 
     def __init__(
         self,
@@ -138,24 +157,22 @@ class InternalInfluence(Explainer):
         progress: bool | None = None,
     ) -> None:
         super().__init__(model, batch_size=batch_size, progress=progress)
+        self.layer = layer
+        self.qoi = qoi
+        self.doi = doi
+        self.multiply_activation = multiply_activation
+        self.reduce = reduce
+        self._check_params()
         if layer is not None:
             resolve_layer(model, layer)  # fail early with the closest names
-        self.layer = layer
-        self.qoi_given = qoi is not None
-        self.qoi = as_qoi(qoi)
-        self.doi = Point() if doi is None else doi
-        if not isinstance(self.doi, DoI):
-            raise TypeError(
-                f"doi must be a whynet DoI (Point, LinearPath, Gaussian, Mixture), "
-                f"got {type(self.doi).__name__}"
-            )
-        if self.doi.at is not None:
-            resolve_layer(model, self.doi.at)
-        self.multiply_activation = bool(multiply_activation)
-        self.reduce = _check_reduce(reduce)
+        self._qoi = as_qoi(qoi)  # the QoI used when target is None
+        self._doi = Point() if doi is None else doi
+        if self._doi.at is not None:
+            resolve_layer(model, self._doi.at)
+        self._rows = (0, 0)  # (inputs of the current explain call, next input's row)
 
     # ------------------------------------------------------------------ public API
-    def explain(self, inputs: torch.Tensor, target: Any = None) -> Explanation:
+    def explain(self, inputs: Any, target: Any = None) -> Explanation:
         """Influence (or attribution) of every neuron of ``layer`` for each input.
 
         Parameters
@@ -164,7 +181,8 @@ class InternalInfluence(Explainer):
             A batch, first dimension = inputs (token ids are allowed for a ``Point`` DoI or an
             activation-space DoI).
         target : int, (B,) tensor, "predicted" or None
-            Overrides the QoI with ``Class(target)``; None keeps the explainer's QoI.
+            Overrides the QoI with ``Class(target)`` (``"predicted"``: :class:`MaxClass`);
+            None keeps the explainer's QoI.
 
         Returns
         -------
@@ -172,18 +190,10 @@ class InternalInfluence(Explainer):
             ``values`` of shape ``(B, *layer_output_shape[1:])`` in the model's dtype;
             ``extras["qoi"]`` holds q at the unperturbed inputs.
         """
-        x = self._check(inputs)
-        if isinstance(target, torch.Tensor) and target.dim() == 1 and len(target) != len(x):
-            raise ValueError(f"target has {len(target)} entries for {len(x)} inputs")
-        b = self._run(x, target, bar=True)
-        return Explanation(
-            values=b.values.to(self._dtype(x)),
-            target=b.target,
-            method=self.method,
-            layer=self.layer,
-            params=self._params(target),
-            extras={"qoi": b.qoi},
-        )
+        n = len(inputs) if isinstance(inputs, torch.Tensor) and inputs.dim() else None
+        if isinstance(target, torch.Tensor) and target.dim() == 1 and len(target) != n:
+            raise ValueError(f"target has {len(target)} entries for {n} inputs")
+        return super().explain(inputs, target)
 
     def explain_dataset(
         self,
@@ -207,46 +217,44 @@ class InternalInfluence(Explainer):
         cls : int or list of int, optional
             Keep only examples of these classes. With the default QoI and an int ``cls``, the
             QoI becomes ``Class(cls)`` (class-conditional influence for that class).
-        target : optional
-            Overrides the QoI as in :meth:`explain`.
+        target : int, "predicted" or None
+            Overrides the QoI as in :meth:`explain` (one class for every example).
 
         Returns
         -------
         Explanation
             ``values`` of shape ``(1, *layer_shape)``; ``meta["n_examples"]`` examples averaged.
         """
-        if target is None and not self.qoi_given and isinstance(cls, int):
+        if target is None and self.qoi is None and isinstance(cls, int):
             target = cls
+        qoi = self._dataset_qoi(target)
         doi = DatasetDoI(data, labels=labels, cls=cls, batch_size=self.batch_size)
-        total: torch.Tensor | None = None
-        n = 0
         length = data_length(data)
-        bar_total = None if length is None else -(-length // self.batch_size)
-        device = model_device(self.model)
+        acc = Accumulator("sum")  # float64 running sum: memory independent of the data size
         dtype: torch.dtype | None = None
         for xb, _ in progress(
-            doi.batches(device=device),
-            total=bar_total,
+            doi.batches(device=model_device(self.model)),
+            total=None if length is None else -(-length // self.batch_size),
             desc="influence (dataset)",
             enabled=self.progress,
         ):
-            xb = self._check(xb)
+            xb = self._check_inputs(xb)
             dtype = self._dtype(xb)
-            b = self._run(xb, target, bar=False)
-            s = b.values.sum(0, keepdim=True)
-            total = s if total is None else total + s
-            n += len(b.values)
-        if total is None or dtype is None:
+            acc.update(values=self._influence(xb, qoi).values)
+        if acc.n == 0 or dtype is None:
             which = "" if cls is None else f" of class {cls}"
             raise ValueError(f"the data has no examples{which}")
-        params = self._params(target)
+        params = self.params()
+        params["target"] = (
+            target if target is None or isinstance(target, (int, str)) else "per-input"
+        )
         params["cls"] = cls
         return Explanation(
-            values=(total / n).to(dtype),
+            values=(acc.compute()["values"] / acc.n).unsqueeze(0).to(dtype),
             method=self.method,
             layer=self.layer,
             params=params,
-            meta={"n_examples": n},
+            meta={"n_examples": acc.n},
         )
 
     def top_neurons(
@@ -277,111 +285,115 @@ class InternalInfluence(Explainer):
             absolute=absolute,
         )
 
-    # ------------------------------------------------------------------ internals
-    def _check(self, inputs: Any) -> torch.Tensor:
-        x = check_inputs(
-            inputs, floating=isinstance(inputs, torch.Tensor) and inputs.is_floating_point()
-        )
-        if not x.is_floating_point() and self.doi.at is None and not isinstance(self.doi, Point):
+    # ------------------------------------------------------------------ the template's hooks
+    def params(self) -> dict[str, Any]:
+        """The settings as JSON; the QoI and DoI as used (``MaxClass()``, ``Point()`` when
+        None was given)."""
+        p = super().params()
+        p["qoi"], p["doi"] = repr(self._qoi), repr(self._doi)
+        return p
+
+    def _check_inputs(self, inputs: Any) -> torch.Tensor:
+        x = super()._check_inputs(inputs)
+        if not x.is_floating_point() and self._doi.at is None and not isinstance(self._doi, Point):
             raise TypeError(
-                f"{self.doi!r} interpolates integer inputs (token ids), which is "
+                f"{self._doi!r} interpolates integer inputs (token ids), which is "
                 "undefined; put the DoI in an embedding's space with at='<layer>'"
             )
-        return x.to(model_device(self.model))
+        return x
 
+    def _check_target(self, x: torch.Tensor, target: Target) -> None:
+        # the template chunks the call's inputs; per-input QoIs and batch baselines are sliced
+        # with them, so each chunk needs to know where its rows lie in the call
+        self._rows = (len(x), 0)
+        if target.classes is not None:
+            check_classes(target.classes, self._n_outputs(x), name="class")
+
+    def _explain_batch(self, x: torch.Tensor, target: Target) -> dict[str, Any]:
+        n, start = self._rows
+        rows = slice(start, start + len(x))
+        self._rows = (n, rows.stop)
+        if target.kind == "predicted":
+            qoi: QoI = MaxClass()
+        elif target.classes is not None:
+            qoi = Class(target.classes)  # one class per input (the chunk's part)
+        else:
+            qoi = _take_qoi(self._qoi, rows, n)
+        b = self._influence(x, qoi, rows, n)
+        return {"values": b.values.to(self._dtype(x)), "target": b.target, "qoi": b.qoi}
+
+    def _explanation(self, parts: dict[str, Any], target: Target) -> Explanation:
+        e = super()._explanation(parts, target)
+        e.params["target"] = target.describe()
+        return e
+
+    # ------------------------------------------------------------------ internals
     def _dtype(self, x: torch.Tensor) -> torch.dtype:
         for p in self.model.parameters():
             if p.is_floating_point():
                 return p.dtype
         return x.dtype if x.is_floating_point() else torch.float32
 
-    def _params(self, target: Any) -> dict[str, Any]:
-        tgt = target if target is None or isinstance(target, (int, str)) else "per-input"
-        return {
-            "layer": self.layer,
-            "qoi": repr(self.qoi),
-            "doi": repr(self.doi),
-            "multiply_activation": self.multiply_activation,
-            "reduce": self.reduce,
-            "batch_size": self.batch_size,
-            "target": tgt,
-        }
-
-    def _qoi_for(self, target: Any) -> QoI:
+    def _dataset_qoi(self, target: Any) -> QoI:
+        """The QoI of a dataset-wide explanation: the explainer's, or one class for all."""
         if target is None:
-            return self.qoi
-        if isinstance(target, str):
-            if target != "predicted":
-                raise ValueError(
-                    f"target must be None, 'predicted', an int or a (B,) tensor, got {target!r}"
-                )
+            return self._qoi
+        t = parse_target(target, 1)
+        if t.classes is None:
             return MaxClass()
-        if isinstance(target, torch.Tensor) and target.dim() == 1:
-            return Class(target)
-        if isinstance(target, bool) or not isinstance(target, int):
-            raise TypeError(
-                f"target must be None, 'predicted', an int or a (B,) tensor, "
-                f"got {type(target).__name__}"
-            )
-        return Class(target)
+        return Class(int(t.classes[0]))
 
     def _forward(
-        self,
-        x: torch.Tensor,
-        layers: list[str],
-        replace: torch.Tensor | None = None,
-        replace_at: str | None = None,
+        self, x: torch.Tensor, layers: list[str], replace: tuple[str, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Output and activations at ``layers``, no gradients, chunked by ``batch_size``."""
+        """Output and activations at ``layers`` through the model pipeline (no gradients,
+        chunked by ``batch_size``); ``replace = (layer, values)`` replaces a layer's output."""
         names = list(dict.fromkeys(layers))
-        outs: list[torch.Tensor] = []
-        acts: dict[str, list[torch.Tensor]] = {name: [] for name in names}
-        for i in range(0, len(x), self.batch_size):
-            sl = slice(i, i + self.batch_size)
-            rep: dict[str, Any] = (
-                {} if replace is None or replace_at is None else {replace_at: replace[sl]}
-            )
-            with torch.no_grad(), capture(self.model, names) as cap, intervene(self.model, rep):
-                outs.append(as_logits(self.model(x[sl])))
-            cap.check_ran()
-            for name in names:
-                acts[name].append(cap[name])
-        return torch.cat(outs), {name: torch.cat(a) for name, a in acts.items()}
+        rep: dict[str, Any] = {}
+        if replace is not None:
+            # the pipeline walks ``x`` in order, one forward per chunk: hand each its rows
+            chunks: Iterator[torch.Tensor] = iter(replace[1].split(self.batch_size))
+            rep = {replace[0]: lambda out: next(chunks)}
+        acc = Accumulator()
+        for b in run_model(self.model, x, layers=names, replace=rep, batch_size=self.batch_size):
+            acc.update(output=b.output, **{f"act:{name}": b.acts[name] for name in names})
+        got = acc.compute()
+        return got["output"], {name: got[f"act:{name}"] for name in names}
 
-    def _run(self, x: torch.Tensor, target: Any, bar: bool) -> _Block:
-        """Explain one batch: the DoI expands all of ``x`` (so sampled points do not depend on
-        ``batch_size``), walked in chunks of ``batch_size`` rows."""
-        qoi, doi, layer, at = self._qoi_for(target), self.doi, self.layer, self.doi.at
-        with frozen_eval(self.model):
-            need = [name for name in (layer, at, qoi.layer) if name is not None]
-            out, acts = self._forward(x, need)
-            bound = qoi.bind(out)
-            q0 = bound(out, activation=acts[qoi.layer] if qoi.layer else None).detach()
-            space = x if at is None else acts[at]  # where the DoI's points live
-            z = x if layer is None else acts[layer]
-            total = torch.zeros(z.shape, dtype=torch.float64, device=z.device)
-            n_chunks = -(-len(x) * doi.n_samples // self.batch_size)
-            chunks = expand(doi, space, self.batch_size)
-            for chunk in progress(
-                chunks, total=n_chunks, desc="influence", enabled=self.progress if bar else False
-            ):
-                rows = chunk.rows.to(z.device)
-                if at is None:
-                    g = qoi_gradients(self.model, chunk.points, bound, layer=layer, rows=rows)
-                else:
-                    g = qoi_gradients(
-                        self.model,
-                        x[rows],
-                        bound,
-                        layer=layer,
-                        points=chunk.points,
-                        points_at=at,
-                        rows=rows,
-                    )
-                w = chunk.weights.to(z.device).reshape(-1, *([1] * (z.dim() - 1)))
-                total.index_add_(0, rows, g.grads.to(torch.float64) * w)
-            if self.multiply_activation:
-                total = total * (z.to(torch.float64) - self._layer_baseline(x, space, z))
+    def _influence(
+        self, x: torch.Tensor, qoi: QoI, rows: slice | None = None, n: int = 0
+    ) -> _Block:
+        """Explain one block of inputs: the DoI expands all of ``x``, walked in chunks of
+        ``batch_size`` rows. An input's sampled points depend only on the input (a DoI draws
+        per sample index, not per batch), so the result does not depend on ``batch_size``.
+        ``rows`` / ``n``: where the block lies in an ``n``-input call (batch baselines)."""
+        layer, at = self.layer, self._doi.at
+        need = [name for name in (layer, at, qoi.layer) if name is not None]
+        out, acts = self._forward(x, need)
+        bound = qoi.bind(out)
+        q0 = bound(out, activation=acts[qoi.layer] if qoi.layer else None).detach()
+        space = x if at is None else acts[at]  # where the DoI's points live
+        doi = self._doi if rows is None else _take_doi(self._doi, rows, n, space)
+        z = x if layer is None else acts[layer]
+        total = torch.zeros(z.shape, dtype=torch.float64, device=z.device)
+        for chunk in expand(doi, space, self.batch_size):
+            crow = chunk.rows.to(z.device)
+            if at is None:
+                g = qoi_gradients(self.model, chunk.points, bound, layer=layer, rows=crow)
+            else:
+                g = qoi_gradients(
+                    self.model,
+                    x[crow],
+                    bound,
+                    layer=layer,
+                    points=chunk.points,
+                    points_at=at,
+                    rows=crow,
+                )
+            w = chunk.weights.to(z.device).reshape(-1, *([1] * (z.dim() - 1)))
+            total.index_add_(0, crow, g.grads.to(torch.float64) * w)
+        if self.multiply_activation:
+            total = total * (z.to(torch.float64) - self._layer_baseline(doi, x, space, z))
         tgt = None
         if isinstance(bound, Class) and bound.per_input:
             tgt = bound.classes.to(z.device)
@@ -390,7 +402,7 @@ class InternalInfluence(Explainer):
         return _Block(values=total, qoi=q0, target=tgt)
 
     def _layer_baseline(
-        self, x: torch.Tensor, space: torch.Tensor, z: torch.Tensor
+        self, doi: DoI, x: torch.Tensor, space: torch.Tensor, z: torch.Tensor
     ) -> torch.Tensor:
         """``z_baseline`` at the explained layer (float64).
 
@@ -398,7 +410,7 @@ class InternalInfluence(Explainer):
         pass (input space: ``h(baseline)``). A DoI without a baseline (Point, Gaussian) uses
         zero at the layer: gradient x activation.
         """
-        doi, layer, at = self.doi, self.layer, self.doi.at
+        layer, at = self.layer, doi.at
         base = doi.baseline(space)
         if base is None:
             return torch.zeros_like(z, dtype=torch.float64)
@@ -410,43 +422,12 @@ class InternalInfluence(Explainer):
             _, acts = self._forward(base, [layer])
         else:
             assert layer is not None
-            _, acts = self._forward(x, [layer], replace=base, replace_at=at)
+            _, acts = self._forward(x, [layer], replace=(at, base))
         return acts[layer].to(torch.float64)
-
-
-def top_neurons(
-    explanation: Explanation | torch.Tensor,
-    k: int,
-    reduce: str | None = "sum",
-    per_input: bool = False,
-    absolute: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` highest-ranked channels of an influence explanation (see
-    :meth:`InternalInfluence.top_neurons`)."""
-    values = explanation.values if isinstance(explanation, Explanation) else explanation
-    if not isinstance(values, torch.Tensor):
-        raise TypeError(
-            f"explanation must be an Explanation or a tensor, got {type(values).__name__}"
-        )
-    scores = collapse(values.detach(), reduce)
-    if not per_input:
-        scores = scores.mean(0)
-    n = scores.shape[-1]
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
-        raise ValueError(
-            f"k must be an int in [1, {n}] (the layer has {n} "
-            f"{'neurons' if reduce is None else 'channels'}), got {k!r}"
-        )
-    key = scores.abs() if absolute else scores
-    idx = key.topk(k, dim=-1).indices
-    return idx, scores.gather(-1, idx)
 
 
 def check_channel(model: nn.Module, layer: str, channel: int, x: torch.Tensor) -> int:
     """Raise a clear error if ``channel`` is not a channel of ``layer`` (one forward pass)."""
-    qoi = Channel(layer, channel)
-    with frozen_eval(model), torch.no_grad(), capture(model, [layer]) as cap:
-        model(x[:1])
-    cap.check_ran()
-    qoi.check_channel(cap[layer])
+    acts = [b.acts[layer] for b in run_model(model, x[:1], layers=[layer])]
+    Channel(layer, channel).check_channel(acts[0])
     return channel
