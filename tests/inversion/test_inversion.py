@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 import whynet.inversion.explainer as gfi_module
-from whynet.core import Explanation
-from whynet.inversion import GuidedFeatureInversion, basis_mask, normalise, phi, phi_bg
+from whynet.core import Explanation, blend
+from whynet.inversion import GuidedFeatureInversion, basis_mask, normalise, phi_bg
 from whynet.metrics import gaussian_blur
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -37,10 +37,10 @@ def test_phi_identities() -> None:
     x = images()
     p = gaussian_blur(x, 2.0)
     m = torch.rand(3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    torch.testing.assert_close(phi(x, torch.ones_like(m), p), x, rtol=0, atol=0)
-    torch.testing.assert_close(phi(x, torch.zeros_like(m), p), p, rtol=0, atol=0)
-    torch.testing.assert_close(phi_bg(x, m, p), phi(x, 1 - m, p), rtol=0, atol=0)
-    torch.testing.assert_close(phi(x, m, p), x * m[:, None] + p * (1 - m[:, None]))
+    torch.testing.assert_close(blend(x, torch.ones_like(m), p), x, rtol=0, atol=0)
+    torch.testing.assert_close(blend(x, torch.zeros_like(m), p), p, rtol=0, atol=0)
+    torch.testing.assert_close(phi_bg(x, m, p), blend(x, 1 - m, p), rtol=0, atol=0)
+    torch.testing.assert_close(blend(x, m, p), x * m[:, None] + p * (1 - m[:, None]))
 
 
 def test_mask_scale_invariant_and_in_range() -> None:

@@ -6,6 +6,6 @@ foreground), stage 2 keeps the target class's probability while the complement l
 """
 
 from whynet.inversion.explainer import GuidedFeatureInversion
-from whynet.inversion.masks import basis_mask, normalise, phi, phi_bg
+from whynet.inversion.masks import basis_mask, normalise, phi_bg
 
-__all__ = ["GuidedFeatureInversion", "basis_mask", "normalise", "phi", "phi_bg"]
+__all__ = ["GuidedFeatureInversion", "basis_mask", "normalise", "phi_bg"]

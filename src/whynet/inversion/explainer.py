@@ -21,18 +21,26 @@ from torch import nn
 
 from whynet.core import (
     Explainer,
-    Explanation,
+    Interval,
+    Options,
+    Target,
     as_logits,
+    blend,
     capture,
-    check_inputs,
-    frozen_eval,
-    progress,
+    constraint,
+    predict_logits,
+    reference,
     resolve_layer,
-    resolve_targets,
+    run_model,
 )
-from whynet.core.validation import check_classes
-from whynet.inversion.masks import basis_mask, phi, phi_bg
-from whynet.metrics import make_baseline
+from whynet.core.image import REFERENCES
+from whynet.core.params import CALLABLE
+from whynet.inversion.masks import basis_mask, phi_bg
+
+_LAYER = constraint(str, error=TypeError, desc="a dotted layer name")
+_POSITIVE = constraint(Interval(float, 0, None, "neither"))
+_NON_NEGATIVE = constraint(Interval(float, 0, None))
+_STEPS = constraint(Interval(int, 0, None))
 
 
 class _Adam:
@@ -56,20 +64,6 @@ class _Adam:
         self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
         denom = (self.v.sqrt() / (1 - b2**self.t) ** 0.5).add_(self.eps)
         self.param.addcdiv_(self.m, denom, value=-lr / (1 - b1**self.t))
-
-
-def _positive(name: str, value: float, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be {'>=' if allow_zero else '>'} 0, got {value}")
-    return float(value)
-
-
-def _steps(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-    return value
 
 
 class GuidedFeatureInversion(Explainer):
@@ -115,6 +109,31 @@ class GuidedFeatureInversion(Explainer):
     """
 
     method = "inversion"
+    _parameter_constraints = {
+        "inversion_layer": _LAYER,
+        "basis_layer": _LAYER,
+        "background": constraint(
+            Options(REFERENCES),
+            Interval(float),
+            torch.Tensor,
+            desc=f"one of {REFERENCES}, a float or a tensor",
+        ),
+        "blur_sigma": constraint(Interval(float, 0, None, "neither"), None),
+        "stage1_steps": _STEPS,
+        "stage2_steps": _STEPS,
+        "lr": _POSITIVE,
+        "gamma": _NON_NEGATIVE,
+        "lam": _NON_NEGATIVE,
+        "delta": _NON_NEGATIVE,
+        "omega_init": _POSITIVE,
+        "lr_halve_every": constraint(Interval(int, 1, None)),
+        "eps": _NON_NEGATIVE,
+        "basis_transform": constraint(
+            CALLABLE, None, error=TypeError, desc="callable (e.g. torch.nn.functional.relu6)"
+        ),
+    }
+    _input_ndim = 4
+    _token_inputs = False
 
     def __init__(
         self,
@@ -138,61 +157,30 @@ class GuidedFeatureInversion(Explainer):
         progress: bool | None = None,
     ) -> None:
         super().__init__(model, batch_size=batch_size, progress=progress)
-        for name, layer in (("inversion_layer", inversion_layer), ("basis_layer", basis_layer)):
-            if not isinstance(layer, str):
-                raise TypeError(f"{name} must be a dotted layer name, got {type(layer).__name__}")
         self.inversion_layer = inversion_layer
         self.basis_layer = basis_layer
         self.background = background
-        self.blur_sigma = None if blur_sigma is None else _positive("blur_sigma", blur_sigma)
-        self.stage1_steps = _steps("stage1_steps", stage1_steps)
-        self.stage2_steps = _steps("stage2_steps", stage2_steps)
-        self.lr = _positive("lr", lr)
-        self.gamma = _positive("gamma", gamma, allow_zero=True)
-        self.lam = _positive("lam", lam, allow_zero=True)
-        self.delta = _positive("delta", delta, allow_zero=True)
-        self.omega_init = _positive("omega_init", omega_init)
-        if (
-            isinstance(lr_halve_every, bool)
-            or not isinstance(lr_halve_every, int)
-            or lr_halve_every < 1
-        ):
-            raise ValueError(f"lr_halve_every must be a positive int, got {lr_halve_every!r}")
+        self.blur_sigma = blur_sigma
+        self.stage1_steps = stage1_steps
+        self.stage2_steps = stage2_steps
+        self.lr = lr
+        self.gamma = gamma
+        self.lam = lam
+        self.delta = delta
+        self.omega_init = omega_init
         self.lr_halve_every = lr_halve_every
-        self.eps = _positive("eps", eps, allow_zero=True)
-        if basis_transform is not None and not callable(basis_transform):
-            raise TypeError("basis_transform must be callable (e.g. torch.nn.functional.relu6)")
+        self.eps = eps
         self.basis_transform = basis_transform
-
-    def params(self) -> dict[str, Any]:
-        """The settings, JSON-serialisable (stored in the Explanation)."""
-        bg = self.background if isinstance(self.background, (str, float, int)) else "tensor"
-        return {
-            "inversion_layer": self.inversion_layer,
-            "basis_layer": self.basis_layer,
-            "background": bg,
-            "blur_sigma": self.blur_sigma,
-            "stage1_steps": self.stage1_steps,
-            "stage2_steps": self.stage2_steps,
-            "lr": self.lr,
-            "gamma": self.gamma,
-            "lam": self.lam,
-            "delta": self.delta,
-            "omega_init": self.omega_init,
-            "lr_halve_every": self.lr_halve_every,
-            "eps": self.eps,
-            "batch_size": self.batch_size,
-            "basis_transform": getattr(self.basis_transform, "__name__", None),
-        }
+        self._check_params()
 
     # -- the two stages ------------------------------------------------------------------------
 
     def _reference(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits, detached basis activations and inversion features of the original images."""
-        with torch.no_grad(), capture(self.model, [self.basis_layer, self.inversion_layer]) as cap:
-            logits = as_logits(self.model(x))
-        cap.check_ran()
-        basis, feats = cap[self.basis_layer], cap[self.inversion_layer]
+        (b,) = run_model(
+            self.model, x, layers=[self.basis_layer, self.inversion_layer], batch_size=len(x)
+        )
+        logits, basis, feats = b.output, b.acts[self.basis_layer], b.acts[self.inversion_layer]
         if self.basis_transform is not None:
             basis = self.basis_transform(basis)
         if basis.dim() != 4:
@@ -204,7 +192,7 @@ class GuidedFeatureInversion(Explainer):
 
     def _background(self, x: torch.Tensor) -> torch.Tensor:
         sigma = self.blur_sigma if self.blur_sigma is not None else max(x.shape[-2:]) / 16.0
-        return make_baseline(x, self.background, sigma)
+        return reference(x, self.background, sigma, name="background")
 
     def _inverted_features(self, inputs: torch.Tensor) -> torch.Tensor:
         with capture(self.model, self.inversion_layer, keep_graph=True) as cap:
@@ -246,7 +234,7 @@ class GuidedFeatureInversion(Explainer):
 
         def loss(omega: torch.Tensor) -> torch.Tensor:
             m = basis_mask(omega, basis, size, self.eps)
-            diff = self._inverted_features(phi(x, m, background)) - feats
+            diff = self._inverted_features(blend(x, m, background)) - feats
             return diff.flatten(1).pow(2).sum(1) + self.gamma * omega.abs().sum(1)
 
         return self._optimise(omega0, self.stage1_steps, False, loss)
@@ -267,7 +255,7 @@ class GuidedFeatureInversion(Explainer):
 
         def loss(omega: torch.Tensor) -> torch.Tensor:
             m = basis_mask(omega, basis, size, self.eps)
-            both = torch.cat([phi(x, m, background), phi_bg(x, m, background)])
+            both = torch.cat([blend(x, m, background), phi_bg(x, m, background)])
             prob = as_logits(self.model(both)).softmax(-1)
             p_fg = prob[:b].gather(1, idx).squeeze(1)
             p_bg = prob[b:].gather(1, idx).squeeze(1)
@@ -275,69 +263,49 @@ class GuidedFeatureInversion(Explainer):
 
         return self._optimise(omega, self.stage2_steps, True, loss)
 
-    # -- entry point ---------------------------------------------------------------------------
+    # -- the template's hooks -----------------------------------------------------------------
 
-    def explain(self, inputs: torch.Tensor, target: Any = None) -> Explanation:
-        """Masks explaining ``target`` (default: the predicted class) for a batch of images.
-
-        Returns
-        -------
-        Explanation
-            ``values``: (B, H, W) stage-2 masks in [0, 1]; ``target``: the classes explained;
-            extras ``stage1_mask`` (B, H, W), ``omega`` (B, K) final weights,
-            ``omega_stage1`` (B, K), ``stage1_loss`` (B, stage1_steps) and ``stage2_loss``
-            (B, stage2_steps) per-image losses before each step, ``prob_kept`` / ``prob_removed``
-            (B,) target probabilities of ``Phi`` and ``Phi_bg`` with the final mask.
-        """
-        x = check_inputs(inputs, name="inputs", ndim=4)
+    def _check_inputs(self, inputs: Any) -> torch.Tensor:
+        x = super()._check_inputs(inputs)  # a floating (B, C, H, W) batch
         resolve_layer(self.model, self.inversion_layer)
         resolve_layer(self.model, self.basis_layer)
+        return x
+
+    def _explain_batch(self, x: torch.Tensor, target: Target) -> dict[str, Any]:
+        """Masks explaining ``target`` (default: the predicted class) for a chunk of images.
+
+        Returns ``values``: (B, H, W) stage-2 masks in [0, 1]; ``target``: the classes
+        explained; extras ``stage1_mask`` (B, H, W), ``omega`` (B, K) final weights,
+        ``omega_stage1`` (B, K), ``stage1_loss`` (B, stage1_steps) and ``stage2_loss``
+        (B, stage2_steps) per-image losses before each step, ``prob_kept`` / ``prob_removed``
+        (B,) target probabilities of ``Phi`` and ``Phi_bg`` with the final mask.
+        """
         size = (x.shape[-2], x.shape[-1])
-        parts: dict[str, list[torch.Tensor]] = {}
-        starts = range(0, x.shape[0], self.batch_size)
-        with frozen_eval(self.model):
-            if target is not None and not isinstance(target, str):
-                # validate the whole target spec up front (range, shape) before any optimisation
-                with torch.no_grad():
-                    n_classes = as_logits(self.model(x[:1])).shape[-1]
-                t_all = resolve_targets(torch.zeros(x.shape[0], n_classes), target)
-                check_classes(t_all, n_classes, name="target")
-            for s in progress(starts, total=len(starts), desc="inversion", enabled=self.progress):
-                xb = x[s : s + self.batch_size]
-                logits, basis, feats = self._reference(xb)
-                if target is None or isinstance(target, str):
-                    tb = resolve_targets(logits, target)
-                else:
-                    tb = t_all[s : s + self.batch_size].to(x.device)
-                bg = self._background(xb)
-                omega1, loss1 = self.stage1(xb, basis, feats, bg)
-                omega2, loss2 = self.stage2(xb, basis, bg, omega1, tb)
-                m1 = basis_mask(omega1, basis, size, self.eps)
-                m2 = basis_mask(omega2, basis, size, self.eps)
-                with torch.no_grad():
-                    b = xb.shape[0]
-                    prob = as_logits(self.model(torch.cat([phi(xb, m2, bg), phi_bg(xb, m2, bg)])))
-                    prob = prob.softmax(-1).gather(1, tb.repeat(2).view(-1, 1)).squeeze(1)
-                for key, val in (
-                    ("values", m2),
-                    ("target", tb),
-                    ("stage1_mask", m1),
-                    ("omega", omega2),
-                    ("omega_stage1", omega1),
-                    ("stage1_loss", loss1),
-                    ("stage2_loss", loss2),
-                    ("prob_kept", prob[:b]),
-                    ("prob_removed", prob[b:]),
-                ):
-                    parts.setdefault(key, []).append(val.detach())
-        out = {k: torch.cat(v) for k, v in parts.items()}
-        values, tgt = out.pop("values"), out.pop("target")
-        return Explanation(
-            values=values,
-            target=tgt,
-            method=self.method,
-            layer=self.basis_layer,
-            params=self.params(),
-            extras=out,
-            meta={"inversion_layer": self.inversion_layer},
-        )
+        logits, basis, feats = self._reference(x)
+        tb = target.classes_for(logits)
+        bg = self._background(x)
+        omega1, loss1 = self.stage1(x, basis, feats, bg)
+        omega2, loss2 = self.stage2(x, basis, bg, omega1, tb)
+        m1 = basis_mask(omega1, basis, size, self.eps)
+        m2 = basis_mask(omega2, basis, size, self.eps)
+        b = x.shape[0]
+        both = torch.cat([blend(x, m2, bg), phi_bg(x, m2, bg)]).detach()
+        prob = predict_logits(self.model, both, batch_size=len(both)).softmax(-1)
+        prob = prob.gather(1, tb.repeat(2).view(-1, 1)).squeeze(1)
+        return {
+            "values": m2,
+            "target": tb,
+            "stage1_mask": m1,
+            "omega": omega2,
+            "omega_stage1": omega1,
+            "stage1_loss": loss1,
+            "stage2_loss": loss2,
+            "prob_kept": prob[:b],
+            "prob_removed": prob[b:],
+        }
+
+    def _explained_layer(self) -> str:
+        return self.basis_layer
+
+    def _meta(self) -> dict[str, Any]:
+        return {"inversion_layer": self.inversion_layer}

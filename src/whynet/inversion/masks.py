@@ -1,9 +1,10 @@
 """The pieces of guided feature inversion that are pure functions (Du et al., KDD 2018, Sec. 3).
 
 ``Phi(x, m) = x * m + p * (1 - m)`` (Eq. 2) blends the image into a reference ``p`` (a blurred
-copy) outside the mask; ``Phi_bg(x, m) = Phi(x, 1 - m)`` keeps only the background (Eq. 6's
-second term). The mask is a non-negative combination of a basis layer's channels computed on the
-original image (Eq. 4), min-max normalised per image, then upsampled to the input size.
+copy) outside the mask: that is core's one :func:`~whynet.core.image.blend`;
+``Phi_bg(x, m) = Phi(x, 1 - m)`` keeps only the background (Eq. 6's second term). The mask is
+a non-negative combination of a basis layer's channels computed on the original image (Eq. 4),
+min-max normalised per image, then upsampled to the input size.
 """
 
 from __future__ import annotations
@@ -11,17 +12,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def phi(x: torch.Tensor, mask: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
-    """``x * m + p * (1 - m)`` (Du et al. 2018, Eq. 2); ``mask`` is (B, H, W) or (B, 1, H, W)."""
-    if mask.dim() == 3:
-        mask = mask.unsqueeze(1)
-    return x * mask + background * (1 - mask)
+from whynet.core.image import blend
 
 
 def phi_bg(x: torch.Tensor, mask: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
-    """The complement: ``x * (1 - m) + p * m = Phi(x, 1 - m)`` (Eq. 6)."""
-    return phi(x, 1 - mask, background)
+    """The complement: ``x * (1 - m) + p * m = Phi(x, 1 - m)`` (Du et al. 2018, Eq. 6)."""
+    return blend(x, 1 - mask, background)
 
 
 def normalise(m: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
