@@ -1,98 +1,28 @@
 """Every registered explainer leaves no hook behind and restores the model's mode.
 
-Generated over ``whynet.registry``: a newly registered explainer without a recipe here fails
+Generated over ``whynet.registry``: a newly registered explainer without a recipe in
+``tests/test_contract.py`` (the one table of recipes) fails
 ``test_every_explainer_has_a_recipe``. Three situations per explainer: a normal call, a bad
 target, and a model that raises in the middle of its forward pass.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
-from torch import nn
 
-from tests.conftest import TinyCNN, hook_count
-from whynet.registry import get_explainer, list_explainers
+from tests.conftest import hook_count
+from tests.test_contract import RECIPES, BoomCNN, data
+from whynet.registry import list_explainers, registered
 
-
-class BoomCNN(TinyCNN):
-    """The tiny CNN, able to raise after its first layer."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.boom = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.features[0](x)
-        if self.boom:
-            raise RuntimeError("boom mid-forward")
-        h = self.features[1:](h)
-        return self.head(self.pool(h).flatten(1))
-
-
-def data() -> torch.Tensor:
-    g = torch.Generator().manual_seed(0)
-    return torch.rand(24, 1, 16, 16, generator=g)
-
-
-Recipe = Callable[[nn.Module], Any]  # model -> ready explainer (fitted where needed)
-
-
-def _influence(m: nn.Module) -> Any:
-    from whynet import LinearPath
-
-    return get_explainer("influence")(m, layer="features.2", doi=LinearPath(steps=3), batch_size=8)
-
-
-def _inversion(m: nn.Module) -> Any:
-    return get_explainer("inversion")(
-        m,
-        inversion_layer="pool",
-        basis_layer="features.3",
-        stage1_steps=2,
-        stage2_steps=2,
-        batch_size=8,
-    )
-
-
-def _masks(m: nn.Module) -> Any:
-    return get_explainer("masks")(m, modality="image", batch_size=8, progress=False).fit(
-        data(), epochs=1
-    )
-
-
-def _representer(m: nn.Module) -> Any:
-    return get_explainer("representer")(
-        m, head="head", max_iter=5, batch_size=8, progress=False
-    ).fit(data())
-
-
-def _clusters(m: nn.Module) -> Any:
-    return get_explainer("clusters")(
-        m,
-        layers=["features.1", "features.3"],
-        n_clusters=2,
-        method="kmeans",
-        batch_size=8,
-        progress=False,
-    ).fit(data())
-
-
-RECIPES: dict[str, Recipe] = {
-    "influence": _influence,
-    "inversion": _inversion,
-    "masks": _masks,
-    "representer": _representer,
-    "clusters": _clusters,
-}
-# explainers whose output does not depend on a class target (bad targets cannot apply)
-NO_TARGET = {"masks"}
-# explainers whose explain() never runs the model (one pass of a trained explainer network)
-NO_MODEL_IN_EXPLAIN = {"masks"}
-FITTED = {"masks", "representer", "clusters"}
+# capabilities from the registry: fitted methods, and methods that explain only what they were
+# trained on (their output does not depend on a class target, and their explain() runs one
+# pass of a trained explainer network, not the model)
+FITTED = {info.name for info in registered() if info.fitted}
+NO_TARGET = {info.name for info in registered() if info.targets == "trained"}
+NO_MODEL_IN_EXPLAIN = NO_TARGET
 
 
 def test_every_explainer_has_a_recipe():
