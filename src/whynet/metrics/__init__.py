@@ -15,7 +15,7 @@ Saliency maps are (B, H, W) tensors or :class:`~whynet.core.Explanation` objects
 """
 
 from whynet.core.image import gaussian_blur, gaussian_kernel
-from whynet.metrics._common import as_saliency, make_baseline
+from whynet.metrics._common import as_saliency
 from whynet.metrics.auc import trapezoid
 from whynet.metrics.faithfulness import (
     Fidelity,
@@ -58,7 +58,6 @@ __all__ = [
     "insertion_auc",
     "insertion_curve",
     "localisation_error",
-    "make_baseline",
     "mask_fidelity",
     "max_points",
     "perturbation_curve",

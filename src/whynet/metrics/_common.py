@@ -14,16 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from whynet.core import Explanation, as_logits, check_inputs, parse_target, predict_logits
-from whynet.core.image import ReferenceSpec, reference
+from whynet.core.image import ReferenceSpec
 from whynet.core.validation import check_batch_size
 
 Score = Literal["softmax", "logit"]
 BaselineSpec = ReferenceSpec
-
-
-def make_baseline(x: torch.Tensor, baseline: BaselineSpec, blur_sigma: float) -> torch.Tensor:
-    """The reference replacing removed pixels (:func:`whynet.core.reference`)."""
-    return reference(x, baseline, blur_sigma, name="baseline")
 
 
 def as_saliency(
