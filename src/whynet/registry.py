@@ -99,6 +99,12 @@ register_explainer(
     fitted=True,
     inputs=("image", "tokens", "vector"),
 )
+register_explainer(
+    "gradcam",
+    "whynet.gradcam:GradCAM",
+    "Grad-CAM class activation maps at a convolutional layer (Selvaraju et al. 2017)",
+    args=(_LAYER,),
+)
 
 
 def list_explainers() -> dict[str, str]:

@@ -1,8 +1,8 @@
 """Tour: guided feature inversion (Du, Liu, Song & Hu, KDD 2018).
 
 Uses shipped weights and bundled data only: canvas-cnn on canvas test images (exact item boxes:
-pointing game, localisation error, deletion/insertion AUC, against Grad-CAM computed with
-whynet's own gradient utility and a centre baseline) and EfficientNet-Lite0 on bundled photos.
+pointing game, localisation error, deletion/insertion AUC, against whynet's Grad-CAM and a
+centre baseline) and EfficientNet-Lite0 on bundled photos.
 """
 
 from __future__ import annotations
@@ -26,16 +26,6 @@ INTRO = (
 )
 
 
-def _gradcam(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, layer: str) -> torch.Tensor:
-    """Grad-CAM (Selvaraju et al. 2017, Eq. 1-2) through whynet.core.qoi_gradients."""
-    from whynet.core import Class, frozen_eval, qoi_gradients
-
-    with frozen_eval(model):
-        g = qoi_gradients(model, x, Class(y), layer=layer)
-    weights = g.grads.mean((2, 3), keepdim=True)
-    return torch.relu((weights * g.at).sum(1)).detach()
-
-
 def _centre(x: torch.Tensor) -> torch.Tensor:
     h, w = x.shape[-2:]
     r = torch.arange(h, dtype=torch.float32)[:, None] - (h - 1) / 2
@@ -45,6 +35,7 @@ def _centre(x: torch.Tensor) -> torch.Tensor:
 
 def _canvas(section: Section, fast: bool, progress: bool | None) -> None:
     from whynet.data.canvas import canvas
+    from whynet.gradcam import GradCAM
     from whynet.inversion import GuidedFeatureInversion
     from whynet.metrics import deletion_auc, insertion_auc, localisation_error, pointing_game
     from whynet.viz import grid_png, overlay
@@ -78,7 +69,9 @@ def _canvas(section: Section, fast: bool, progress: bool | None) -> None:
         )
         .explain(x, y)
         .values,
-        "Grad-CAM (features.block4)": _gradcam(model, x, y, "features.block4"),
+        "Grad-CAM (features.block4)": GradCAM(model, "features.block4", upsample=False)
+        .explain(x, y)
+        .values,
         "centre baseline": _centre(x),
     }
     names = info.get("class_names") or [str(i) for i in range(10)]
