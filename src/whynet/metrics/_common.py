@@ -1,4 +1,4 @@
-"""Shared helpers of the metrics: saliency maps in one shape, baselines, class scores.
+"""Shared helpers of the metrics: saliency maps in one shape, image checks, class scores, targets.
 
 Targets follow the one policy of :func:`whynet.core.parse_target` and predictions come from
 the one pipeline (:func:`whynet.core.predict_logits`); baselines are the one image
