@@ -155,3 +155,15 @@ def test_registered_with_its_capabilities():
     info = method_info("gradcam")
     assert not info.fitted and info.inputs == ("image",) and info.targets == "class"
     assert [a.name for a in info.args] == ["layer"]
+
+
+@pytest.mark.parametrize("relu", [True, False])
+def test_equals_captum_layer_gradcam(relu):
+    captum_attr = pytest.importorskip("captum.attr")
+    m = pooled_cnn()
+    x = images(4)
+    t = torch.tensor([2, 0, 1, 2])
+    ours = GradCAM(m, "3", relu=relu, upsample=False).explain(x, target=t).values
+    ref = captum_attr.LayerGradCam(m, m[3]).attribute(x, target=t, relu_attributions=relu)
+    torch.testing.assert_close(ours, ref[:, 0], rtol=1e-12, atol=1e-14)
+    assert hook_count(m) == 0
