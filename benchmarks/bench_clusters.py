@@ -131,14 +131,14 @@ def fashion(args: argparse.Namespace, res: dict[str, Any]) -> dict[str, ClusterS
     }
     fitted = {}
     settings = {
-        "kmeans": {"method": "kmeans", "max_fit_points": 20000},
+        "kmeans": {"algorithm": "kmeans", "max_fit_points": 20000},
         "kmeans_select": {
-            "method": "kmeans",
+            "algorithm": "kmeans",
             "max_fit_points": 20000,
             "restart_selection": "likelihood",
         },
         "idec": {
-            "method": "idec",
+            "algorithm": "idec",
             "max_fit_points": args.idec_points,
             "pretrain_epochs": args.pretrain_epochs,
             "max_iter": args.idec_iter,
@@ -260,7 +260,7 @@ def sentiment(args: argparse.Namespace, res: dict[str, Any]) -> None:
             model,
             layers,
             n_clusters=15,
-            method=method.split("_")[0],
+            algorithm=method.split("_")[0],
             seed=0,
             layer_weights=args.weights,
             **kw,
@@ -308,7 +308,7 @@ def scale(args: argparse.Namespace, res: dict[str, Any]) -> None:
         model,
         ["0", "1"],
         n_clusters=15,
-        method="kmeans",
+        algorithm="kmeans",
         batch_size=4096,
         memory_limit=128 << 20,
         cache_dir=args.tmp,

@@ -51,7 +51,7 @@ def data():
 def km(data):
     x, y, model = data
     return ClusterSurrogate(
-        model, ["0", "1"], n_clusters=C, method="kmeans", embed_dim=4, batch_size=32
+        model, ["0", "1"], n_clusters=C, algorithm="kmeans", embed_dim=4, batch_size=32
     ).fit(x, y)
 
 
@@ -60,7 +60,7 @@ def idec(data):
     x, y, model = data
     torch.manual_seed(0)
     return ClusterSurrogate(
-        model, ["0"], n_clusters=C, method="idec", embed_dim=4, batch_size=32, **FAST
+        model, ["0"], n_clusters=C, algorithm="idec", embed_dim=4, batch_size=32, **FAST
     ).fit(x, y)
 
 
@@ -118,7 +118,7 @@ def test_posterior_counts_are_the_training_assignments(km, data):
         counts = torch.zeros(C, C, dtype=torch.float64)
         for k, t in zip(a.tolist(), model(x).argmax(1).tolist()):
             counts[k, t] += 1
-        torch.testing.assert_close(km._state(name)["counts"], counts)
+        torch.testing.assert_close(km.clusterer(name).counts_, counts)
 
 
 def test_predict_proba_rows_sum_to_one_for_any_weights(km, data):
@@ -191,7 +191,7 @@ def test_concepts_are_nearest_to_each_centre(km):
 def test_save_load_round_trip(km, idec, data, tmp_path):
     x, _, model = data
     for s in (km, idec):
-        path = s.save(tmp_path / f"{s.method}.safetensors")
+        path = s.save(tmp_path / f"{s.algorithm}.safetensors")
         t = ClusterSurrogate.load(path, model)
         assert torch.equal(s.predict_proba(x), t.predict_proba(x))
         assert torch.equal(s.layer_weights_, t.layer_weights_)
@@ -217,7 +217,7 @@ def test_explain_and_hygiene(km, data):
 
 def test_spill_to_disk_gives_the_same_surrogate(data, tmp_path):
     x, y, model = data
-    kw = {"n_clusters": C, "method": "kmeans", "embed_dim": 4, "batch_size": 32}
+    kw = {"n_clusters": C, "algorithm": "kmeans", "embed_dim": 4, "batch_size": 32}
     mem = ClusterSurrogate(model, ["0"], **kw).fit(x)
     disk = ClusterSurrogate(model, ["0"], cache_dir=tmp_path, memory_limit=1000, **kw).fit(x)
     assert disk.spilled_to_disk_ and not mem.spilled_to_disk_
@@ -241,7 +241,7 @@ def test_conv_layers_idec_end_to_end(tiny_cnn):
         n_init=1,
     ).fit(x)
     # features.0 is followed by an in-place ReLU: the captured activations keep their sign
-    assert s._state("features.0")["mean"].shape == (4, 1, 1)
+    assert s.clusterer("features.0").mean_.shape == (4, 1, 1)
     p = s.predict_proba(x[:10])
     torch.testing.assert_close(p.sum(1), torch.ones(10, dtype=torch.float64))
     assert hook_count(model) == 0
@@ -278,7 +278,7 @@ def test_sequence_activations_pool_over_valid_tokens():
     lengths = torch.randint(1, 7, (64,), generator=g)
     ids = torch.randint(1, 12, (64, 6), generator=g) * (torch.arange(6) < lengths[:, None])
     s = ClusterSurrogate(
-        model, ["embedding", "gru"], n_clusters=2, method="kmeans", embed_dim=3, batch_size=16
+        model, ["embedding", "gru"], n_clusters=2, algorithm="kmeans", embed_dim=3, batch_size=16
     ).fit(ids)
     # the GRU emits a PackedSequence: its padded output is averaged over each sequence's length
     with torch.no_grad():
@@ -286,10 +286,10 @@ def test_sequence_activations_pool_over_valid_tokens():
             model.embedding(ids[:2]), lengths[:2], batch_first=True, enforce_sorted=False
         )
         out, _ = nn.utils.rnn.pad_packed_sequence(model.gru(packed)[0], batch_first=True)
-    st = s._state("gru")
+    st = s.clusterer("gru")
     want = torch.stack([out[i, : lengths[i]].mean(0) for i in range(2)])
     torch.testing.assert_close(
-        s.embed(ids[:2])["gru"], st["embedder"].encode((want - st["mean"]) / st["std"])
+        s.embed(ids[:2])["gru"], st.embedder_.encode((want - st.mean_) / st.std_)
     )
     assert s.predict_proba(ids[:5]).shape == (5, 2)
     assert hook_count(model) == 0
@@ -310,10 +310,10 @@ def test_bad_input_errors(data):
     x, y, model = data
     with pytest.raises(ValueError, match="n_clusters=500 is larger than the number"):
         ClusterSurrogate(
-            model, ["0"], n_clusters=500, method="kmeans", batch_size=32, max_fit_points=None
+            model, ["0"], n_clusters=500, algorithm="kmeans", batch_size=32, max_fit_points=None
         ).fit(x)
     with pytest.raises(ValueError, match="fewer than one batch"):
-        ClusterSurrogate(model, ["0"], n_clusters=3, method="kmeans", batch_size=256).fit(x)
+        ClusterSurrogate(model, ["0"], n_clusters=3, algorithm="kmeans", batch_size=256).fit(x)
     bad = nn.Sequential(IntLayer(), Cast())
     with pytest.raises(TypeError, match=r"layer '0.0' gives activations of dtype torch.int64"):
         ClusterSurrogate(
@@ -325,15 +325,15 @@ def test_bad_input_errors(data):
         ClusterSurrogate(model, ["0", "1"], layer_weights=[1.0])
     with pytest.raises(ValueError, match=">= 0"):
         ClusterSurrogate(model, ["0"], layer_weights=[-1.0])
-    with pytest.raises(ValueError, match="method must be one of"):
-        ClusterSurrogate(model, ["0"], method="dbscan")
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        ClusterSurrogate(model, ["0"], algorithm="dbscan")
     with pytest.raises(ValueError, match='layer_weights must be "fit"'):
         ClusterSurrogate(model, ["0"], layer_weights="learn")
     with pytest.raises(ValueError, match="weight_holdout"):
         ClusterSurrogate(model, ["0"], weight_holdout=0.9)
     with pytest.raises(ValueError, match="leaving fewer than n_clusters"):
         ClusterSurrogate(
-            model, ["0"], n_clusters=40, method="kmeans", batch_size=32, weight_holdout=0.5
+            model, ["0"], n_clusters=40, algorithm="kmeans", batch_size=32, weight_holdout=0.5
         ).fit(x[:64])
     with pytest.raises(ValueError, match="labels are needed"):
         ClusterSurrogate(model, ["0"], n_clusters=3, batch_size=32, posterior="labels").fit(x)
@@ -345,11 +345,83 @@ def test_bad_input_errors(data):
         ).fit(x)
 
 
+class RaisesAfter(nn.Module):
+    """A model that, once armed, raises from its ``after``-th forward on (a failure half-way
+    through the walk over the training data)."""
+
+    def __init__(self, net: nn.Module, after: int) -> None:
+        super().__init__()
+        self.net, self.after, self.calls, self.armed = net, after, 0, False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.armed and self.calls >= self.after:
+            raise RuntimeError("boom in fit")
+        return self.net(x)
+
+
+def _assert_unfitted(s: ClusterSurrogate, x: torch.Tensor) -> None:
+    for call in (
+        s.check_is_fitted,
+        lambda: s.explain(x[:4]),
+        lambda: s.predict(x[:4]),
+        lambda: s.similar(x[:4]),
+        lambda: s.posteriors_,
+        lambda: s.clusterer("net.0"),
+    ):
+        with pytest.raises(NotFittedError):
+            call()
+
+
+def test_fit_that_raises_half_way_leaves_the_surrogate_unfitted(data, monkeypatch, tmp_path):
+    x, _, model = data
+    net = RaisesAfter(model, after=3)
+    kw = {"n_clusters": C, "algorithm": "kmeans", "embed_dim": 4, "batch_size": 32}
+    s = ClusterSurrogate(net, ["net.0", "net.1"], **kw)
+    net.armed = True
+    with pytest.raises(RuntimeError, match="boom in fit"):
+        s.fit(x)  # two batches walked, the third raises
+    _assert_unfitted(s, x)
+    # a fitted surrogate whose refit fails forgets the earlier fit (no mix of old and new)
+    net.armed = False
+    s.fit(x)
+    assert s.predict(x[:4]).shape == (4,)
+    net.calls, net.armed = 0, True
+    with pytest.raises(RuntimeError, match="boom in fit"):
+        s.fit(x)
+    _assert_unfitted(s, x)
+    with pytest.raises(NotFittedError):
+        s.save(tmp_path / "never.safetensors")
+    # a failure after the walk, while clustering the second layer, as well
+    import whynet.clusters.layer as layer
+
+    real, calls = layer.kmeans, []
+
+    def fails_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("boom in k-means")
+        return real(*args, **kwargs)
+
+    net.armed = False
+    s.fit(x)
+    monkeypatch.setattr(layer, "kmeans", fails_second)
+    with pytest.raises(RuntimeError, match="boom in k-means"):
+        s.fit(x)
+    _assert_unfitted(s, x)
+
+
 def test_posterior_from_labels(data):
     x, y, model = data
     flipped = (y + 1) % C  # labels that disagree with the model everywhere
     s = ClusterSurrogate(
-        model, ["0"], n_clusters=C, method="kmeans", embed_dim=4, batch_size=32, posterior="labels"
+        model,
+        ["0"],
+        n_clusters=C,
+        algorithm="kmeans",
+        embed_dim=4,
+        batch_size=32,
+        posterior="labels",
     ).fit(x, flipped)
     assert s.accuracy(x, flipped) >= 0.99
     assert s.fidelity(x) <= 0.01
@@ -407,7 +479,7 @@ def test_fitted_weights_favour_the_informative_layer(data, tmp_path):
     g = torch.Generator().manual_seed(11)
     xn = torch.cat([x, 8 * torch.randn(len(x), 4, generator=g)], 1)
     net = InfoAndNoise(model[1], x.shape[1])
-    kw = {"n_clusters": C, "method": "kmeans", "embed_dim": 4, "batch_size": 32}
+    kw = {"n_clusters": C, "algorithm": "kmeans", "embed_dim": 4, "batch_size": 32}
     s = ClusterSurrogate(net, ["noise", "info"], **kw).fit(xn)
     assert s.layer_weights == "fit"
     w = s.layer_weights_
@@ -433,7 +505,7 @@ def test_fitted_weights_favour_the_informative_layer(data, tmp_path):
 @pytest.fixture
 def kmeans_sizes(monkeypatch):
     """The number of points each k-means call of the surrogate clusters, in call order."""
-    import whynet.clusters.surrogate as sur
+    import whynet.clusters.layer as sur
 
     sizes: list[int] = []
     real = sur.kmeans
@@ -449,7 +521,7 @@ def kmeans_sizes(monkeypatch):
 def test_weights_are_fitted_on_held_out_training_points(data, kmeans_sizes):
     """The clustering never sees the held-out points; only fit's data enters the weights."""
     x, _, model = data
-    kw = {"n_clusters": C, "method": "kmeans", "embed_dim": 4, "batch_size": 32}
+    kw = {"n_clusters": C, "algorithm": "kmeans", "embed_dim": 4, "batch_size": 32}
     s = ClusterSurrogate(model, ["0", "1"], **kw).fit(x)
     n_out = round(0.1 * len(x))
     assert kmeans_sizes == [len(x) - n_out] * 2
@@ -466,7 +538,7 @@ def test_weights_are_fitted_on_held_out_training_points(data, kmeans_sizes):
 
 def test_likelihood_restart_selection_keeps_the_best_held_out_restart(data, kmeans_sizes):
     x, _, model = data
-    kw = {"n_clusters": C + 2, "method": "kmeans", "embed_dim": 4, "batch_size": 32, "n_init": 4}
+    kw = {"n_clusters": C + 2, "algorithm": "kmeans", "embed_dim": 4, "batch_size": 32, "n_init": 4}
     s = ClusterSurrogate(
         model, ["0", "1"], layer_weights=[1.0, 1.0], restart_selection="likelihood", **kw
     ).fit(x)

@@ -14,7 +14,7 @@ fewer than ``tol`` of the assignments change between updates.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from whynet.core.training import train
 
 
 # ---------------------------------------------------------------- DEC/IDEC closed forms
@@ -111,6 +113,9 @@ class ConvAE(nn.Module):
         super().__init__()
         c, h, w = (int(v) for v in in_shape)
         self.in_shape = (c, h, w)
+        self.embed_dim = int(embed_dim)
+        self.widths = [int(v) for v in widths]
+        self.kernels = [int(v) for v in kernels]
         self.radius = float(radius)
         enc: list[nn.Module] = []
         shapes = [(c, h, w)]
@@ -165,6 +170,8 @@ class DenseAE(nn.Module):
     ) -> None:
         super().__init__()
         self.in_shape = (int(in_dim),)
+        self.embed_dim = int(embed_dim)
+        self.hidden = [int(v) for v in hidden]
         self.radius = float(radius)
         dims = [int(in_dim), *hidden]
         enc: list[nn.Module] = []
@@ -192,7 +199,7 @@ class DenseAE(nn.Module):
 
 
 def build_autoencoder(config: dict[str, Any]) -> nn.Module:
-    """An autoencoder from its JSON config (what ``save`` stores next to the weights)."""
+    """An autoencoder from its JSON config (:func:`embedder_config`)."""
     if config["kind"] == "conv":
         return ConvAE(
             config["in_shape"],
@@ -206,6 +213,43 @@ def build_autoencoder(config: dict[str, Any]) -> nn.Module:
             config["in_shape"][0], config["embed_dim"], config["hidden"], config["radius"]
         )
     raise ValueError(f"unknown autoencoder kind {config['kind']!r}")
+
+
+def embedder_config(module: nn.Module) -> dict[str, Any]:
+    """The JSON config that rebuilds an (untrained) embedder of the same architecture."""
+    if isinstance(module, ConvAE):
+        return {
+            "kind": "conv",
+            "in_shape": list(module.in_shape),
+            "embed_dim": module.embed_dim,
+            "widths": module.widths,
+            "kernels": module.kernels,
+            "radius": module.radius,
+        }
+    if isinstance(module, DenseAE):
+        return {
+            "kind": "dense",
+            "in_shape": list(module.in_shape),
+            "embed_dim": module.embed_dim,
+            "hidden": module.hidden,
+            "radius": module.radius,
+        }
+    if isinstance(module, PCAEmbed):
+        return {
+            "kind": "pca",
+            "in_shape": list(module.in_shape),
+            "dim": int(module.components.shape[1]),
+        }
+    raise TypeError(f"not a clustering embedder: {type(module).__name__}")
+
+
+def build_embedder(config: dict[str, Any]) -> nn.Module:
+    """An embedder from :func:`embedder_config` (weights/buffers loaded afterwards)."""
+    if config["kind"] == "pca":
+        shape = [int(v) for v in config["in_shape"]]
+        flat = int(np.prod(shape))
+        return PCAEmbed(torch.zeros(shape), torch.zeros(flat, int(config["dim"])))
+    return build_autoencoder(config)
 
 
 # ---------------------------------------------------------------- IDEC training
@@ -249,33 +293,40 @@ def fit_idec(
     n_clusters: int,
     s: IDECSettings,
     seed: int = 0,
-    show: Any = None,
     init: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
+    progress: bool | None = None,
 ) -> IDECResult:
     """Pretrain ``ae`` on ``x``, initialise centres by k-means, then refine with IDEC.
 
-    Loss per mini-batch: ``MSE(x, decode(z)) + gamma * KL(P || Q)`` (IDEC eq. 3); P recomputed
-    from Q on all of ``x`` every ``update_interval`` iterations (DEC eq. 3); stop when fewer than
-    ``tol`` of the hard assignments changed since the previous update.
+    Both phases run in :func:`whynet.core.training.train`. Pretraining: ``pretrain_epochs``
+    epochs of ``MSE(x, decode(encode(x)))``. Clustering (one pass of at most ``max_iter``
+    mini-batches): loss ``MSE(x, decode(z)) + gamma * KL(P || Q)`` (IDEC eq. 3); P recomputed
+    from Q on all of ``x`` every ``update_interval`` iterations (DEC eq. 3); stop when fewer
+    than ``tol`` of the hard assignments changed since the previous update.
     ``init(ae, z)``, when given, returns the initial centres from the pretrained autoencoder and
     the embedding ``z`` of ``x`` (default: k-means with ``n_init`` restarts by inertia).
     """
+    # one generator for the mini-batch order of both phases (the order depends on seed only)
     gen = torch.Generator().manual_seed(seed)
     hist: dict[str, list[float]] = {"pretrain_loss": [], "loss": [], "delta": [], "kl": []}
-    opt = torch.optim.Adam(ae.parameters(), lr=s.lr)
-    ae.train()
-    for _ in range(s.pretrain_epochs):
-        total = 0.0
-        for idx in _batches(len(x), s.batch_size, gen):
-            xb = x[idx]
-            loss = F.mse_loss(ae(xb)[1], xb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-        hist["pretrain_loss"].append(total / len(x))
-        if show is not None:
-            show(f"pretrain loss {hist['pretrain_loss'][-1]:.4f}")
+
+    def reconstruction(idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], int]:
+        xb = x[idx]
+        loss = F.mse_loss(ae(xb)[1], xb)
+        return loss, {"loss": float(loss.detach())}, len(idx)
+
+    if s.pretrain_epochs > 0:
+        done = train(
+            ae,
+            lambda epoch, _: _batches(len(x), s.batch_size, gen),
+            reconstruction,
+            epochs=s.pretrain_epochs,
+            lr=s.lr,
+            seed=seed,
+            progress=progress,
+            desc="IDEC pretraining",
+        )
+        hist["pretrain_loss"] = [r["loss"] for r in done.history]
     ae.eval()
     z = encode_all(ae, x)
     start = (
@@ -286,38 +337,54 @@ def fit_idec(
     centres = nn.Parameter(start)
     if s.max_iter <= 0:
         return IDECResult(centres.detach().clone(), hist)
-    opt = torch.optim.Adam([*ae.parameters(), centres], lr=s.lr)
-    previous: torch.Tensor | None = None
     p_all = torch.empty(0)
-    order: list[torch.Tensor] = []
-    for it in range(s.max_iter):
-        if it % s.update_interval == 0:
-            ae.eval()
-            with torch.no_grad():
-                q_all = soft_assign(encode_all(ae, x), centres, s.alpha)
-            p_all = target_distribution(q_all)
-            assign = q_all.argmax(1)
-            if previous is not None:
-                delta = float((assign != previous).float().mean())
-                hist["delta"].append(delta)
-                if delta < s.tol:
-                    break
-            previous = assign
-            ae.train()
-        if not order:
-            order = _batches(len(x), s.batch_size, gen)
-        idx = order.pop()
+
+    def iterations(epoch: int, _: torch.Generator) -> Iterator[tuple[int, torch.Tensor]]:
+        """Mini-batches of the clustering phase, with the target update (and the stopping
+        test) every ``update_interval`` iterations before the batch is handed out."""
+        nonlocal p_all
+        previous: torch.Tensor | None = None
+        order: list[torch.Tensor] = []
+        for it in range(s.max_iter):
+            if it % s.update_interval == 0:
+                ae.eval()
+                with torch.no_grad():
+                    q_all = soft_assign(encode_all(ae, x), centres, s.alpha)
+                p_all = target_distribution(q_all)
+                assign = q_all.argmax(1)
+                if previous is not None:
+                    delta = float((assign != previous).float().mean())
+                    hist["delta"].append(delta)
+                    if delta < s.tol:
+                        return
+                previous = assign
+                ae.train()
+            if not order:
+                order = _batches(len(x), s.batch_size, gen)
+            yield it, order.pop()
+
+    def idec_loss(batch: tuple[int, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float], int]:
+        it, idx = batch
         xb = x[idx]
         zb, rec = ae(xb)
         kl = kl_loss(p_all[idx], soft_assign(zb, centres, s.alpha))
         loss = F.mse_loss(rec, xb) + s.gamma * kl
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        stats = {"loss": float(loss.detach()), "kl": float(kl.detach())}
         if it % s.update_interval == 0:
-            hist["loss"].append(float(loss.detach()))
-            hist["kl"].append(float(kl.detach()))
-    ae.eval()
+            hist["loss"].append(stats["loss"])
+            hist["kl"].append(stats["kl"])
+        return loss, stats, len(idx)
+
+    train(
+        ae,
+        iterations,
+        idec_loss,
+        epochs=1,
+        optimizer=torch.optim.Adam([*ae.parameters(), centres], lr=s.lr),
+        seed=seed,
+        progress=progress,
+        desc="IDEC clustering",
+    )
     return IDECResult(centres.detach().clone(), hist)
 
 

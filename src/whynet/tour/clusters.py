@@ -47,9 +47,9 @@ def _fashion(section: Section, fast: bool, progress: bool | None) -> None:
     xtr, ytr, xte, yte = xtr[pick], ytr[pick], xte[:n_te], yte[:n_te]
     layers = info["layers"]["blocks"]
     kw: dict[str, Any] = (
-        {"method": "kmeans", "restart_selection": "likelihood"}
+        {"algorithm": "kmeans", "restart_selection": "likelihood"}
         if fast
-        else {"method": "idec", "pretrain_epochs": 4, "max_iter": 420, "max_fit_points": 10000}
+        else {"algorithm": "idec", "pretrain_epochs": 4, "max_iter": 420, "max_fit_points": 10000}
     )
     t0 = time.perf_counter()
     s = ClusterSurrogate(
@@ -70,7 +70,7 @@ def _fashion(section: Section, fast: bool, progress: bool | None) -> None:
     section.tables.append(
         Table(
             caption=(
-                f"fashion-cnn surrogate ({kw['method']}, 15 clusters per layer, fitted on "
+                f"fashion-cnn surrogate ({kw['algorithm']}, 15 clusters per layer, fitted on "
                 f"{n_tr} training images in {fit_s:.0f} s): agreement with the network "
                 f"(fidelity), accuracy and cluster purity on {n_te} test images; 'combined' "
                 "mixes the four layers with weights learned on held-out training images ("
@@ -83,7 +83,7 @@ def _fashion(section: Section, fast: bool, progress: bool | None) -> None:
         )
     )
     section.metrics["fashion"] = {
-        "method": kw["method"],
+        "algorithm": kw["algorithm"],
         "n_train": n_tr,
         "n_test": n_te,
         "fit_s": fit_s,
@@ -163,7 +163,7 @@ def _sentiment(section: Section, fast: bool, progress: bool | None) -> None:
     n = 3000 if fast else len(tr)
     xtr, ytr = tr.x[:n], tr.y[:n]
     s = ClusterSurrogate(
-        model, ["embedding", "gru"], n_clusters=15, method="kmeans", seed=0, progress=progress
+        model, ["embedding", "gru"], n_clusters=15, algorithm="kmeans", seed=0, progress=progress
     ).fit(xtr, ytr)
     rep = s.layer_report(te.x[:1000], te.y[:1000])
     section.tables.append(
