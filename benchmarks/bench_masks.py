@@ -1,6 +1,6 @@
 """Explanatory masks: faithfulness, localisation and speed against GFI and Captum; ground truth.
 
-Run from the repository root (shipped explainers in ``src/whynet/masks/weights`` needed)::
+Run from the repository root (shipped explainers in ``src/whynet/zoo/weights/masks`` needed)::
 
     GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4294967296 \\
         .venv/bin/python benchmarks/bench_masks.py [--quick] [--only canvas,tpsa,sentiment]
@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from whynet.core import frozen_eval, predict_logits
-from whynet.masks import load_pretrained
+from whynet.zoo.masks_pretrained import load_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "masks.json"

@@ -2,22 +2,16 @@
 
 ``MaskExplainer(model, modality).fit(data).explain(x)`` gives per-pixel or per-token masks in
 [0, 1] from one forward pass of a small trained network. Pre-trained explainers for whynet's zoo
-models ship under ``whynet/masks/weights`` (:func:`load_pretrained`).
+models ship with the zoo (:func:`whynet.zoo.masks_pretrained.load_pretrained`).
 """
 
-from whynet.masks.explainer import MaskExplainer
-from whynet.masks.fill import apply_image_mask, fill_value, gaussian_blur
+from whynet.masks.explainer import FILLS, MaskExplainer
 from whynet.masks.networks import ImageMaskNet, SequenceMaskNet, build_network
-from whynet.masks.pretrained import PRETRAINED, load_pretrained
 
 __all__ = [
+    "FILLS",
     "MaskExplainer",
     "ImageMaskNet",
     "SequenceMaskNet",
     "build_network",
-    "apply_image_mask",
-    "fill_value",
-    "gaussian_blur",
-    "load_pretrained",
-    "PRETRAINED",
 ]

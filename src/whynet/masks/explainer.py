@@ -14,10 +14,9 @@ unmasked output (regression). Explaining a new input is then one forward pass of
 from __future__ import annotations
 
 import copy
-import math
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+import os
+from collections.abc import Generator
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -26,31 +25,36 @@ from torch.utils.data import Dataset, IterableDataset, Subset
 
 from whynet.core import (
     Explainer,
-    Explanation,
     FittedMixin,
+    State,
+    Target,
     as_logits,
-    check_batch_size,
-    check_inputs,
+    blend,
     frozen_eval,
     intervene,
     iter_batches,
-    load_tensors,
     model_device,
     model_dtype,
-    progress_enabled,
+    reference,
     resolve_layer,
-    save_tensors,
+    train,
 )
-from whynet.masks.fill import FILLS, apply_image_mask, fill_value
+from whynet.core.params import Interval, Options, constraint
+from whynet.masks.inputs import check_images, check_tokens
 from whynet.masks.networks import ImageMaskNet, SequenceMaskNet, build_network, network_config
 
-__all__ = ["MaskExplainer", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["MaskExplainer", "FILLS", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "whynet.masks"
-FORMAT_VERSION = 1
+#: 2: the declared-state layout of :mod:`whynet.core.state` (1 was the method's own layout)
+FORMAT_VERSION = 2
 MODALITIES = ("image", "sequence")
 TASKS = ("classification", "regression")
 TARGETS = ("prediction", "label")
+#: the references b an image may be blended into (:func:`whynet.core.image.reference`)
+FILLS = ("blur", "mean", "zero")
+
+_NON_NEGATIVE = constraint(Interval(float, 0, None))
 
 
 def _total_variation(m: torch.Tensor) -> torch.Tensor:
@@ -107,6 +111,34 @@ class MaskExplainer(FittedMixin, Explainer):
     """
 
     method = "masks"
+    _class_targets = False  # amortised: it explains what its network was trained on
+    _parameter_constraints: ClassVar = {
+        "modality": constraint(Options(MODALITIES)),
+        "explainer": constraint(nn.Module, None, error=TypeError, desc="an nn.Module or None"),
+        "sparsity": _NON_NEGATIVE,
+        "fill": constraint(Options(FILLS)),
+        "target": constraint(Options(TARGETS)),
+        "smoothness": _NON_NEGATIVE,
+        "embedding": constraint(str, error=TypeError),
+        "task": constraint(Options(TASKS)),
+        "lr": _NON_NEGATIVE,
+        "seed": constraint(int, error=TypeError),
+        "blur_sigma": _NON_NEGATIVE,
+    }
+    _fitted_state: ClassVar = {
+        "network_": State("module", config=network_config, build=build_network),
+        "history_": State("json"),
+        "in_channels_": State("json"),
+        "output_scale_": State("json"),
+        "max_length_": State("json", optional=True),
+    }
+    _format = FORMAT
+    _format_version = FORMAT_VERSION
+    network_: nn.Module
+    history_: list[dict[str, float]]
+    in_channels_: int
+    output_scale_: float
+    max_length_: int  # sequences only
 
     def __init__(
         self,
@@ -127,106 +159,35 @@ class MaskExplainer(FittedMixin, Explainer):
         progress: bool | None = None,
     ) -> None:
         super().__init__(model, batch_size=batch_size, progress=progress)
-        for name, value, allowed in (
-            ("modality", modality, MODALITIES),
-            ("fill", fill, FILLS),
-            ("target", target, TARGETS),
-            ("task", task, TASKS),
-        ):
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        for name, num in (
-            ("sparsity", sparsity),
-            ("smoothness", smoothness),
-            ("lr", lr),
-            ("blur_sigma", blur_sigma),
-        ):
-            if (
-                isinstance(num, bool)
-                or not isinstance(num, (int, float))
-                or num < 0
-                or not math.isfinite(num)
-            ):
-                raise ValueError(f"{name} must be a finite number >= 0, got {num!r}")
-        if explainer is not None and not isinstance(explainer, nn.Module):
-            raise TypeError(f"explainer must be an nn.Module, got {type(explainer).__name__}")
         self.modality = modality
         self.explainer = explainer
-        self.sparsity = float(sparsity)
+        self.sparsity = sparsity
         self.fill = fill
         self.target = target
-        self.smoothness = float(smoothness)
+        self.smoothness = smoothness
         self.embedding = embedding
         self.task = task
-        self.lr = float(lr)
-        self.seed = int(seed)
-        self.blur_sigma = float(blur_sigma)
+        self.lr = lr
+        self.seed = seed
+        self.blur_sigma = blur_sigma
+        self._check_params()
 
-    # ------------------------------------------------------------------ settings / state
-    def _params(self) -> dict[str, Any]:
-        return {
-            "modality": self.modality,
-            "sparsity": self.sparsity,
-            "fill": self.fill,
-            "target": self.target,
-            "smoothness": self.smoothness,
-            "embedding": self.embedding,
-            "task": self.task,
-            "lr": self.lr,
-            "batch_size": self.batch_size,
-            "seed": self.seed,
-            "blur_sigma": self.blur_sigma,
-        }
+    def params(self) -> dict[str, Any]:
+        """The settings as JSON; a given explainer network appears as its class name."""
+        p = super().params()
+        p["explainer"] = None if self.explainer is None else type(self.explainer).__name__
+        return p
 
-    def _check_x(
-        self,
-        x: object,
-        name: str = "inputs",
-        check_length: bool = True,
-    ) -> torch.Tensor:
-        """Validate a batch for this modality; sequences: trailing padding, none empty."""
+    # ------------------------------------------------------------------ inputs
+    def _check_inputs(self, inputs: Any) -> torch.Tensor:
+        return self._check_x(inputs)
+
+    def _check_x(self, x: object, name: str = "inputs", check_length: bool = True) -> torch.Tensor:
+        """Validate a batch for this modality (against the fitted channels / lengths)."""
         if self.modality == "image":
-            if isinstance(x, torch.Tensor) and not x.is_floating_point():
-                raise TypeError(
-                    f"{name}: this MaskExplainer has modality='image' and needs float "
-                    f"images (B, C, H, W); got an integer tensor {tuple(x.shape)} "
-                    "(token ids need modality='sequence')"
-                )
-            x = check_inputs(x, name=name, ndim=4)
-            if hasattr(self, "in_channels_") and x.shape[1] != self.in_channels_:
-                raise ValueError(
-                    f"{name} have {x.shape[1]} channels; the explainer was trained "
-                    f"on {self.in_channels_}"
-                )
-            return x
-        if isinstance(x, torch.Tensor) and x.is_floating_point():
-            raise TypeError(
-                f"{name}: this MaskExplainer has modality='sequence' and needs integer "
-                f"token ids (B, T); got a float tensor {tuple(x.shape)} "
-                "(images need modality='image')"
-            )
-        x = check_inputs(x, name=name, ndim=2, floating=False)
-        if x.shape[1] == 0:
-            raise ValueError(f"{name} are empty sequences (length 0)")
-        valid = x != 0
-        lengths = valid.sum(1)
-        if bool((lengths == 0).any()):
-            row = int((lengths == 0).nonzero()[0])
-            raise ValueError(f"{name} row {row} is an empty sequence (all padding, id 0)")
-        # padding must only trail: position t valid implies t < length
-        prefix = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
-        if not bool((prefix == valid).all()):
-            row = int((prefix != valid).any(1).nonzero()[0])
-            raise ValueError(
-                f"{name} row {row} has padding (id 0) before a real token; padding must only trail"
-            )
-        if check_length and hasattr(self, "max_length_") and int(lengths.max()) > self.max_length_:
-            raise ValueError(
-                f"{name} contain a sequence of {int(lengths.max())} tokens, longer "
-                f"than any seen in training ({self.max_length_}); refit on longer "
-                "sequences or truncate"
-            )
-        return x
+            return check_images(x, name, getattr(self, "in_channels_", None))
+        max_length = getattr(self, "max_length_", None) if check_length else None
+        return check_tokens(x, name, max_length)
 
     def _embedding_layer(self) -> nn.Embedding:
         layer = resolve_layer(self.model, self.embedding)
@@ -273,8 +234,8 @@ class MaskExplainer(FittedMixin, Explainer):
         """
         if self.modality == "image":
             with torch.no_grad():
-                ref = fill_value(x, self.fill, self.blur_sigma)
-            return as_logits(self.model(apply_image_mask(x, mask.to(x.dtype), ref)))
+                ref = reference(x, self.fill, self.blur_sigma, name="fill")
+            return as_logits(self.model(blend(x, mask.to(x.dtype), ref)))
         scale = mask.unsqueeze(-1)
 
         def scaled(emb: torch.Tensor) -> torch.Tensor:
@@ -289,8 +250,12 @@ class MaskExplainer(FittedMixin, Explainer):
         net: nn.Module,
         x: torch.Tensor,
         y: torch.Tensor | None,
+        scale: float,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Objective (1) on one batch, with the batch's mean mask size and fidelity."""
+        """Objective (1) on one batch, with the batch's mean mask size and fidelity.
+
+        ``scale``: the regression error is divided by it (the output variance, see ``fit``).
+        """
         with torch.no_grad():
             ref_out = as_logits(self.model(x))
         mask = self._mask(net, x)
@@ -304,13 +269,9 @@ class MaskExplainer(FittedMixin, Explainer):
             goal = ref_out if self.target == "prediction" else y
             assert goal is not None
             goal = goal.to(out).reshape(out.shape)
-            if not hasattr(self, "output_scale_"):
-                self.output_scale_ = (
-                    max(float(ref_out.double().var()), 1e-12) if ref_out.numel() > 1 else 1.0
-                )
-            fit = F.mse_loss(out, goal) / self.output_scale_
+            fit = F.mse_loss(out, goal) / scale
             # fidelity for regression: 1 - MSE(masked, unmasked) / var (an R^2 against f)
-            fidelity = 1.0 - float(F.mse_loss(out.detach(), ref_out)) / self.output_scale_
+            fidelity = 1.0 - float(F.mse_loss(out.detach(), ref_out)) / scale
         if self.modality == "image":
             size = mask.flatten(1).mean(1)
         else:
@@ -331,7 +292,7 @@ class MaskExplainer(FittedMixin, Explainer):
         data: Any,
         labels: torch.Tensor | None,
         gen: torch.Generator,
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    ) -> Generator[tuple[torch.Tensor, torch.Tensor | None], None, None]:
         # shuffled, seeded order; every form still goes through iter_batches
         need = self.target == "label"
         device = model_device(self.model)
@@ -352,7 +313,9 @@ class MaskExplainer(FittedMixin, Explainer):
         net: nn.Module,
         data: Any,
         labels: torch.Tensor | None,
+        scale: float,
     ) -> dict[str, float]:
+        """Mean loss, mask size and fidelity of objective (1) over ``data`` (no gradients)."""
         totals: dict[str, float] = {}
         n = 0
         with torch.no_grad():
@@ -364,13 +327,32 @@ class MaskExplainer(FittedMixin, Explainer):
                 device=model_device(self.model),
             ):
                 x = self._check_x(x, "val_data", check_length=False)
-                _, stats = self._loss(net, x, y)
+                _, stats = self._loss(net, x, y, scale)
                 for k, v in stats.items():
                     totals[k] = totals.get(k, 0.0) + v * len(x)
                 n += len(x)
         if n == 0:
             raise ValueError("val_data is empty")
         return {k: v / n for k, v in totals.items()}
+
+    def _first_batch(
+        self, data: Any, labels: torch.Tensor | None
+    ) -> tuple[nn.Module, torch.Tensor]:
+        """Peek at the first training batch (the one :func:`~whynet.core.train` will see
+        first: same seed, same generator) and build the network g from it, initialised under
+        ``fork_rng`` seeded with ``seed`` (reproducible, the global RNG untouched)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)  # a shuffled DataLoader draws its order from it
+            batches = self._epoch_batches(data, labels, torch.Generator().manual_seed(self.seed))
+            try:
+                first = next(batches, None)
+            finally:
+                batches.close()
+            if first is None:
+                raise ValueError("train_data is empty")
+            x = self._check_x(first[0], "train_data", check_length=False)
+            torch.manual_seed(self.seed)
+            return self._build(x), x
 
     def fit(
         self,
@@ -403,10 +385,7 @@ class MaskExplainer(FittedMixin, Explainer):
         -------
         self
         """
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"patience must be an int >= 1, got {patience!r}")
+        self._reset_fitted()
         if self.target == "label" and labels is None and isinstance(train_data, torch.Tensor):
             raise ValueError(
                 f"target='label' needs labels, but train_data is a bare tensor and "
@@ -415,167 +394,92 @@ class MaskExplainer(FittedMixin, Explainer):
             )
         if self.modality == "sequence":
             self._embedding_layer()
-        check_batch_size(self.batch_size)
-        for attr in [k for k in vars(self) if k.endswith("_") and not k.startswith("_")]:
-            delattr(self, attr)  # refit from scratch
-        gen = torch.Generator().manual_seed(self.seed)
-        net: nn.Module | None = None
-        opt: torch.optim.Optimizer | None = None
-        history: list[dict[str, float]] = []
-        best: tuple[float, dict[str, torch.Tensor]] | None = None
-        max_len, in_channels, bad_epochs = 0, 0, 0
-        show = progress_enabled(self.progress)
+        max_len = 0
         with frozen_eval(self.model):
-            for epoch in range(epochs):
-                bar = None
-                if show:
-                    from tqdm.auto import tqdm
+            net, x0 = self._first_batch(train_data, labels)
+            scale = 1.0
+            if self.task == "regression":
+                # the variance of f's outputs on the first training batch: `sparsity` then
+                # means the same whatever the output's units
+                with torch.no_grad():
+                    ref = as_logits(self.model(x0))
+                scale = max(float(ref.double().var()), 1e-12) if ref.numel() > 1 else 1.0
 
-                    bar = tqdm(
-                        desc=f"masks epoch {epoch + 1}/{epochs}",
-                        leave=False,
-                        dynamic_ncols=True,
-                        unit="batch",
-                    )
-                totals: dict[str, float] = {}
-                n = 0
-                for x, y in self._epoch_batches(train_data, labels, gen):
-                    x = self._check_x(x, "train_data", check_length=False)
-                    if net is None:
-                        with torch.random.fork_rng(devices=[]):
-                            torch.manual_seed(self.seed)
-                            net = self._build(x)
-                        net.train()
-                        opt = torch.optim.Adam(net.parameters(), lr=self.lr)
-                        in_channels = int(x.shape[1])
-                    assert opt is not None
-                    if self.modality == "sequence":
-                        max_len = max(max_len, int((x != 0).sum(1).max()))
-                    loss, stats = self._loss(net, x, y)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    for k, v in stats.items():
-                        totals[k] = totals.get(k, 0.0) + v * len(x)
-                    n += len(x)
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix({k: f"{v / n:.3f}" for k, v in totals.items()})
-                if bar is not None:
-                    bar.close()
-                if n == 0:
-                    raise ValueError("train_data is empty")
-                assert net is not None
-                record = {"epoch": float(epoch + 1), **{k: v / n for k, v in totals.items()}}
-                if val_data is not None:
-                    net.eval()
-                    val = self._evaluate(net, val_data, val_labels)
-                    net.train()
-                    record.update({f"val_{k}": v for k, v in val.items()})
-                    if best is None or val["loss"] < best[0]:
-                        best = (val["loss"], copy.deepcopy(net.state_dict()))
-                        bad_epochs = 0
-                    else:
-                        bad_epochs += 1
-                history.append(record)
-                if val_data is not None and bad_epochs >= patience:
-                    break
-        assert net is not None
-        if best is not None:
-            net.load_state_dict(best[1])
-        net.eval()
-        self.network_ = net
-        self.history_ = history
-        self.in_channels_ = in_channels
+            def loss(batch: tuple[torch.Tensor, torch.Tensor | None]) -> Any:
+                nonlocal max_len
+                x = self._check_x(batch[0], "train_data", check_length=False)
+                if self.modality == "sequence":
+                    max_len = max(max_len, int((x != 0).sum(1).max()))
+                value, stats = self._loss(net, x, batch[1], scale)
+                return value, stats, len(x)
+
+            validate = None
+            if val_data is not None:
+
+                def validate() -> dict[str, float]:
+                    return self._evaluate(net, val_data, val_labels, scale)
+
+            result = train(
+                net,
+                lambda epoch, gen: self._epoch_batches(train_data, labels, gen),
+                loss,
+                epochs=epochs,
+                lr=self.lr,
+                seed=self.seed,
+                validate=validate,
+                patience=patience,
+                progress=self.progress,
+                desc="masks",
+            )
+        state: dict[str, Any] = {
+            "network_": net,
+            "history_": result.history,
+            "in_channels_": int(x0.shape[1]),
+            "output_scale_": scale,
+        }
         if self.modality == "sequence":
-            self.max_length_ = max_len
-        if not hasattr(self, "output_scale_"):
-            self.output_scale_ = 1.0
+            state["max_length_"] = max_len
+        self._set_fitted(**state)
         return self
 
     # ------------------------------------------------------------------ explaining
-    def explain(self, inputs: torch.Tensor, target: Any = None) -> Explanation:
-        """Masks for ``inputs`` from one forward pass of the trained explainer network.
+    def _explain_batch(self, x: torch.Tensor, target: Target) -> dict[str, torch.Tensor | None]:
+        """Masks from one forward pass of the trained network g: (B, H, W) or (B, T), padding 0.
 
-        Parameters
-        ----------
-        inputs : torch.Tensor
-            Images (B, C, H, W) or token ids (B, T) (0 = trailing padding).
-        target : None or "predicted"
-            The network explains what it was trained on (the model's prediction, or the label);
-            other targets cannot be honoured by an amortised explainer.
-
-        Returns
-        -------
-        Explanation
-            ``values``: masks in [0, 1], (B, H, W) per pixel or (B, T) per token (padding = 0).
+        g explains what it was trained on (the model's prediction, or the label), so only
+        ``target=None`` / ``"predicted"`` reach here.
         """
-        self.check_is_fitted()
-        if target is not None and not (isinstance(target, str) and target == "predicted"):
-            raise ValueError(
-                "MaskExplainer explains what its network was trained on "
-                f"(target={self.target!r}); explain(target=...) must be None, "
-                f"got {target!r}"
-            )
-        x = self._check_x(inputs)
-        x = x.to(model_device(self.model))
-        net = self.network_
-        mode = net.training
-        net.eval()
-        try:
-            with torch.no_grad():
-                masks = torch.cat(
-                    [
-                        self._mask(net, x[i : i + self.batch_size])
-                        for i in range(0, len(x), self.batch_size)
-                    ]
-                )
-        finally:
-            net.train(mode)
-        return Explanation(
-            values=masks,
-            target=None,
-            method=self.method,
-            params=self._params(),
-            meta={"modality": self.modality, "trained_target": self.target},
-        )
+        with frozen_eval(self.network_), torch.no_grad():
+            return {"values": self._mask(self.network_, x)}
+
+    def _meta(self) -> dict[str, Any]:
+        return {"modality": self.modality, "trained_target": self.target}
 
     # ------------------------------------------------------------------ files
-    def save(self, path: str | Path) -> Path:
-        """Write the trained network, its config and the settings (safetensors + JSON)."""
-        self.check_is_fitted()
-        tensors = {f"network.{k}": v for k, v in self.network_.state_dict().items()}
-        meta = {
-            "params": self._params(),
-            "network": network_config(self.network_),
-            "in_channels": self.in_channels_,
-            "output_scale": self.output_scale_,
-            "max_length": getattr(self, "max_length_", None),
-            "history": self.history_,
-        }
-        return save_tensors(path, tensors, meta, FORMAT, FORMAT_VERSION)
-
     @classmethod
     def load(
         cls,
-        path: str | Path,
+        path: str | os.PathLike[str],
         model: nn.Module,
+        *,
+        strict: bool = True,
         progress: bool | None = None,
+        **overrides: Any,
     ) -> MaskExplainer:
-        """Rebuild a saved MaskExplainer for ``model`` (never unpickles anything)."""
-        tensors, meta = load_tensors(path, FORMAT, FORMAT_VERSION)
-        params = dict(meta["params"])
-        modality = params.pop("modality")
-        self = cls(model, modality, progress=progress, **params)
-        net = build_network(meta["network"])
-        # cast before loading: loading float64 weights into float32 parameters would round them
-        net.to(device=model_device(model), dtype=model_dtype(model)).eval()
-        state = {k[len("network.") :]: v for k, v in tensors.items() if k.startswith("network.")}
-        net.load_state_dict(state)
-        self.network_ = net
-        self.history_ = meta.get("history", [])
-        self.in_channels_ = int(meta["in_channels"])
-        self.output_scale_ = float(meta["output_scale"])
-        if meta.get("max_length") is not None:
-            self.max_length_ = int(meta["max_length"])
-        return self
+        """Rebuild a saved MaskExplainer for ``model`` (never unpickles anything).
+
+        The trained network comes from the file, so a custom ``explainer`` given at
+        construction need not be passed again.
+        """
+        overrides.setdefault("explainer", None)
+        loaded: MaskExplainer = super().load(
+            path, model, strict=strict, progress=progress, **overrides
+        )
+        return loaded
+
+    def _check_loaded(self, where: str) -> None:
+        kind = getattr(self.network_, "config", {}).get("kind")
+        if kind is not None and kind != self.modality:
+            raise ValueError(
+                f"{where} holds a {kind} explainer network but modality={self.modality!r}"
+            )

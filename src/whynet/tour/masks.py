@@ -1,6 +1,6 @@
 """Tour: explanatory masks from trained explainer networks (Phillips, Goh & Hodas, 2019).
 
-Uses the shipped explainers (``whynet/masks/weights``) and zoo models with bundled data only:
+Uses the shipped explainers (``whynet/zoo/weights/masks``) and zoo models with bundled data only:
 canvas images (masks over the item, pointing game on held-out images), movie reviews (token
 masks as highlighted text), molecules (character masks drawn on atoms; the TPSA ground truth).
 """
@@ -26,16 +26,16 @@ INTRO = (
 
 
 def _record(name: str) -> dict[str, Any]:
-    from whynet.masks.pretrained import pretrained_info
+    from whynet.zoo.masks_pretrained import pretrained_info
 
     return pretrained_info(name)
 
 
 def _canvas(section: Section, fast: bool) -> None:
     from whynet.data.canvas import canvas
-    from whynet.masks import load_pretrained
     from whynet.metrics import pointing_game
     from whynet.viz import grid_png, overlay
+    from whynet.zoo.masks_pretrained import load_pretrained
 
     me, model, info = load_pretrained("canvas-cnn")
     n = 64 if fast else 256
@@ -80,8 +80,8 @@ def _canvas(section: Section, fast: bool) -> None:
 
 def _sentiment(section: Section, fast: bool) -> None:
     from whynet.data.text import rotten_tomatoes
-    from whynet.masks import load_pretrained
     from whynet.viz import highlight_text
+    from whynet.zoo.masks_pretrained import load_pretrained
 
     me, model, info = load_pretrained("sentiment-gru")
     ds = rotten_tomatoes("test", vocab=info["vocab"])
@@ -114,8 +114,8 @@ def _sentiment(section: Section, fast: bool) -> None:
 
 def _molecules(section: Section, fast: bool) -> None:
     from whynet.data.molecules import atom_token_mask, nci_molecules, solubility
-    from whynet.masks import load_pretrained
     from whynet.viz import molecule_svg
+    from whynet.zoo.masks_pretrained import load_pretrained
 
     me, model, _ = load_pretrained("solubility-smiles")
     ds = solubility("test")

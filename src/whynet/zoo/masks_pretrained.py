@@ -1,6 +1,7 @@
-"""Shipped explainer networks for whynet's zoo models (``weights/NAME.safetensors`` + ``.json``).
+"""Shipped explanatory-mask explainers (:class:`whynet.masks.MaskExplainer`) for whynet's zoo
+models: ``weights/masks/NAME.safetensors`` + ``NAME.json``.
 
-Each ``NAME.json`` records how the file was trained (``python -m whynet.masks.train NAME``),
+Each ``NAME.json`` records how the file was trained (``python -m whynet.zoo.masks_train NAME``),
 the zoo model it explains and its measured validation mask size and fidelity.
 """
 
@@ -13,11 +14,12 @@ from typing import Any
 
 from torch import nn
 
-from whynet.masks.explainer import MaskExplainer
+from whynet.masks import MaskExplainer
+from whynet.zoo import load_model
 
 __all__ = ["PRETRAINED", "WEIGHTS_DIR", "load_pretrained", "pretrained_info"]
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights" / "masks"
 
 #: shipped explainer name -> zoo model it explains
 PRETRAINED: dict[str, str] = {
@@ -37,7 +39,7 @@ def pretrained_info(name: str) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(
             f"explainer weights for {name!r} are not shipped ({path}); "
-            f"train them with `python -m whynet.masks.train {name}`"
+            f"train them with `python -m whynet.zoo.masks_train {name}`"
         )
     return json.loads(path.read_text())
 
@@ -62,8 +64,6 @@ def load_pretrained(
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
     info: dict[str, Any] = {}
     if model is None:
-        from whynet.zoo import load_model
-
         model, info = load_model(PRETRAINED[name], weights_dir=zoo_dir)
         trained_on = record.get("model_sha256")
         current = info.get("meta", {}).get("sha256")
@@ -71,7 +71,7 @@ def load_pretrained(
             warnings.warn(
                 f"the {name!r} explainer was trained for a different version of the "
                 f"zoo model (sha256 {trained_on[:12]}..., now {current[:12]}...); "
-                f"retrain it with `python -m whynet.masks.train {name}`",
+                f"retrain it with `python -m whynet.zoo.masks_train {name}`",
                 stacklevel=2,
             )
     explainer = MaskExplainer.load(wdir / f"{name}.safetensors", model)

@@ -2,12 +2,12 @@
 
 Usage::
 
-    python -m whynet.masks.train NAME [--sparsity S] [--epochs E] [--n N] [--out DIR]
-    python -m whynet.masks.train NAME --sweep 0.1,0.3,1,3 [--json results.json]
+    python -m whynet.zoo.masks_train NAME [--sparsity S] [--epochs E] [--n N] [--out DIR]
+    python -m whynet.zoo.masks_train NAME --sweep 0.1,0.3,1,3 [--json results.json]
 
 NAME is one of :data:`TASKS`. Training writes ``NAME.safetensors`` (the explainer, see
 :meth:`MaskExplainer.save`) and ``NAME.json`` (settings, data, timing and validation mask size /
-fidelity) into ``whynet/masks/weights``. A sweep trains one explainer per sparsity on the same
+fidelity) into ``whynet/zoo/weights/masks``. A sweep trains one explainer per sparsity on the same
 data and reports validation mask size against fidelity (METHODS.md: always report the sweep).
 """
 
@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
-from whynet.masks.explainer import MaskExplainer
-from whynet.masks.networks import ImageMaskNet, SequenceMaskNet
-from whynet.masks.pretrained import WEIGHTS_DIR
+from whynet.masks import ImageMaskNet, MaskExplainer, SequenceMaskNet
+from whynet.zoo import load_model
+from whynet.zoo.masks_pretrained import WEIGHTS_DIR
 
 __all__ = ["TASKS", "Task", "load_task_data", "train_explainer", "sweep"]
 
@@ -133,7 +133,6 @@ def load_task_data(
         xv, yv = fashion_mnist("test").tensors()
     elif name == "sentiment-gru":
         from whynet.data.text import rotten_tomatoes
-        from whynet.zoo import load_model
 
         vocab = load_model(name, weights_dir=zoo_dir)[1]["vocab"]
         x, y = rotten_tomatoes("train", vocab=vocab).tensors()
@@ -172,8 +171,6 @@ def train_explainer(
     zoo_dir: str | Path | None = None,
 ) -> tuple[MaskExplainer, dict[str, Any]]:
     """Fit the explainer for zoo model ``name``; returns it with a JSON-able record."""
-    from whynet.zoo import load_model
-
     spec = TASKS[name]
     model, info = load_model(spec.model, weights_dir=zoo_dir)
     x, y, xv, yv = load_task_data(name, n_train, n_val, zoo_dir)
@@ -223,8 +220,8 @@ def train_explainer(
             "python": platform.python_version(),
             "threads": torch.get_num_threads(),
         },
-        "command": f"python -m whynet.masks.train {name} --sparsity {sparsity} --epochs {epochs} "
-        f"--n {len(x)}",
+        "command": f"python -m whynet.zoo.masks_train {name} --sparsity {sparsity} "
+        f"--epochs {epochs} --n {len(x)}",
     }
     return me, record
 
