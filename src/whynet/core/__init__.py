@@ -35,17 +35,19 @@ from whynet.core.hooks import Capture, capture, hooked, intervene, unpack
 from whynet.core.image import blend, gaussian_blur, reference
 from whynet.core.layers import layer_name_of, layer_names, resolve_layer
 from whynet.core.model import as_logits, frozen_eval, model_device, model_dtype
-from whynet.core.params import Constraint, Interval, Options, constraint
+from whynet.core.params import CALLABLE, DTYPE, Constraint, Interval, Options, constraint
 from whynet.core.pipeline import Accumulator, Batch, predict_logits, run_model
 from whynet.core.progress import progress, progress_enabled
 from whynet.core.qoi import Channel, Class, Comparative, Function, Linear, MaxClass, QoI, as_qoi
-from whynet.core.state import FittedMixin, State, model_fingerprint
+from whynet.core.state import FittedMixin, State, data_fingerprint, model_fingerprint
 from whynet.core.store import ActivationStore, StoreCache
 from whynet.core.training import TrainResult, train
 from whynet.core.validation import check_batch_size, check_classes, check_inputs
 
 __all__ = [
     "Accumulator",
+    "CALLABLE",
+    "DTYPE",
     "ActivationStore",
     "Batch",
     "Capture",
@@ -59,6 +61,7 @@ __all__ = [
     "blend",
     "constraint",
     "gaussian_blur",
+    "data_fingerprint",
     "model_fingerprint",
     "parse_target",
     "reference",

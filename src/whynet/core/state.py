@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from whynet.core.data import DataLike, data_length, iter_batches
 from whynet.core.explainer import NotFittedError
 from whynet.core.explanation import load_tensors, save_tensors
 from whynet.core.model import model_device, model_dtype
@@ -54,6 +55,21 @@ def model_fingerprint(model: nn.Module, extra: str = "") -> str:
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def data_fingerprint(data: DataLike, labels: torch.Tensor | None, batch_size: int) -> str:
+    """sha256 over the data length and the first batch (inputs and labels).
+
+    Cheap on purpose (one batch): it guards against reusing a cache for another data set of
+    the same model, not against edits deep inside the same data set.
+    """
+    h = hashlib.sha256(str(data_length(data)).encode())
+    for x, y in iter_batches(data, labels, batch_size=batch_size):
+        h.update(x.detach().cpu().contiguous().numpy().tobytes())
+        if y is not None:
+            h.update(y.detach().cpu().contiguous().numpy().tobytes())
+        break
     return h.hexdigest()
 
 

@@ -8,14 +8,13 @@ stored as float32. The on-disk cache is :class:`whynet.core.StoreCache`.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
-from whynet.core import Accumulator, data_length, iter_batches, resolve_layer, run_model
+from whynet.core import Accumulator, resolve_layer, run_model
 
 
 def linear_head(model: nn.Module, head: str) -> nn.Linear:
@@ -94,18 +93,3 @@ def check_finite(features: torch.Tensor, where: str = "training") -> None:
             f"{where} features are not finite (first at row {row}, "
             f"{int(bad.sum())} rows in all); check the model and inputs"
         )
-
-
-def data_fingerprint(data: Any, labels: torch.Tensor | None, batch_size: int) -> str:
-    """sha256 over the data length and the first batch (inputs and labels).
-
-    Cheap on purpose (one batch): it guards against reusing a cache for another data set of
-    the same model, not against edits deep inside the same data set.
-    """
-    h = hashlib.sha256(str(data_length(data)).encode())
-    for x, y in iter_batches(data, labels, batch_size=batch_size):
-        h.update(x.detach().cpu().contiguous().numpy().tobytes())
-        if y is not None:
-            h.update(y.detach().cpu().contiguous().numpy().tobytes())
-        break
-    return h.hexdigest()

@@ -35,6 +35,7 @@ from whynet.core import (
     check_classes,
     check_inputs,
     constraint,
+    data_fingerprint,
     model_device,
     model_fingerprint,
     parse_target,
@@ -192,7 +193,7 @@ class RepresenterPoints(FittedMixin, Explainer):
         if self.cache_dir is not None:
             key = hashlib.sha256(
                 (
-                    self._fingerprint() + feat.data_fingerprint(train_data, labels, self.batch_size)
+                    self._fingerprint() + data_fingerprint(train_data, labels, self.batch_size)
                 ).encode()
             ).hexdigest()
             cache = StoreCache(self.cache_dir, key, what="representer feature")
