@@ -8,12 +8,9 @@ vocabulary) into ``whynet/zoo/weights`` (or ``--out``).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
-import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,32 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from whynet.core.explanation import atomic_write, file_sha256
+from whynet.core.pipeline import predict_logits
+from whynet.zoo._fitting import fit_sequences, shift_flip, train_classifier
 from whynet.zoo.architectures import CanvasCNN, FashionCNN, SentimentGRU, SmilesRegressor
 
-__all__ = ["train", "TRAINABLE", "save_weights", "sha256_file"]
+__all__ = ["train", "TRAINABLE", "save_weights"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 FORMAT_VERSION = 1
 Result = tuple[nn.Module, dict[str, Any], dict[str, Any], dict[str, Any]]
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_weights(model: nn.Module, meta: dict[str, Any], out_dir: str | Path, name: str) -> Path:
@@ -60,11 +41,11 @@ def save_weights(model: nn.Module, meta: dict[str, Any], out_dir: str | Path, na
     out.mkdir(parents=True, exist_ok=True)
     weights = out / f"{name}.safetensors"
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(weights, lambda p: save_file(state, p, metadata={"name": name}))
+    atomic_write(weights, lambda p: save_file(state, p, metadata={"name": name}))
     meta = dict(meta)
     meta["format_version"] = FORMAT_VERSION
     meta["weights_file"] = weights.name
-    meta["sha256"] = sha256_file(weights)
+    meta["sha256"] = file_sha256(weights)
     meta["size_bytes"] = weights.stat().st_size
 
     def _write_json(p: str) -> None:
@@ -72,86 +53,22 @@ def save_weights(model: nn.Module, meta: dict[str, Any], out_dir: str | Path, na
             json.dump(meta, fh, indent=1, sort_keys=False)
             fh.write("\n")
 
-    _atomic_write(out / f"{name}.json", _write_json)
-    for path in (weights, out / f"{name}.json"):
-        path.chmod(0o644)
+    atomic_write(out / f"{name}.json", _write_json)
     return weights
 
 
 _THREADS = [1]
 
 
-def _seed(seed: int) -> torch.Generator:
+def _seed(seed: int) -> None:
+    """Seed the models' initialisation (training itself is seeded by the one training loop)."""
     torch.manual_seed(seed)
     np.random.seed(seed)
     torch.set_num_threads(_THREADS[0])
-    return torch.Generator().manual_seed(seed)
-
-
-def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
-    perm = torch.randperm(n, generator=gen)
-    return list(perm.split(batch_size))
-
-
-def _onecycle(opt: torch.optim.Optimizer, lr: float, steps: int) -> Any:
-    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
-
-
-@torch.no_grad()
-def _predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    model.eval()
-    return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
-
-
-def _shift_flip(x: torch.Tensor, gen: torch.Generator, shift: int, flip: bool) -> torch.Tensor:
-    """Light augmentation: random translation by up to ``shift`` px and horizontal flip."""
-    b, _, h, w = x.shape
-    if shift:
-        padded = F.pad(x, (shift, shift, shift, shift))
-        oy = torch.randint(0, 2 * shift + 1, (b,), generator=gen)
-        ox = torch.randint(0, 2 * shift + 1, (b,), generator=gen)
-        rows = (oy[:, None] + torch.arange(h))[:, :, None]
-        cols = (ox[:, None] + torch.arange(w))[:, None, :]
-        x = padded[torch.arange(b)[:, None, None], 0, rows, cols].unsqueeze(1)
-    if flip:
-        m = torch.rand(b, generator=gen) < 0.5
-        x = torch.where(m[:, None, None, None], x.flip(-1), x)
-    return x
-
-
-def _train_classifier(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    hp: dict[str, Any],
-    gen: torch.Generator,
-    augment: Callable[[torch.Tensor], torch.Tensor] | None,
-    log: Callable[[str], None],
-) -> None:
-    steps = hp["epochs"] * math.ceil(len(x) / hp["batch_size"])
-    opt = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
-    sched = _onecycle(opt, hp["lr"], steps)
-    for epoch in range(hp["epochs"]):
-        model.train()
-        total, t0 = 0.0, time.time()
-        for idx in _batches(len(x), hp["batch_size"], gen):
-            xb = x[idx] if augment is None else augment(x[idx])
-            loss = F.cross_entropy(
-                model(xb), y[idx], label_smoothing=hp.get("label_smoothing", 0.0)
-            )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-        log(
-            f"epoch {epoch + 1}/{hp['epochs']}: loss {total / len(x):.4f} "
-            f"({time.time() - t0:.0f} s)"
-        )
 
 
 def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    return float((_predict(model, x).argmax(1) == y).float().mean())
+    return float((predict_logits(model, x, 1000).argmax(1) == y).float().mean())
 
 
 def train_fashion_cnn(log: Callable[[str], None], quick: bool = False) -> Result:
@@ -168,13 +85,13 @@ def train_fashion_cnn(log: Callable[[str], None], quick: bool = False) -> Result
         "augmentation": "random shift <= 2 px, horizontal flip",
         "widths": [24, 48, 96, 128],
     }
-    gen = _seed(hp["seed"])
+    _seed(hp["seed"])
     x, y = fashion_mnist("train").tensors()
     xt, yt = fashion_mnist("test").tensors()
     if quick:
         x, y = x[:2000], y[:2000]
     model = FashionCNN(tuple(hp["widths"]))
-    _train_classifier(model, x, y, hp, gen, lambda b: _shift_flip(b, gen, 2, True), log)
+    train_classifier(model, x, y, hp, lambda b, g: shift_flip(b, g, 2, True), log)
     metrics = {
         "test_accuracy": _accuracy(model, xt, yt),
         "test_first1000_accuracy": _accuracy(model, xt[:1000], yt[:1000]),
@@ -198,14 +115,14 @@ def train_canvas_cnn(log: Callable[[str], None], quick: bool = False) -> Result:
         "widths": [16, 32, 64, 128],
         "data": "canvas('train', size=64, n=30000, seed=0)",
     }
-    gen = _seed(hp["seed"])
+    _seed(hp["seed"])
     n = 2000 if quick else 30000
     t0 = time.time()
     x, y = canvas("train", size=64, n=n, seed=0).tensors()
     xt, yt = canvas("test", size=64, seed=0).tensors()
     log(f"canvas data generated in {time.time() - t0:.0f} s")
     model = CanvasCNN(tuple(hp["widths"]))
-    _train_classifier(model, x, y, hp, gen, lambda b: _shift_flip(b, gen, 0, True), log)
+    train_classifier(model, x, y, hp, lambda b, g: shift_flip(b, g, 0, True), log)
     metrics = {
         "test_accuracy": _accuracy(model, xt, yt),
         "test_first1000_accuracy": _accuracy(model, xt[:1000], yt[:1000]),
@@ -220,56 +137,6 @@ def _seq_batch(ids: list[list[int]]) -> torch.Tensor:
     for i, s in enumerate(ids):
         out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
     return out
-
-
-def _trim(x: torch.Tensor) -> torch.Tensor:
-    """Drop all-padding columns at the end of a padded batch."""
-    width = int((x != 0).sum(1).max().clamp_min(1))
-    return x[:, :width]
-
-
-def _fit_sequences(
-    model: nn.Module,
-    sample_epoch: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
-    xv: torch.Tensor,
-    yv: torch.Tensor,
-    hp: dict[str, Any],
-    gen: torch.Generator,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    score: Callable[[torch.Tensor, torch.Tensor], float],
-    log: Callable[[str], None],
-) -> dict[str, Any]:
-    """Train for ``hp['epochs']`` epochs, keep the state with the best validation score."""
-    opt = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
-    x0, _ = sample_epoch(0)
-    steps = hp["epochs"] * math.ceil(len(x0) / hp["batch_size"])
-    sched = _onecycle(opt, hp["lr"], steps)
-    best: dict[str, Any] = {"score": -math.inf, "epoch": 0, "state": None}
-    for epoch in range(hp["epochs"]):
-        x, y = sample_epoch(epoch)
-        model.train()
-        total, t0 = 0.0, time.time()
-        for idx in _batches(len(x), hp["batch_size"], gen):
-            loss = loss_fn(model(_trim(x[idx])), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), hp.get("clip", 5.0))
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-        val = score(_predict(model, xv, 512), yv)
-        if val > best["score"]:
-            best = {
-                "score": val,
-                "epoch": epoch + 1,
-                "state": {k: v.clone() for k, v in model.state_dict().items()},
-            }
-        log(
-            f"epoch {epoch + 1}/{hp['epochs']}: loss {total / len(x):.4f} val {val:.4f} "
-            f"({time.time() - t0:.0f} s)"
-        )
-    model.load_state_dict(best["state"])
-    return {"best_epoch": best["epoch"], "val_score": best["score"]}
 
 
 def _split_val(n: int, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -297,7 +164,7 @@ def train_sentiment_gru(log: Callable[[str], None], quick: bool = False) -> Resu
         "optimizer": "AdamW + OneCycle",
         "selection": "best validation accuracy (10% of train held out)",
     }
-    gen = _seed(hp["seed"])
+    _seed(hp["seed"])
     train = rotten_tomatoes("train", max_len=hp["max_len"])
     test = rotten_tomatoes("test", vocab=train.vocab, max_len=hp["max_len"])
     tr, va = _split_val(len(train), hp["val_fraction"], hp["seed"])
@@ -305,13 +172,12 @@ def train_sentiment_gru(log: Callable[[str], None], quick: bool = False) -> Resu
         tr = tr[:1000]
     x, y = train.x[tr], train.y[tr]
     model = SentimentGRU(len(train.vocab), hp["embed_dim"], hp["hidden"], hp["dropout"])
-    sel = _fit_sequences(
+    sel = fit_sequences(
         model,
         lambda e: (x, y),
         train.x[va],
         train.y[va],
         hp,
-        gen,
         F.cross_entropy,
         lambda p, t: float((p.argmax(1) == t).float().mean()),
         log,
@@ -357,7 +223,7 @@ def _train_smiles(
 ) -> Result:
     from whynet.data.molecules import encode_smiles, smiles_vocab
 
-    gen = _seed(hp["seed"])
+    _seed(hp["seed"])
     vocab = smiles_vocab()
     tr, va = _split_val(len(smiles), hp["val_fraction"], hp["seed"])
     tr_smiles = [smiles[i] for i in tr]
@@ -380,18 +246,17 @@ def _train_smiles(
         return F.mse_loss((pred.reshape(-1) - mean) / std, (target - mean) / std)
 
     xv = encode_smiles([smiles[i] for i in va], vocab)
-    sel = _fit_sequences(
+    sel = fit_sequences(
         model,
         sample,
         xv,
         y[va].float(),
         hp,
-        gen,
         loss_fn,
         lambda p, t: _regression_metrics(p, t)["r2"],
         log,
     )
-    pred = _predict(model, encode_smiles(test_smiles, vocab), 512)
+    pred = predict_logits(model, encode_smiles(test_smiles, vocab), 512)
     m = _regression_metrics(pred, yt)
     first = _regression_metrics(pred[:200], yt[:200])
     metrics = {
