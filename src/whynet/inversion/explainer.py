@@ -47,7 +47,10 @@ class _Adam:
     """Adam (Kingma & Ba 2015, Alg. 1), elementwise, the update of ``torch.optim.Adam``.
 
     Written out because it is four lines and constructing a ``torch.optim`` optimiser imports
-    ``torch._dynamo`` (seconds on a loaded 2-core machine, per process).
+    ``torch._dynamo`` (seconds on a loaded 2-core machine, per process). It is not a training
+    loop (core's :func:`~whynet.core.training.train` fits a module over batches): GFI optimises
+    one weight vector per image, projected onto ``omega >= 0`` after every step with the moments
+    kept, and guarded per image (see :meth:`GuidedFeatureInversion._optimise`).
     """
 
     def __init__(
