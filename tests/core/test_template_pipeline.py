@@ -79,6 +79,7 @@ def test_template_equals_hand_written_and_is_chunk_independent(tiny_cnn):
     torch.testing.assert_close(e.values, reference(tiny_cnn, x, pred))
     assert e.target.tolist() == pred.tolist()
     assert e.method == "grad-input" and e.params["scale"] == 1.0 and "progress" not in e.params
+    assert e.params["target"] is None
     e1 = GradInput(tiny_cnn, batch_size=1).explain(x, target=2)
     torch.testing.assert_close(e1.values, reference(tiny_cnn, x, torch.full((7,), 2)))
     per = torch.tensor([0, 1, 2, 0, 1, 2, 0])
@@ -103,7 +104,7 @@ def test_template_restores_modes_and_grads_and_leaves_no_hooks(tiny_cnn):
 def test_template_refuses_bad_targets_before_any_work(tiny_cnn):
     x = torch.randn(2, 1, 5, 5, dtype=torch.float64)
     ex = GradInput(tiny_cnn)
-    with pytest.raises(ValueError, match="target index 3 out of range"):
+    with pytest.raises(ValueError, match="class index 3 out of range"):
         ex.explain(x, target=3)
     with pytest.raises(TypeError, match="integer class indices"):
         ex.explain(x, target=torch.tensor([0.0, 1.0]))
@@ -134,7 +135,8 @@ def test_target_policy():
             parse_target(bad, 2)
     with pytest.raises(ValueError, match="out of range"):
         parse_target(5, 2).classes_for(out)
-    assert parse_target(2, 3).take(slice(0, 2)).classes.tolist() == [2, 2]
+    part = parse_target(2, 5).take(slice(3, 6))
+    assert part.classes.tolist() == [2, 2] and (part.n, part.rows) == (5, slice(3, 5, 1))
     assert parse_target(None, 3).describe() is None
     assert parse_target(1, 3).describe() == 1
     assert parse_target([0, 1], 2).describe() == "per-input"

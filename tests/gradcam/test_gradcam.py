@@ -69,7 +69,13 @@ def test_equals_the_hand_written_reference(tiny_cnn, layer):
     ref = reference(tiny_cnn, layer, x, pred)
     torch.testing.assert_close(e.extras["cam"], ref, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(e.values, ref, rtol=1e-12, atol=1e-14)  # same size: no resize
-    assert e.params == {"layer": layer, "relu": True, "upsample": True, "batch_size": 64}
+    assert e.params == {
+        "layer": layer,
+        "relu": True,
+        "upsample": True,
+        "batch_size": 64,
+        "target": None,
+    }
 
 
 def test_upsampled_to_the_input_size():

@@ -14,7 +14,7 @@ computation (zennit's ``Attributor.__call__`` -> ``forward``, Captum's ``attribu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -46,12 +46,15 @@ class Target:
 
     kind: str
     classes: torch.Tensor | None = None
+    #: inputs in the whole ``explain`` call, and where this chunk's rows lie in it (methods
+    #: with per-input settings, such as a per-input QoI or baseline, slice them with it)
+    n: int = 0
+    rows: slice = field(default_factory=lambda: slice(None))
 
     def take(self, rows: slice) -> Target:
         """The part of the target for a chunk of inputs."""
-        if self.classes is None:
-            return self
-        return Target(self.kind, self.classes[rows])
+        part = None if self.classes is None else self.classes[rows]
+        return Target(self.kind, part, self.n, slice(*rows.indices(self.n)))
 
     def classes_for(self, output: torch.Tensor) -> torch.Tensor:
         """One class per row of ``output``: the given classes, else the prediction."""
@@ -73,18 +76,18 @@ def parse_target(target: Any, n: int) -> Target:
     a sequence or ``(n,)`` integer tensor (one class per input). Floats, bools and other strings
     are refused with a message saying what to pass."""
     if target is None:
-        return Target("default")
+        return Target("default", n=n)
     if isinstance(target, str):
         if target != "predicted":
             raise ValueError(
                 f"target must be None, 'predicted', an int or a (B,) tensor of classes, "
                 f"got {target!r}"
             )
-        return Target("predicted")
+        return Target("predicted", n=n)
     if isinstance(target, bool):
         raise TypeError(f"target must be an int class index, got {target!r}")
     if isinstance(target, int):
-        return Target("classes", torch.full((n,), target, dtype=torch.long))
+        return Target("classes", torch.full((n,), target, dtype=torch.long), n)
     if isinstance(target, (list, tuple)):
         if not all(isinstance(t, int) and not isinstance(t, bool) for t in target):
             raise TypeError(f"a target list must hold int class indices, got {target!r}")
@@ -100,13 +103,13 @@ def parse_target(target: Any, n: int) -> Target:
             "(pass target.long() if the values are whole numbers)"
         )
     if target.dim() == 0:
-        return Target("classes", target.long().expand(n).clone())
+        return Target("classes", target.long().expand(n).clone(), n)
     if target.dim() != 1 or target.shape[0] != n:
         raise ValueError(
-            f"target gives {target.numel()} classes for {n} inputs (pass one per input, "
-            "an int, 'predicted' or None)"
+            f"target has {target.numel()} entries: {target.numel()} classes for {n} inputs "
+            "(pass one class per input, an int, 'predicted' or None)"
         )
-    return Target("classes", target.long())
+    return Target("classes", target.long(), n)
 
 
 def resolve_targets(output: torch.Tensor, target: Any) -> torch.Tensor:
@@ -210,7 +213,7 @@ class Explainer:
                 f"{type(self).__name__} explains what it was trained on; target must be None "
                 "or 'predicted'"
             )
-        check_classes(target.classes, self._n_outputs(x), name="target")
+        check_classes(target.classes, self._n_outputs(x), name="class")
 
     def _n_outputs(self, x: torch.Tensor) -> int:
         return int(predict_logits(self.model, x[:1]).shape[-1])
@@ -231,7 +234,7 @@ class Explainer:
             target=explained,
             method=self.method,
             layer=self._explained_layer(),
-            params=self.params(),
+            params={**self.params(), "target": target.describe()},
             extras={k: v for k, v in parts.items() if v is not None},
             meta=self._meta(),
         )

@@ -52,7 +52,6 @@ from whynet.core import (
     QoI,
     Target,
     as_qoi,
-    check_classes,
     constraint,
     data_length,
     expand,
@@ -169,32 +168,8 @@ class InternalInfluence(Explainer):
         self._doi = Point() if doi is None else doi
         if self._doi.at is not None:
             resolve_layer(model, self._doi.at)
-        self._rows = (0, 0)  # (inputs of the current explain call, next input's row)
 
     # ------------------------------------------------------------------ public API
-    def explain(self, inputs: Any, target: Any = None) -> Explanation:
-        """Influence (or attribution) of every neuron of ``layer`` for each input.
-
-        Parameters
-        ----------
-        inputs : torch.Tensor
-            A batch, first dimension = inputs (token ids are allowed for a ``Point`` DoI or an
-            activation-space DoI).
-        target : int, (B,) tensor, "predicted" or None
-            Overrides the QoI with ``Class(target)`` (``"predicted"``: :class:`MaxClass`);
-            None keeps the explainer's QoI.
-
-        Returns
-        -------
-        Explanation
-            ``values`` of shape ``(B, *layer_output_shape[1:])`` in the model's dtype;
-            ``extras["qoi"]`` holds q at the unperturbed inputs.
-        """
-        n = len(inputs) if isinstance(inputs, torch.Tensor) and inputs.dim() else None
-        if isinstance(target, torch.Tensor) and target.dim() == 1 and len(target) != n:
-            raise ValueError(f"target has {len(target)} entries for {n} inputs")
-        return super().explain(inputs, target)
-
     def explain_dataset(
         self,
         data: Any,
@@ -302,17 +277,8 @@ class InternalInfluence(Explainer):
             )
         return x
 
-    def _check_target(self, x: torch.Tensor, target: Target) -> None:
-        # the template chunks the call's inputs; per-input QoIs and batch baselines are sliced
-        # with them, so each chunk needs to know where its rows lie in the call
-        self._rows = (len(x), 0)
-        if target.classes is not None:
-            check_classes(target.classes, self._n_outputs(x), name="class")
-
     def _explain_batch(self, x: torch.Tensor, target: Target) -> dict[str, Any]:
-        n, start = self._rows
-        rows = slice(start, start + len(x))
-        self._rows = (n, rows.stop)
+        n, rows = target.n, target.rows  # per-input QoIs and baselines are sliced with the chunk
         if target.kind == "predicted":
             qoi: QoI = MaxClass()
         elif target.classes is not None:
@@ -321,11 +287,6 @@ class InternalInfluence(Explainer):
             qoi = _take_qoi(self._qoi, rows, n)
         b = self._influence(x, qoi, rows, n)
         return {"values": b.values.to(self._dtype(x)), "target": b.target, "qoi": b.qoi}
-
-    def _explanation(self, parts: dict[str, Any], target: Target) -> Explanation:
-        e = super()._explanation(parts, target)
-        e.params["target"] = target.describe()
-        return e
 
     # ------------------------------------------------------------------ internals
     def _dtype(self, x: torch.Tensor) -> torch.dtype:
