@@ -270,3 +270,52 @@ def test_reference_and_blend():
         reference(x, torch.zeros(5, 5))
     with pytest.raises(TypeError):
         reference(x, [1, 2])  # type: ignore[arg-type]
+
+
+class Embeds(FittedMixin, Explainer):
+    """A float32 embedder kept beside a float64 model (``cast=False``), an optional state."""
+
+    method = "embeds"
+    _format = "whynet.test.embeds"
+    _fitted_state = {
+        "embedder_": State("module", config=_lin_config, build=_lin_build, cast=False),
+        "scale_": State("json", optional=True),
+    }
+
+    def __init__(self, model: nn.Module, *, batch_size: int = 64) -> None:
+        super().__init__(model, batch_size=batch_size)
+
+    def fit(self) -> Embeds:
+        self._reset_fitted()
+        self._set_fitted(embedder_=nn.Linear(6, 1))  # float32; scale_ not given
+        return self
+
+
+def test_module_state_keeps_its_dtype_and_optional_state_is_none(tiny_cnn, tmp_path):
+    ex = Embeds(tiny_cnn).fit()
+    assert ex.scale_ is None  # an optional entry not given reads None, as after load
+    back = Embeds.load(ex.save(tmp_path / "e.safetensors"), tiny_cnn)
+    assert back.embedder_.weight.dtype == torch.float32 and back.scale_ is None
+    assert torch.equal(back.embedder_.weight, ex.embedder_.weight)
+
+
+def test_load_names_an_old_layout(tiny_cnn, tmp_path):
+    from whynet.core import save_tensors
+
+    save_tensors(tmp_path / "old.safetensors", {"w": torch.zeros(1)}, {"x": 1}, Embeds._format, 1)
+    with pytest.raises(ValueError, match="older whynet.*fit again and save"):
+        Embeds.load(tmp_path / "old.safetensors", tiny_cnn)
+
+
+def test_training_clips_the_gradient_norm():
+    net = nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        net.weight.zero_()
+    opt = torch.optim.SGD(net.parameters(), lr=1.0)
+    x = torch.full((1, 3), 100.0)
+
+    def loss(batch: Any) -> Any:
+        return -(net(x)).sum(), {}, 1
+
+    train(net, lambda e, g: [0], loss, epochs=1, optimizer=opt, clip_grad_norm=0.5)
+    assert torch.linalg.vector_norm(net.weight).item() == pytest.approx(0.5)

@@ -193,7 +193,9 @@ class ClusterSurrogate(FittedMixin, Explainer, SurrogateQueries):
         "spilled_to_disk_": State("json"),
         # the per-layer clusterers' state, flattened (see whynet.clusters.layer.pack_state)
         "layer_tensors_": State("tensors", device=False),
-        "embedders_": State("module", config=_embedders_config, build=_build_embedders),
+        "embedders_": State(
+            "module", config=_embedders_config, build=_build_embedders, cast=False
+        ),  # float32, as fit embeds float32 activations
         "history_": State("json"),
     }
     n_classes_: int
@@ -462,12 +464,6 @@ class ClusterSurrogate(FittedMixin, Explainer, SurrogateQueries):
         super()._reset_fitted()
         vars(self).pop("_clusterers", None)
         vars(self).pop("_index", None)
-
-    def _check_loaded(self, where: str) -> None:
-        # core casts a loaded module to the model's dtype; the embedders are float32 (fit
-        # embeds float32 activations), so undo it (exact: float32 -> wider -> float32)
-        for m in self.embedders_:
-            m.float()
 
     def clusterer(self, layer: str) -> LayerClusterer:
         """The fitted :class:`~whynet.clusters.layer.LayerClusterer` of ``layer``."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -151,6 +152,8 @@ def to_json(value: Any) -> tuple[bool, Any]:
         return True, value
     if isinstance(value, float):
         return (True, value) if math.isfinite(value) else (False, repr(value))
+    if isinstance(value, os.PathLike):
+        return True, os.fspath(value)
     if isinstance(value, torch.dtype):
         return True, {"dtype": str(value).removeprefix("torch.")}
     if isinstance(value, (list, tuple)):

@@ -38,12 +38,15 @@ class State:
     strings, lists, dicts) or ``"module"`` (an ``nn.Module`` rebuilt by ``build(config)`` from
     ``config(module)``, then loaded from its state dict). ``optional``: may be None / absent.
     ``device``: tensors go to the model's device on load (False: stay on the CPU, e.g. large
-    feature matrices that may be memory-mapped).
+    feature matrices that may be memory-mapped). ``cast``: a module is cast to the model's
+    dtype on load (False: it keeps the dtype it was saved in, e.g. float32 embedders beside a
+    float64 model).
     """
 
     kind: str = "tensor"
     optional: bool = False
     device: bool = True
+    cast: bool = True
     config: Callable[[nn.Module], dict[str, Any]] | None = None
     build: Callable[[dict[str, Any]], nn.Module] | None = None
 
@@ -89,18 +92,12 @@ class FittedMixin:
     # -- fitted or not -----------------------------------------------------------------------
 
     def check_is_fitted(self) -> None:
-        if not self._fitted_state:  # TRANSITION: methods not yet declaring their state
-            if not any(k.endswith("_") and not k.startswith("_") for k in vars(self)):
-                raise NotFittedError(
-                    f"this {type(self).__name__} is not fitted yet; call .fit(data)"
-                )
-            return
         missing = [
             name
             for name, spec in self._fitted_state.items()
             if not spec.optional and name not in vars(self)
         ]
-        if missing:
+        if not self._fitted_state or missing:
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call .fit(data)")
 
     def _check_ready(self) -> None:
@@ -122,8 +119,9 @@ class FittedMixin:
         if missing:
             raise AttributeError(f"{type(self).__name__}.fit did not produce {missing}")
         self._reset_fitted()
-        for name, value in state.items():
-            setattr(self, name, value)
+        for name, spec in self._fitted_state.items():
+            if name in state or spec.optional:  # an optional entry not given is None
+                setattr(self, name, state.get(name))
 
     def _fingerprint(self) -> str:
         return model_fingerprint(self.model)
@@ -181,7 +179,11 @@ class FittedMixin:
         try:
             saved, state = meta["params"], meta["state"]
         except (KeyError, TypeError):
-            raise ValueError(f"{path} has no parameters or state in its metadata") from None
+            raise ValueError(
+                f"{path} has no declared parameters and state in its metadata: it was written "
+                f"by an older whynet (before {cls._format} format version "
+                f"{cls._format_version}); fit again and save"
+            ) from None
         self = cls(model, **decode_params(saved, overrides, str(path)))  # type: ignore[call-arg]
         if (
             strict
@@ -217,9 +219,13 @@ class FittedMixin:
                 elif spec.kind == "module":
                     assert spec.build is not None
                     net = spec.build(entry["config"])
+                    weights = {k: tensors[f"state.{name}.{k}"] for k in entry["keys"]}
+                    saved = next(
+                        (t.dtype for t in weights.values() if t.is_floating_point()), dtype
+                    )
                     # cast first: loading float64 weights into float32 parameters would round
-                    net.to(device=dev, dtype=dtype)
-                    net.load_state_dict({k: tensors[f"state.{name}.{k}"] for k in entry["keys"]})
+                    net.to(device=dev, dtype=dtype if spec.cast else saved)
+                    net.load_state_dict(weights)
                     values[name] = net.eval()
                 else:
                     values[name] = entry["json"]

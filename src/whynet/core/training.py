@@ -40,6 +40,7 @@ def train(
     lr: float = 1e-3,
     seed: int = 0,
     scheduler: Any = None,
+    clip_grad_norm: float | None = None,
     validate: Callable[[], dict[str, float]] | None = None,
     patience: int | None = None,
     progress: bool | None = None,
@@ -60,6 +61,8 @@ def train(
         Default Adam over ``module``'s parameters with ``lr``.
     scheduler : optional
         A learning-rate scheduler stepped after every optimiser step.
+    clip_grad_norm : float, optional
+        Clip the global gradient norm of ``module``'s parameters before every step.
     validate : callable, optional
         ``() -> stats`` with a ``"loss"`` key, run after each epoch in eval mode without
         gradients; the weights of the best validation loss are restored at the end.
@@ -84,7 +87,7 @@ def train(
     bad_epochs = 0
     show = progress_enabled(progress)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # the CPU generator only: fork_rng saved it
         gen = torch.Generator().manual_seed(seed)
         for epoch in range(epochs):
             bar = None
@@ -105,6 +108,8 @@ def train(
                     value, stats, rows = loss(batch)
                     opt.zero_grad(set_to_none=True)
                     value.backward()
+                    if clip_grad_norm is not None:
+                        nn.utils.clip_grad_norm_(module.parameters(), clip_grad_norm)
                     opt.step()
                     if scheduler is not None:
                         scheduler.step()

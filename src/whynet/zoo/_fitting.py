@@ -28,21 +28,6 @@ def onecycle(opt: torch.optim.Optimizer, lr: float, steps: int) -> Any:
     return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
 
 
-class ClippedAdamW(torch.optim.AdamW):
-    """AdamW that clips the global gradient norm to ``clip`` before every step (the one
-    training loop, :func:`whynet.core.training.train`, has no clipping of its own)."""
-
-    def __init__(self, params: Any, clip: float | None, **kwargs: Any) -> None:
-        super().__init__(list(params), **kwargs)
-        self.clip = clip
-
-    def step(self, closure: Any = None) -> Any:
-        if self.clip is not None:
-            params = [p for group in self.param_groups for p in group["params"]]
-            nn.utils.clip_grad_norm_(params, self.clip)
-        return super().step(closure)
-
-
 def fit_epochs(
     model: nn.Module,
     batches: Callable[[int, torch.Generator], Any],
@@ -55,7 +40,7 @@ def fit_epochs(
 ) -> Any:
     """AdamW + OneCycle over ``hp["epochs"]`` epochs through :func:`whynet.core.train`, seeded
     with ``hp["seed"]``; with ``validate`` the weights of the best validation loss are kept."""
-    opt = ClippedAdamW(model.parameters(), clip, lr=hp["lr"], weight_decay=hp["weight_decay"])
+    opt = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
     sched = onecycle(opt, hp["lr"], hp["epochs"] * steps_per_epoch)
     clock = [time.time()]
 
@@ -79,6 +64,7 @@ def fit_epochs(
         epochs=hp["epochs"],
         optimizer=opt,
         scheduler=sched,
+        clip_grad_norm=clip,
         seed=hp["seed"],
         validate=validate,
         progress=False,
