@@ -15,7 +15,6 @@ The surrogate holds one clusterer per layer. Its fitted state is declared here
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -36,7 +35,7 @@ from whynet.clusters.embedding import (
     kmeans,
     soft_assign,
 )
-from whynet.core.state import FittedMixin, State
+from whynet.core.state import FittedState, State
 
 
 # ---------------------------------------------------------------- per-layer closed forms
@@ -105,7 +104,7 @@ def soft_or_hard(z: torch.Tensor, centres: torch.Tensor, alpha: float, hard: boo
 
 
 # ---------------------------------------------------------------- the clusterer
-class LayerClusterer(FittedMixin):
+class LayerClusterer(FittedState):
     """Embedding, K clusters and class table of one layer's activations.
 
     Parameters
@@ -392,15 +391,6 @@ class LayerClusterer(FittedMixin):
             best_d, pos = d_all.topk(min(k, d_all.shape[1]), dim=1, largest=False)
             best_i = i_all.gather(1, pos)
         return best_i
-
-    # -- files: through the surrogate --------------------------------------------------------
-
-    def save(self, path: str | os.PathLike[str]) -> Any:
-        raise NotImplementedError("a LayerClusterer is saved with its ClusterSurrogate")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str], model: nn.Module, **kwargs: Any) -> Any:
-        raise NotImplementedError("a LayerClusterer is loaded with its ClusterSurrogate")
 
 
 # ---------------------------------------------------------------- flat state for the surrogate

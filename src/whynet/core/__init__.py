@@ -39,7 +39,7 @@ from whynet.core.params import CALLABLE, DTYPE, Constraint, Interval, Options, c
 from whynet.core.pipeline import Accumulator, Batch, predict_logits, run_model
 from whynet.core.progress import progress, progress_enabled
 from whynet.core.qoi import Channel, Class, Comparative, Function, Linear, MaxClass, QoI, as_qoi
-from whynet.core.state import FittedMixin, State, data_fingerprint, model_fingerprint
+from whynet.core.state import FittedMixin, FittedState, State, data_fingerprint, model_fingerprint
 from whynet.core.store import ActivationStore, StoreCache
 from whynet.core.training import TrainResult, train
 from whynet.core.validation import check_batch_size, check_classes, check_inputs
@@ -76,6 +76,7 @@ __all__ = [
     "Explainer",
     "Explanation",
     "FittedMixin",
+    "FittedState",
     "Function",
     "Gaussian",
     "Gradients",

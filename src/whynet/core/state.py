@@ -76,18 +76,15 @@ def data_fingerprint(data: DataLike, labels: torch.Tensor | None, batch_size: in
     return h.hexdigest()
 
 
-class FittedMixin:
-    """``fit(data) -> self``; the fitted state is declared, checked and persisted here."""
+class FittedState:
+    """Declared fitted state: checked, reset and assigned at once (``fit(data) -> self``).
+
+    For fitted parts that are saved with their owner (a per-layer clusterer inside a
+    surrogate); explainers use :class:`FittedMixin`, which adds the files.
+    """
 
     #: attribute name -> :class:`State` (names end in ``_``)
     _fitted_state: ClassVar[dict[str, State]] = {}
-    #: the file format name and version of :meth:`save`
-    _format: ClassVar[str] = ""
-    _format_version: ClassVar[int] = 1
-    #: ``load`` refuses a model whose weights differ from the fitted one (unless strict=False)
-    _check_fingerprint: ClassVar[bool] = False
-
-    model: nn.Module
 
     # -- fitted or not -----------------------------------------------------------------------
 
@@ -122,6 +119,18 @@ class FittedMixin:
         for name, spec in self._fitted_state.items():
             if name in state or spec.optional:  # an optional entry not given is None
                 setattr(self, name, state.get(name))
+
+
+class FittedMixin(FittedState):
+    """A fitted explainer: declared state (:class:`FittedState`) plus one persistence."""
+
+    #: the file format name and version of :meth:`save`
+    _format: ClassVar[str] = ""
+    _format_version: ClassVar[int] = 1
+    #: ``load`` refuses a model whose weights differ from the fitted one (unless strict=False)
+    _check_fingerprint: ClassVar[bool] = False
+
+    model: nn.Module
 
     def _fingerprint(self) -> str:
         return model_fingerprint(self.model)
