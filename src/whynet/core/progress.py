@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
@@ -30,3 +30,11 @@ def progress(
         yield from iterable
         return
     yield from tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def progress_bar(*, desc: str, enabled: bool | None = None, unit: str = "it") -> Any:
+    """A bar updated by hand (loops that show running statistics), or None when progress is
+    off: ``bar.update(1)``, ``bar.set_postfix(...)``, ``bar.close()``."""
+    if not progress_enabled(enabled):
+        return None
+    return tqdm(desc=desc, leave=False, dynamic_ncols=True, unit=unit)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from whynet.core.progress import progress_enabled
+from whynet.core.progress import progress_bar
 
 #: ``loss(batch) -> (loss tensor, {stat: value}, rows)``; stats are averaged weighted by rows
 LossFn = Callable[[Any], tuple[torch.Tensor, dict[str, float], int]]
@@ -85,21 +85,13 @@ def train(
     result = TrainResult()
     best: tuple[float, dict[str, torch.Tensor]] | None = None
     bad_epochs = 0
-    show = progress_enabled(progress)
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)  # the CPU generator only: fork_rng saved it
         gen = torch.Generator().manual_seed(seed)
         for epoch in range(epochs):
-            bar = None
-            if show:
-                from tqdm.auto import tqdm
-
-                bar = tqdm(
-                    desc=f"{desc} epoch {epoch + 1}/{epochs}",
-                    leave=False,
-                    dynamic_ncols=True,
-                    unit="batch",
-                )
+            bar = progress_bar(
+                desc=f"{desc} epoch {epoch + 1}/{epochs}", enabled=progress, unit="batch"
+            )
             module.train()
             totals: dict[str, float] = {}
             n = 0
