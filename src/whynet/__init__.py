@@ -33,6 +33,7 @@ _EXPORTS: dict[str, str] = {
     "visualize_neuron": "whynet.influence",
     "essence": "whynet.influence",
     "GuidedFeatureInversion": "whynet.inversion",
+    "GradCAM": "whynet.gradcam",
     "MaskExplainer": "whynet.masks",
     "RepresenterPoints": "whynet.representer",
     "ClusterSurrogate": "whynet.clusters",
