@@ -76,6 +76,31 @@ def data_fingerprint(data: DataLike, labels: torch.Tensor | None, batch_size: in
     return h.hexdigest()
 
 
+def _build_checked(
+    spec: State, config: Any, weights: dict[str, torch.Tensor], where: str, name: str
+) -> nn.Module:
+    """Build a saved module, first on the meta device (no memory): a config whose parameter
+    shapes differ from the tensors the file holds (an edited or crafted file asking for a huge
+    network) is refused before anything is allocated."""
+    assert spec.build is not None
+    if not isinstance(config, dict):
+        raise ValueError(f"{where} has a corrupt config for fitted state {name!r}")
+    try:
+        with torch.device("meta"):
+            probe = spec.build(config)
+        want = {k: tuple(t.shape) for k, t in probe.state_dict().items()}
+    except Exception as e:  # a config the builder cannot use
+        raise ValueError(f"{where} has a corrupt config for fitted state {name!r} ({e})") from None
+    have = {k: tuple(t.shape) for k, t in weights.items()}
+    if want != have:
+        bad = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))[:3]
+        raise ValueError(
+            f"{where}: the config of fitted state {name!r} does not match its tensors "
+            f"({', '.join(f'{k}: {want.get(k)} vs {have.get(k)}' for k in bad)})"
+        )
+    return spec.build(config)
+
+
 class FittedState:
     """Declared fitted state: checked, reset and assigned at once (``fit(data) -> self``).
 
@@ -193,6 +218,8 @@ class FittedMixin(FittedState):
                 f"by an older whynet (before {cls._format} format version "
                 f"{cls._format_version}); fit again and save"
             ) from None
+        if not isinstance(saved, dict):
+            raise ValueError(f"{path} has corrupt metadata: 'params' must be a map")
         self = cls(model, **decode_params(saved, overrides, str(path)))  # type: ignore[call-arg]
         if (
             strict
@@ -203,10 +230,14 @@ class FittedMixin(FittedState):
                 f"{path} was fitted on a model with different weights; pass "
                 "strict=False to load it anyway"
             )
+        if not isinstance(state, dict) or not isinstance(saved, dict):
+            raise ValueError(f"{path} has corrupt metadata: 'params' and 'state' must be maps")
         values: dict[str, Any] = {}
         dev, dtype = model_device(model), model_dtype(model)
         for name, spec in cls._fitted_state.items():
             entry = state.get(name)
+            if entry is not None and not isinstance(entry, dict):
+                raise ValueError(f"{path} has a corrupt entry for fitted state {name!r}")
             if entry is None or entry.get("none"):
                 if not spec.optional:
                     raise ValueError(f"{path} lacks the fitted state {name!r}")
@@ -214,7 +245,13 @@ class FittedMixin(FittedState):
                 continue
             to = dev if spec.device else None
             try:
+                if spec.kind in ("tensors", "module"):
+                    keys = entry["keys"]
+                    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+                        raise TypeError("'keys' must be a list of names")
                 if spec.kind == "tensor":
+                    if entry.get("tensor") is not True:
+                        raise TypeError("not a tensor entry")
                     values[name] = (
                         tensors[f"state.{name}"].to(to) if to else tensors[f"state.{name}"]
                     )
@@ -226,9 +263,8 @@ class FittedMixin(FittedState):
                         for k in entry["keys"]
                     }
                 elif spec.kind == "module":
-                    assert spec.build is not None
-                    net = spec.build(entry["config"])
                     weights = {k: tensors[f"state.{name}.{k}"] for k in entry["keys"]}
+                    net = _build_checked(spec, entry["config"], weights, f"{path}", name)
                     saved = next(
                         (t.dtype for t in weights.values() if t.is_floating_point()), dtype
                     )
@@ -240,6 +276,10 @@ class FittedMixin(FittedState):
                     values[name] = entry["json"]
             except KeyError as e:
                 raise ValueError(f"{path} lacks the tensor {e} of fitted state {name!r}") from None
+            except (TypeError, AttributeError) as e:
+                raise ValueError(
+                    f"{path} has a corrupt entry for fitted state {name!r} ({e})"
+                ) from None
         self._set_fitted(
             **{k: v for k, v in values.items() if v is not None or cls._fitted_state[k].optional}
         )

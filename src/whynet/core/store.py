@@ -11,6 +11,8 @@ and dtype; every file is written atomically and every checksum is verified on re
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import shutil
@@ -117,6 +119,45 @@ class ActivationStore:
             self.folder = None
 
 
+def _read_verified(path: Path, sha256: object, mmap: bool) -> np.ndarray | None:
+    """The array in ``path`` if its bytes hash to ``sha256`` (None otherwise).
+
+    The file is opened once: the bytes hashed are the bytes loaded (or memory-mapped), so a
+    concurrent rewrite of the cache (an atomic rename) cannot slip another version in between.
+    """
+    with open(path, "rb") as f:
+        if not mmap:
+            raw = f.read()
+            if hashlib.sha256(raw).hexdigest() != sha256:
+                return None
+            try:
+                return np.load(io.BytesIO(raw), allow_pickle=False)
+            except ValueError as e:
+                raise ValueError(f"corrupted cache file {path} ({e})") from None
+        h = hashlib.sha256()
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+        if h.hexdigest() != sha256:
+            return None
+        f.seek(0)
+        try:
+            version = np.lib.format.read_magic(f)
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran, dtype = read(f)
+        except ValueError as e:
+            raise ValueError(f"corrupted cache file {path} ({e})") from None
+        if dtype.hasobject:
+            raise ValueError(f"corrupted cache file {path} (object arrays are never loaded)")
+        # copy-on-write map of the inode we hashed (our handle keeps it even if replaced)
+        return np.memmap(
+            f, dtype=dtype, mode="c", shape=shape, order="F" if fortran else "C", offset=f.tell()
+        )
+
+
 class StoreCache:
     """A keyed on-disk cache of named arrays in ``folder`` (see the module doc).
 
@@ -174,18 +215,20 @@ class StoreCache:
                 f"{self.meta_path} has cache version {meta.get('version')}; "
                 f"this whynet reads <= {CACHE_VERSION}"
             )
+        if not isinstance(files, dict) or not all(isinstance(i, dict) for i in files.values()):
+            raise ValueError(f"corrupted {where} {self.meta_path}; delete it to rebuild")
         out: dict[str, torch.Tensor] = {}
         for name, info in files.items():
             path = self.path(name)
-            if not path.is_file() or file_sha256(path) != info.get("sha256"):
+            try:
+                arr = _read_verified(path, info.get("sha256"), name in mmap)
+            except OSError:
+                arr = None
+            if arr is None:
                 raise ValueError(
                     f"corrupted {where}: {path} is missing or its sha256 does not match the "
                     f"recorded checksum; delete {self.folder}/*-{self.key}.* to rebuild"
                 )
-            try:
-                arr = np.load(path, mmap_mode="c" if name in mmap else None)
-            except ValueError as e:
-                raise ValueError(f"corrupted {where} {path} ({e})") from None
             if str(arr.dtype) != info.get("dtype") or list(arr.shape) != info.get("shape"):
                 raise ValueError(
                     f"corrupted {where} {path}: {arr.dtype} {arr.shape}, expected "
