@@ -1,9 +1,15 @@
-"""Render :class:`whynet.report.Section` objects into one self-contained HTML file."""
+"""Render :class:`whynet.report.Section` objects into one self-contained HTML file.
+
+Every field is untrusted (a report may be rebuilt from an edited ``sections.json``): text is
+escaped, HTML fragments pass an allow-list sanitiser, images are data URIs, and a strict
+Content-Security-Policy allows no network loads and no script but the report's own (by hash).
+"""
 
 from __future__ import annotations
 
 import base64
 import datetime as _dt
+import hashlib
 import html
 import os
 import platform
@@ -12,17 +18,27 @@ from importlib import resources
 from pathlib import Path
 
 from whynet.core.explanation import atomic_write
+from whynet.report.sanitize import sanitize_fragment
 from whynet.report.sections import Figure, Section, Table
 
 # Marks the page once every image has decoded, so a headless browser test can check it.
-_CHECK_SCRIPT = """<script>
+_CHECK_JS = """
 window.addEventListener('load', function () {
   var imgs = Array.prototype.slice.call(document.images);
   var bad = imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0); }).length;
   document.body.setAttribute('data-images', String(imgs.length));
   document.body.setAttribute('data-broken-images', String(bad));
 });
-</script>"""
+"""
+_CHECK_SCRIPT = f"<script>{_CHECK_JS}</script>"
+#: no network, no plugins, no forms; images only as data URIs; inline styles (the stylesheet
+#: and token highlighting); scripts only the report's own, by hash (CSP level 2)
+_CHECK_HASH = base64.b64encode(hashlib.sha256(_CHECK_JS.encode()).digest()).decode()
+_CSP = (
+    "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
+    f"script-src 'sha256-{_CHECK_HASH}'; "
+    "base-uri 'none'; form-action 'none'"
+)
 
 
 def _esc(value: object) -> str:
@@ -42,8 +58,8 @@ def _figure(fig: Figure) -> str:
     elif fig.svg is not None:  # RDKit's SVG: embedded as an image, so it cannot run script
         data = base64.b64encode(fig.svg.encode("utf-8")).decode("ascii")
         body = f'<img alt="{_esc(fig.caption)}" src="data:image/svg+xml;base64,{data}">'
-    elif fig.html is not None:  # produced by whynet.viz, which escapes every token
-        body = f"<div>{fig.html}</div>"
+    elif fig.html is not None:  # allow-listed markup only: it may come back from disk
+        body = f"<div>{sanitize_fragment(fig.html)}</div>"
     else:
         body = ""
     return f"<figure>{body}<figcaption>{_esc(fig.caption)}</figcaption></figure>"
@@ -79,6 +95,7 @@ def render_html(
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
         f'<meta name="viewport" content="width=device-width"><title>{_esc(title)}</title>'
         f"<style>{css}</style></head><body>"
         f"<header><h1>{_esc(title)}</h1><p>{_esc(subtitle)}</p>"
