@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 from torch import nn
+
+#: one re-entrant lock per model (weakly keyed: a lock never keeps a model alive)
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The re-entrant lock :func:`frozen_eval` holds for ``model`` (one per model object)."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
 
 
 @contextmanager
@@ -17,19 +32,26 @@ def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
     ``finally``, even if the block raises. Parameters themselves are never touched. Eval mode
     matters for correctness, not only speed: batch-summed quantities are only per-sample
     separable when BatchNorm uses running statistics (METHODS.md, Influence).
+
+    Threads: the block holds the model's re-entrant lock (:func:`model_lock`), so explains of
+    one model from several threads run one after the other and give the sequential results
+    (their hooks never see each other's forward passes, and the model is restored only after
+    the last of them). Nested blocks on one thread do not deadlock. Different models run in
+    parallel.
     """
-    modes = [(m, m.training) for m in model.modules()]
-    grads = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        model.eval()
-        for p, _ in grads:
-            p.requires_grad_(False)
-        yield model
-    finally:
-        for m, mode in modes:
-            m.training = mode
-        for p, flag in grads:
-            p.requires_grad_(flag)
+    with model_lock(model):
+        modes = [(m, m.training) for m in model.modules()]
+        grads = [(p, p.requires_grad) for p in model.parameters()]
+        try:
+            model.eval()
+            for p, _ in grads:
+                p.requires_grad_(False)
+            yield model
+        finally:
+            for m, mode in modes:
+                m.training = mode
+            for p, flag in grads:
+                p.requires_grad_(flag)
 
 
 def model_device(model: nn.Module) -> torch.device:
