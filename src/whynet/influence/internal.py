@@ -107,6 +107,23 @@ def _take_doi(doi: DoI, rows: slice, n: int, space: torch.Tensor) -> DoI:
     return doi
 
 
+class _BoundOnForward(QoI):
+    """A QoI bound to the output of the very forward pass that differentiates it.
+
+    For a :class:`Point` DoI the gradient pass runs on the unperturbed inputs, so its output is
+    the one ``bind`` needs: binding there spares the separate no-grad forward (issue 17).
+    """
+
+    def __init__(self, qoi: QoI) -> None:
+        self.qoi = qoi
+        self.layer = qoi.layer
+        self.bound: QoI | None = None
+
+    def value(self, output, rows=None, activation=None):  # type: ignore[no-untyped-def]
+        self.bound = self.qoi.bind(output.detach())
+        return self.bound(output, rows=rows, activation=activation)
+
+
 class InternalInfluence(Explainer):
     """Distributional influence of a layer's neurons on a quantity of interest.
 
@@ -135,6 +152,7 @@ class InternalInfluence(Explainer):
     """
 
     method = "influence"
+    _point_fast = True  # False: a Point through the general path (the tests compare both)
     _parameter_constraints = {
         "layer": constraint(str, None, error=TypeError, desc="a dotted layer name or None"),
         "doi": constraint(
@@ -329,6 +347,9 @@ class InternalInfluence(Explainer):
         per sample index, not per batch), so the result does not depend on ``batch_size``.
         ``rows`` / ``n``: where the block lies in an ``n``-input call (batch baselines)."""
         layer, at = self.layer, self._doi.at
+        point = isinstance(self._doi, Point) and at is None and len(x) <= self.batch_size
+        if point and self._point_fast:
+            return self._point(x, qoi)
         need = [name for name in (layer, at, qoi.layer) if name is not None]
         out, acts = self._forward(x, need)
         bound = qoi.bind(out)
@@ -355,12 +376,28 @@ class InternalInfluence(Explainer):
             total.index_add_(0, crow, g.grads.to(torch.float64) * w)
         if self.multiply_activation:
             total = total * (z.to(torch.float64) - self._layer_baseline(doi, x, space, z))
+        return _Block(values=total, qoi=q0, target=self._target_of(bound, len(x), z.device))
+
+    def _point(self, x: torch.Tensor, qoi: QoI) -> _Block:
+        """A :class:`Point` DoI: one forward + one partial backward, the QoI bound inside it;
+        the same numbers as the general path (the points are the inputs, weight 1)."""
+        lazy = _BoundOnForward(qoi)
+        g = qoi_gradients(self.model, x, lazy, layer=self.layer)
+        assert lazy.bound is not None
+        total = g.grads.to(torch.float64)
+        if self.multiply_activation:  # a Point has no baseline: gradient x activation
+            total = total * g.at.to(torch.float64)
+        return _Block(values=total, qoi=g.qoi, target=self._target_of(lazy.bound, len(x), x.device))
+
+    @staticmethod
+    def _target_of(bound: QoI, n: int, device: torch.device) -> torch.Tensor | None:
+        """The class per input when the bound QoI is a :class:`Class`."""
         tgt = None
         if isinstance(bound, Class) and bound.per_input:
-            tgt = bound.classes.to(z.device)
+            tgt = bound.classes.to(device)
         elif isinstance(bound, Class) and bound.classes.numel() == 1:
-            tgt = bound.classes.expand(len(x)).to(z.device)
-        return _Block(values=total, qoi=q0, target=tgt)
+            tgt = bound.classes.expand(n).to(device)
+        return tgt
 
     def _layer_baseline(
         self, doi: DoI, x: torch.Tensor, space: torch.Tensor, z: torch.Tensor
