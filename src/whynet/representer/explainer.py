@@ -44,6 +44,7 @@ from whynet.core import (
 from whynet.core.params import DTYPE
 from whynet.representer import _features as feat
 from whynet.representer._solver import EXACT_ATOL, alpha_from, augment, solve, solve_lbfgs
+from whynet.representer._topk import running_topk
 
 
 class TopPoints(NamedTuple):
@@ -477,19 +478,12 @@ class RepresenterPoints(FittedMixin, Explainer):
         self._check_target(x, tgt)
         f, outputs = self._features_of(x)
         classes = self._classes(outputs, tgt)
-        b = f.shape[0]
-        empty_v = torch.empty(b, 0, dtype=self.dtype, device=self.alpha_.device)
-        empty_i = torch.empty(b, 0, dtype=torch.long, device=self.alpha_.device)
-        hi_v, hi_i, lo_v, lo_i = empty_v, empty_i, empty_v, empty_i
-        for a, v in self._blocks(f, classes):
-            idx = torch.arange(a, a + v.shape[1], device=v.device).expand(b, -1)
-            cand_v, cand_i = torch.cat([hi_v, v], 1), torch.cat([hi_i, idx], 1)
-            top = cand_v.topk(min(k, cand_v.shape[1]), dim=1)
-            hi_v, hi_i = top.values, cand_i.gather(1, top.indices)
-            cand_v, cand_i = torch.cat([lo_v, v], 1), torch.cat([lo_i, idx], 1)
-            bot = cand_v.topk(min(k, cand_v.shape[1]), dim=1, largest=False)
-            lo_v, lo_i = bot.values, cand_i.gather(1, bot.indices)
-        return TopPoints(hi_i, hi_v, lo_i, lo_v)
+        bs = self.batch_size
+        parts = [
+            running_topk(self._blocks(f[r : r + bs], classes[r : r + bs]), k)
+            for r in range(0, f.shape[0], bs)
+        ]
+        return TopPoints(*(torch.cat([p[i] for p in parts]) for i in range(4)))
 
     # ---- dataset debugging ---------------------------------------------------------------
 
