@@ -1,4 +1,4 @@
-"""The ``whynet`` command line: demo, explain, report, bench, zoo list, methods.
+"""The ``whynet`` command line: run, fit, explain, demo, report, bench, zoo list, methods.
 
 Errors are one clear line on stderr and a non-zero exit; ``--debug`` shows the traceback.
 """
@@ -163,11 +163,15 @@ def run_explain(args: argparse.Namespace) -> Path:
     from whynet.registry import method_info
     from whynet.report import sections_from_explanations, write_report
 
+    if args.explainer is not None:
+        return run_explain_fitted(args)
+    if args.method is None:
+        raise CLIError("--method is required (or --explainer FILE from `whynet fit`)")
     info = method_info(args.method)
     if info.fitted:
         raise CLIError(
-            f"method {args.method!r} must be fitted on training data first; use the Python "
-            "API (see docs) — `whynet explain` runs methods that need no fitting"
+            f"method {args.method!r} must be fitted on training data first: run `whynet fit "
+            f"--method {args.method} ...` and pass --explainer FILE (or use `whynet run`)"
         )
     if "image" not in info.inputs:
         raise CLIError(
@@ -177,6 +181,7 @@ def run_explain(args: argparse.Namespace) -> Path:
     factory = load_factory(args.model)
     kwargs = explainer_kwargs(info, args)
     cls = info.load()
+    kwargs.update(param_kwargs(info.name, args.param, kwargs))
     made = factory()
     model, extra = made if isinstance(made, tuple) else (made, {})
     if not isinstance(model, torch.nn.Module):
@@ -206,6 +211,125 @@ def run_explain(args: argparse.Namespace) -> Path:
         title=f"whynet explain: {args.method}",
         subtitle=args.model,
     )
+
+
+def param_kwargs(
+    method: str, pairs: Sequence[str] | None, given: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``--param key=value`` pairs as constructor (and ``fit``) arguments of ``method``, parsed
+    with the types of the signature's defaults; the known names come from the signature."""
+    from whynet.run.config import method_spec
+
+    table: dict[str, Any] = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CLIError(f"--param must look like KEY=VALUE, got {pair!r}")
+        table[key.strip().replace("-", "_")] = value
+    spec = method_spec(method, {**(given or {}), **table, "method": method}, "--param")
+    out = {**spec.params, **spec.fit_params}
+    return {k: (given[k] if given and k in given and k not in table else v) for k, v in out.items()}
+
+
+def _split_fit(method: str, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    from whynet.registry import get_explainer
+    from whynet.run.config import method_parameters
+
+    init, _ = method_parameters(get_explainer(method))
+    return (
+        {k: v for k, v in kwargs.items() if k in init},
+        {k: v for k, v in kwargs.items() if k not in init},
+    )
+
+
+def run_fit(args: argparse.Namespace) -> Path:
+    """``whynet fit``: fit one registered fitted method and save it to ``--out``."""
+    from whynet.registry import method_info
+    from whynet.run.config import MethodSpec
+    from whynet.run.runner import check_layers, fit_explainer, prepare
+
+    info = method_info(args.method)
+    if not info.fitted:
+        raise CLIError(
+            f"method {args.method!r} needs no fitting; run `whynet explain --method "
+            f"{args.method}` directly"
+        )
+    kwargs = param_kwargs(info.name, args.param)
+    params, fit = _split_fit(info.name, kwargs)
+    spec = MethodSpec(info.name, info.name, params, fit)
+    ctx = prepare(
+        args.model,
+        Path(args.weights) if args.weights else None,
+        None,
+        args.data,
+        size=_size(args.size),
+        train_labels=Path(args.labels) if args.labels else None,
+    )
+    check_layers(ctx.model, spec, "--param")
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise CLIError(f"--out must end in .safetensors, got {out}")
+    explainer = fit_explainer(spec, ctx, "--param")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(explainer.save(out))
+
+
+def _size(size: int | None) -> tuple[int, int] | None:
+    return None if size is None else (size, size)
+
+
+def run_explain_fitted(args: argparse.Namespace) -> Path:
+    """``whynet explain --explainer FILE``: a fitted explainer (from ``whynet fit``) on the
+    inputs, read by the run's readers (images, text, SMILES, a factory)."""
+    from whynet.registry import method_info, registered
+    from whynet.report import sections_from_explanations, write_report
+    from whynet.run.config import MethodSpec
+    from whynet.run.runner import explain_data, prepare
+
+    path = Path(args.explainer)
+    if not path.is_file():
+        raise CLIError(f"explainer file not found: {path}")
+    if len(args.inputs) != 1:
+        raise CLIError("--explainer takes one --inputs path (a folder or a file)")
+    ctx = prepare(
+        args.model,
+        Path(args.weights) if args.weights else None,
+        args.inputs[0],
+        None,
+        size=_size(args.size),
+    )
+    names = [args.method] if args.method else [i.name for i in registered() if i.fitted]
+    explainer, errors = None, []
+    for name in names:
+        info = method_info(name)
+        try:
+            explainer = info.load().load(path, ctx.model)
+            break
+        except ValueError as err:
+            errors.append(f"{name}: {err}")
+    if explainer is None:
+        raise CLIError(f"{path}: not a fitted explainer file ({'; '.join(errors)})")
+    target: Any = None if args.target is None else int(args.target)
+    spec = MethodSpec(name, name, {}, target=target)
+    assert ctx.explain is not None
+    e = explain_data(explainer, spec, ctx.explain, str(path))
+    out = Path(args.out)
+    e.save(out / f"{name}.safetensors")
+    return write_report(
+        sections_from_explanations(out),
+        out / "report.html",
+        title=f"whynet explain: {name}",
+        subtitle=f"{args.model} with {path.name}",
+    )
+
+
+def run_run(args: argparse.Namespace) -> Path:
+    """``whynet run CONFIG.toml``: every configured method, one report, a summary."""
+    from whynet.run import run_config, summary
+
+    result = run_config(args.config, out=args.out, force=args.force)
+    _say("\n".join(summary(result)))
+    return result.report
 
 
 def _flag(name: str) -> str:
@@ -254,7 +378,7 @@ def describe_methods() -> list[str]:
     lines = []
     for info in registered():
         if info.fitted:
-            how = "needs fit on training data (Python API)"
+            how = f"needs fit on training data: whynet fit --method {info.name} ... or whynet run"
         else:
             flags = " ".join(
                 f"{_flag(a.name)} {a.name.upper()}" if a.required else f"[{_flag(a.name)}]"
@@ -355,10 +479,27 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--full", action="store_true", help="larger settings (slower)")
     d.add_argument("--only", nargs="*", help="run only these sections")
 
+    rr = sub.add_parser("run", help="run every method of a config on your model and data")
+    rr.add_argument("config", help="a TOML config (see docs/run.md)")
+    rr.add_argument("--out", help="output folder (default: [output] dir of the config)")
+    rr.add_argument("--force", action="store_true", help="refit even if a fit is cached")
+
+    f = sub.add_parser("fit", help="fit a method that needs training data; save it")
+    f.add_argument("--method", required=True, help="a fitted method (see `whynet methods`)")
+    f.add_argument("--model", required=True, help="MODULE:FACTORY or FILE.py:FACTORY")
+    f.add_argument("--weights", help="a .safetensors state dict to load into the model")
+    f.add_argument("--data", required=True, help="training data (a folder, file or factory)")
+    f.add_argument("--labels", help="a file of labels, one per line")
+    f.add_argument("--size", type=int, help="resize images to SIZE x SIZE")
+    f.add_argument("--param", action="append", help="KEY=VALUE, a parameter of the method")
+    f.add_argument("--out", required=True, help="the fitted explainer file (.safetensors)")
+
     e = sub.add_parser("explain", help="explain your own model on your inputs")
     e.add_argument("--model", required=True, help="MODULE:FACTORY or FILE.py:FACTORY")
     e.add_argument("--weights", help="a .safetensors state dict to load into the model")
-    e.add_argument("--method", required=True, help="registered method (see `whynet methods`)")
+    e.add_argument("--method", help="registered method (see `whynet methods`)")
+    e.add_argument("--explainer", help="a fitted explainer file written by `whynet fit`")
+    e.add_argument("--param", action="append", help="KEY=VALUE, a parameter of the method")
     e.add_argument("--inputs", nargs="+", required=True, help="image files or folders")
     for arg in _all_args().values():  # the registered methods' own arguments
         e.add_argument(_flag(arg.name), dest=arg.name, type=arg.type, help=arg.help)
@@ -387,6 +528,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             path = run_demo(Path(args.out), fast=not args.full, only=args.only)
             print(path.resolve())
+        elif args.command == "run":
+            print(run_run(args).resolve())
+        elif args.command == "fit":
+            print(run_fit(args).resolve())
         elif args.command == "explain":
             print(run_explain(args).resolve())
         elif args.command == "report":

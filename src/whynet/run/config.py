@@ -1,0 +1,244 @@
+"""The ``whynet run`` configuration: one TOML file, checked before anything runs.
+
+Every method table's keys are that method's own constructor (and ``fit``) parameters, read
+from the registered class's signature (:func:`whynet.core.params.param_names`), so the
+config, ``whynet fit --param`` and the Python API share one list. Paths are relative to the
+config file's folder.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+import torch
+
+from whynet.cli import CLIError
+
+
+class RunError(CLIError):
+    """A user-facing error of a run: one line naming the file and the problem."""
+
+
+#: the known sections and keys (an unknown one is an error that lists these)
+SCHEMA: dict[str, tuple[str, ...]] = {
+    "model": ("factory", "weights"),
+    "data": ("train", "explain", "labels", "train_labels", "size", "channels"),
+    "methods": (),  # one table per method (see MethodSpec)
+    "output": ("dir", "title", "metric_steps"),
+}
+#: keys of a method table that are not constructor parameters
+RESERVED = ("method", "target")
+#: parameters naming layers of the model (checked with core.resolve_layer once it is built)
+LAYER_PARAMS = ("layer", "head", "layers", "embedding")
+#: arguments of ``fit`` that the run supplies itself
+FIT_SUPPLIED = ("self", "train_data", "labels")
+
+
+@dataclass
+class MethodSpec:
+    """One ``[methods.LABEL]`` table: the registered ``method`` (default: the label)."""
+
+    label: str
+    method: str
+    params: dict[str, Any]
+    fit_params: dict[str, Any] = field(default_factory=dict)
+    target: Any = None
+
+
+@dataclass
+class RunConfig:
+    """A checked configuration (paths resolved against the config's folder)."""
+
+    path: Path
+    text: str
+    factory: str
+    weights: Path | None
+    explain: str
+    train: str | None = None
+    labels: Path | None = None
+    train_labels: Path | None = None
+    size: tuple[int, int] | None = None
+    channels: int | None = None
+    methods: list[MethodSpec] = field(default_factory=list)
+    out: Path = Path("whynet-run")
+    title: str = ""
+    metric_steps: int = 20
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+
+def _unknown(where: str, got: Any, known: Any) -> RunError:
+    return RunError(
+        f"{where}: unknown key(s) {', '.join(sorted(got))}; known: {', '.join(sorted(known))}"
+    )
+
+
+def _path_spec(root: Path, spec: str) -> str:
+    """A data/model path resolved against the config's folder; ``FILE.py:factory`` and
+    ``module:factory`` keep their factory part."""
+    target, sep, attr = spec.rpartition(":")
+    if sep and attr.isidentifier():
+        if target.endswith(".py"):
+            return f"{_resolve(root, target)}:{attr}"
+        return spec  # package.module:factory
+    return str(_resolve(root, spec))
+
+
+def _resolve(root: Path, p: str) -> Path:
+    path = Path(p).expanduser()
+    return path if path.is_absolute() else root / path
+
+
+def method_parameters(cls: type) -> tuple[list[str], list[str]]:
+    """(constructor parameters, ``fit`` keyword parameters) a method table may set."""
+    from whynet.core.params import param_names
+
+    init = param_names(cls)
+    fit = getattr(cls, "fit", None)
+    fit_names: list[str] = []
+    if fit is not None:
+        fit_names = [
+            p.name
+            for p in inspect.signature(fit).parameters.values()
+            if p.name not in FIT_SUPPLIED
+            and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+            and p.name not in init
+        ]
+    return init, fit_names
+
+
+def default_of(fn: Any, name: str) -> Any:
+    """The parameter's default; ``""`` (parse as a string) for a required ``str`` one."""
+    p = inspect.signature(fn).parameters.get(name)
+    if p is None:
+        return inspect.Parameter.empty
+    if p.default is inspect.Parameter.empty and str(p.annotation).startswith("str"):
+        return ""
+    return p.default
+
+
+def coerce(value: Any, default: Any, where: str) -> Any:
+    """A config or command-line value in the type of the parameter's default: ``"float32"``
+    for a dtype parameter; command-line strings parsed as the default's type (else JSON, else
+    kept as a string; ``a,b`` as a list)."""
+    if isinstance(default, torch.dtype) or (default is None and where.endswith("dtype")):
+        if isinstance(value, str):
+            dt = getattr(torch, value.removeprefix("torch."), None)
+            if not isinstance(dt, torch.dtype):
+                raise RunError(f"{where}: {value!r} is not a torch dtype (e.g. 'float32')")
+            return dt
+        return value
+    if not isinstance(value, str) or isinstance(default, str):
+        return value
+    if isinstance(default, bool):
+        low = value.lower()
+        if low not in ("true", "false", "1", "0", "yes", "no"):
+            raise RunError(f"{where}: expected true or false, got {value!r}")
+        return low in ("true", "1", "yes")
+    if isinstance(default, (int, float)):
+        try:
+            return type(default)(value)
+        except ValueError:
+            raise RunError(f"{where}: expected {type(default).__name__}, got {value!r}") from None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value.split(",") if "," in value else value
+
+
+def method_spec(label: str, table: dict[str, Any], where: str) -> MethodSpec:
+    """Check one method table against the registered class's signature."""
+    from whynet.registry import get_explainer, method_info
+
+    name = table.get("method", label)
+    try:
+        info = method_info(name)
+    except ValueError as e:
+        raise RunError(f"{where}: [methods.{label}]: {e}") from None
+    cls = get_explainer(info.name)
+    init, fit_names = method_parameters(cls)
+    unknown = set(table) - set(init) - set(fit_names) - set(RESERVED)
+    if unknown:
+        raise RunError(
+            f"{where}: [methods.{label}] unknown parameter(s) {', '.join(sorted(unknown))} "
+            f"for {name}; known: {', '.join(init + fit_names)}"
+        )
+    params: dict[str, Any] = {}
+    fit: dict[str, Any] = {}
+    for k, v in table.items():
+        if k in RESERVED:
+            continue
+        if k in init:
+            params[k] = coerce(v, default_of(cls, k), f"{where}: [methods.{label}] {k}")
+        else:
+            fit[k] = coerce(v, default_of(cls.fit, k), f"{where}: [methods.{label}] {k}")
+    need = [
+        p.name
+        for p in inspect.signature(cls).parameters.values()
+        if p.name in init and p.default is inspect.Parameter.empty and p.name not in params
+    ]
+    if need:
+        raise RunError(f"{where}: [methods.{label}] {name} needs {', '.join(need)}")
+    return MethodSpec(label, info.name, params, fit, table.get("target"))
+
+
+def load_config(path: str | Path, out: str | Path | None = None) -> RunConfig:
+    """Read and check ``path`` (TOML); ``out`` overrides ``[output] dir``."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise RunError(f"{path}: not valid TOML: {e}") from None
+    where = str(path)
+    if set(doc) - set(SCHEMA):
+        raise _unknown(f"{where}: top level", set(doc) - set(SCHEMA), SCHEMA)
+    for sec, keys in SCHEMA.items():
+        if sec in doc and not isinstance(doc[sec], dict):
+            raise RunError(f"{where}: [{sec}] must be a table")
+        if keys and set(doc.get(sec, {})) - set(keys):
+            raise _unknown(f"{where}: [{sec}]", set(doc[sec]) - set(keys), keys)
+    model, data, output = doc.get("model", {}), doc.get("data", {}), doc.get("output", {})
+    for sec, key in (("model", "factory"), ("data", "explain")):
+        if not isinstance(doc.get(sec, {}).get(key), str):
+            raise RunError(f'{where}: [{sec}] {key} = "..." is required')
+    root = path.parent
+    methods = []
+    for label, table in doc.get("methods", {}).items():
+        if not isinstance(table, dict):
+            raise RunError(f"{where}: [methods.{label}] must be a table")
+        methods.append(method_spec(label, table, where))
+    if not methods:
+        raise RunError(f"{where}: no [methods.NAME] table; see `whynet methods`")
+    size = data.get("size")
+    if size is not None:
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+            raise RunError(f"{where}: [data] size must be N or [H, W], got {data['size']!r}")
+    opt = {k: _resolve(root, data[k]) for k in ("labels", "train_labels") if k in data}
+    dest = Path(out) if out is not None else _resolve(root, output.get("dir", "whynet-run"))
+    return RunConfig(
+        path=path,
+        text=text,
+        factory=_path_spec(root, model["factory"]),
+        weights=_resolve(root, model["weights"]) if "weights" in model else None,
+        explain=_path_spec(root, data["explain"]),
+        train=_path_spec(root, data["train"]) if "train" in data else None,
+        labels=opt.get("labels"),
+        train_labels=opt.get("train_labels"),
+        size=size,
+        channels=data.get("channels"),
+        methods=methods,
+        out=dest,
+        title=str(output.get("title", "")),
+        metric_steps=int(output.get("metric_steps", 20)),
+    )

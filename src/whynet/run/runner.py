@@ -1,0 +1,368 @@
+"""``whynet run``: load, read, fit (or reuse), explain, measure, report — into a temporary
+folder that is renamed into place only when everything succeeded."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from whynet.run.config import LAYER_PARAMS, MethodSpec, RunConfig, RunError, load_config
+from whynet.run.readers import Data, checksums, load_model, read_data
+
+FITTED = "fitted"
+INDEX = "index.json"
+
+
+@dataclass
+class MethodResult:
+    """What one configured method produced."""
+
+    spec: MethodSpec
+    explanation: Any
+    explanation_file: Path
+    fitted_file: Path | None = None
+    reused: bool = False
+    seconds: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    explainer: Any = None
+
+
+@dataclass
+class RunContext:
+    """Everything a run has loaded (shared by ``whynet run``, ``fit`` and ``explain``)."""
+
+    model: nn.Module
+    info: dict[str, Any]
+    explain: Data | None
+    train: Data | None
+    checksums: dict[str, str]
+    n_outputs: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _layer_values(params: dict[str, Any]) -> list[tuple[str, str]]:
+    out = []
+    for k, v in params.items():
+        if k in LAYER_PARAMS or k.endswith("_layer"):
+            for name in [v] if isinstance(v, str) else v if isinstance(v, list) else []:
+                if isinstance(name, str):
+                    out.append((k, name))
+    return out
+
+
+def check_layers(model: nn.Module, spec: MethodSpec, where: str) -> None:
+    """Every layer a method table names exists in the model (core.resolve_layer)."""
+    from whynet.core import resolve_layer
+
+    for key, name in _layer_values(spec.params):
+        try:
+            resolve_layer(model, name)
+        except ValueError as e:
+            raise RunError(f"{where}: [methods.{spec.label}] {key}: {e}") from None
+
+
+def prepare(
+    factory: str,
+    weights: Path | None,
+    explain: str | None,
+    train: str | None,
+    *,
+    size: tuple[int, int] | None = None,
+    channels: int | None = None,
+    labels: Path | None = None,
+    train_labels: Path | None = None,
+) -> RunContext:
+    """Build the model and read the data; check labels against the model's outputs."""
+    t0 = time.perf_counter()
+    model, info = load_model(factory, weights)
+    files: list[Path] = []
+    if weights is not None:
+        files.append(weights)
+    model_file = Path(factory.rpartition(":")[0])
+    if model_file.is_file():
+        files.append(model_file)
+    timings = {"load model": time.perf_counter() - t0}
+    t0 = time.perf_counter()
+    kw: dict[str, Any] = {"size": size, "channels": channels}
+    ex = read_data(explain, info, labels_file=labels, **kw) if explain else None
+    tr = read_data(train, info, labels_file=train_labels, **kw) if train else None
+    timings["read data"] = time.perf_counter() - t0
+    for d in (ex, tr):
+        if d is not None:
+            files += d.files
+    probe = (ex or tr).x[:1] if (ex or tr) is not None else None  # type: ignore[union-attr]
+    n_out = 0
+    if probe is not None:
+        from whynet.core import predict_logits
+
+        try:
+            n_out = int(predict_logits(model, probe).shape[-1])
+        except Exception as e:
+            src = (ex or tr).files[0] if (ex or tr).files else explain  # type: ignore[union-attr]
+            raise RunError(
+                f"{src}: the model cannot run on these inputs of shape "
+                f"{tuple(probe.shape)}: {type(e).__name__}: {e}"
+            ) from None
+        for d, spec in ((ex, explain), (tr, train)):
+            if d is not None and d.labels is not None and len(d.labels):
+                bad = int(d.labels.max())
+                if bad >= n_out or int(d.labels.min()) < 0:
+                    raise RunError(
+                        f"{spec}: label {bad} does not match the model's {n_out} outputs"
+                    )
+    return RunContext(model, info, ex, tr, checksums(files), n_out, timings)
+
+
+def fit_key(spec: MethodSpec, ctx: RunContext) -> str:
+    """The cache key of a fitted explainer: method, settings, model and data checksums."""
+    from whynet import __version__
+    from whynet.core.params import json_params
+
+    doc = {
+        "whynet": __version__,
+        "method": spec.method,
+        "params": json_params(spec.params),
+        "fit": json_params(spec.fit_params),
+        "files": ctx.checksums,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def build_explainer(spec: MethodSpec, model: nn.Module, where: str) -> Any:
+    from whynet.registry import get_explainer
+
+    cls = get_explainer(spec.method)
+    try:
+        return cls(model, **spec.params)
+    except (ValueError, TypeError) as e:
+        raise RunError(f"{where}: [methods.{spec.label}]: {e}") from None
+
+
+def fit_explainer(spec: MethodSpec, ctx: RunContext, where: str) -> Any:
+    if ctx.train is None:
+        raise RunError(
+            f"{where}: [methods.{spec.label}] {spec.method} must be fitted: set [data] train"
+        )
+    explainer = build_explainer(spec, ctx.model, where)
+    try:
+        explainer.fit(ctx.train.x, ctx.train.labels, **spec.fit_params)
+    except (ValueError, TypeError) as e:
+        raise RunError(f"{where}: [methods.{spec.label}] fit failed: {e}") from None
+    return explainer
+
+
+def explain_data(explainer: Any, spec: MethodSpec, data: Data, where: str) -> Any:
+    """Explain ``data`` and attach what the report needs (file names, classes, raw images)."""
+    try:
+        e = explainer.explain(data.x, target=spec.target)
+    except (ValueError, TypeError) as err:
+        raise RunError(f"{where}: [methods.{spec.label}] explain failed: {err}") from None
+    e.meta["files"] = data.names
+    if data.classes:
+        e.meta["classes"] = data.classes
+    if data.texts is not None:
+        e.meta["texts"] = data.texts
+        e.meta["tokens"] = data.tokens
+    if data.raw is not None:
+        e.extras["inputs"] = data.raw
+    return e
+
+
+def _reuse(old_dir: Path, name: str, tmp: Path) -> Path | None:
+    """Hard-link (else copy with its time stamps) a cached fitted file into the new folder."""
+    src = old_dir / FITTED / name
+    if not src.is_file():
+        return None
+    dst = tmp / FITTED / name
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
+
+
+def run_method(
+    spec: MethodSpec, cfg: RunConfig, ctx: RunContext, tmp: Path, force: bool
+) -> MethodResult:
+    from whynet.registry import get_explainer, method_info
+
+    where = str(cfg.path)
+    seconds: dict[str, float] = {}
+    fitted_file = None
+    reused = False
+    if method_info(spec.method).fitted:
+        key = fit_key(spec, ctx)
+        name = f"{spec.label}-{key[:16]}.safetensors"
+        cached = None if force else _reuse(cfg.out, name, tmp)
+        t0 = time.perf_counter()
+        if cached is not None:
+            try:
+                explainer = get_explainer(spec.method).load(cached, ctx.model)
+                reused = True
+            except ValueError:  # a damaged cache entry: fit again
+                cached.unlink()
+                cached = None
+        if cached is None:
+            explainer = fit_explainer(spec, ctx, where)
+            explainer.save(tmp / FITTED / name)
+        seconds["reuse" if reused else "fit"] = time.perf_counter() - t0
+        fitted_file = tmp / FITTED / name
+    else:
+        explainer = build_explainer(spec, ctx.model, where)
+    assert ctx.explain is not None
+    t0 = time.perf_counter()
+    e = explain_data(explainer, spec, ctx.explain, where)
+    seconds["explain"] = time.perf_counter() - t0
+    efile = e.save(tmp / f"{spec.label}.safetensors")
+    result = MethodResult(spec, e, efile, fitted_file, reused, seconds, explainer=explainer)
+    t0 = time.perf_counter()
+    result.metrics = method_metrics(result, ctx, cfg.metric_steps)
+    seconds["metrics"] = time.perf_counter() - t0
+    return result
+
+
+def method_metrics(r: MethodResult, ctx: RunContext, steps: int) -> dict[str, Any]:
+    """The metrics that apply to this explanation (one value per input and their mean)."""
+    from whynet.core import predict_logits
+
+    e, data = r.explanation, ctx.explain
+    assert data is not None
+    out: dict[str, Any] = {}
+    if data.kind == "image" and e.values.dim() == 3 and e.values.shape[0] == len(data):
+        from whynet.metrics import deletion_auc, insertion_auc
+
+        for name, fn in (("deletion AUC", deletion_auc), ("insertion AUC", insertion_auc)):
+            v = fn(ctx.model, data.x, e.values, target=e.target, steps=steps)
+            out[name] = v.tolist()
+    if r.spec.method == "clusters":
+        pred = predict_logits(ctx.model, data.x).argmax(1)
+        agree = (e.values.argmax(1) == pred).double()
+        out["surrogate fidelity"] = agree.tolist()
+    if r.spec.method == "representer" and "logits" in e.extras:
+        err = (e.values.double().sum(1) - e.extras["logits"].double()).abs()
+        out["decomposition error"] = err.tolist()
+    return out
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    """Replace ``out`` by ``tmp`` (both in one folder, so the renames are atomic)."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@dataclass
+class RunResult:
+    report: Path
+    out: Path
+    methods: list[MethodResult]
+    seconds: float
+    timings: dict[str, float]
+
+
+def run_config(
+    config: str | Path, *, out: str | Path | None = None, force: bool = False
+) -> RunResult:
+    """Run every method a config names; write artefacts and the report into its output folder."""
+    from whynet.run.report import run_sections
+
+    start = time.perf_counter()
+    cfg = load_config(config, out)
+    ctx = prepare(
+        cfg.factory,
+        cfg.weights,
+        cfg.explain,
+        cfg.train,
+        size=cfg.size,
+        channels=cfg.channels,
+        labels=cfg.labels,
+        train_labels=cfg.train_labels,
+    )
+    for spec in cfg.methods:
+        check_layers(ctx.model, spec, str(cfg.path))
+    cfg.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cfg.out.parent / f".{cfg.out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / FITTED).mkdir(parents=True)
+    try:
+        results = []
+        for spec in cfg.methods:
+            _say(f"[run] {spec.label} ({spec.method}) ...")
+            results.append(run_method(spec, cfg, ctx, tmp, force))
+        index = {
+            r.fitted_file.name: {"method": r.spec.method, "label": r.spec.label}
+            for r in results
+            if r.fitted_file is not None
+        }
+        (tmp / FITTED / INDEX).write_text(json.dumps(index, indent=1))
+        total = time.perf_counter() - start
+        sections = run_sections(cfg, ctx, results, total)
+        from whynet.report import save_sections, write_report
+
+        save_sections(sections, tmp)
+        (tmp / "run.json").write_text(
+            json.dumps(
+                {
+                    "config": str(cfg.path),
+                    "checksums": ctx.checksums,
+                    "timings": ctx.timings,
+                    "methods": {
+                        r.spec.label: {
+                            "seconds": r.seconds,
+                            "metrics": r.metrics,
+                            "reused": r.reused,
+                        }
+                        for r in results
+                    },
+                },
+                indent=1,
+            )
+        )
+        write_report(
+            sections,
+            tmp / "report.html",
+            title=cfg.title or f"whynet run: {cfg.path.name}",
+            subtitle=", ".join(r.spec.label for r in results),
+        )
+        _swap_into_place(tmp, cfg.out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for r in results:  # the paths after the rename
+        r.explanation_file = cfg.out / r.explanation_file.name
+        if r.fitted_file is not None:
+            r.fitted_file = cfg.out / FITTED / r.fitted_file.name
+    return RunResult(
+        cfg.out / "report.html", cfg.out, results, time.perf_counter() - start, ctx.timings
+    )
+
+
+def summary(result: RunResult) -> list[str]:
+    """The one-screen summary printed at the end of a run."""
+    lines = [f"whynet run: {len(result.methods)} method(s) in {result.seconds:.1f} s"]
+    for r in result.methods:
+        parts = ", ".join(f"{k} {v:.1f} s" for k, v in r.seconds.items())
+        means = ", ".join(
+            f"{k} {sum(v) / len(v):.3g}" for k, v in r.metrics.items() if isinstance(v, list) and v
+        )
+        lines.append(f"  {r.spec.label:<14} {parts}" + (f"; {means}" if means else ""))
+    lines.append(f"  files:  {result.out}")
+    lines.append(f"  report: {result.report}")
+    return lines
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
