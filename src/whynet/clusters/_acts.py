@@ -28,6 +28,11 @@ def reduce_activation(
             f"layer {layer!r} gives activations of dtype {t.dtype}; clustering needs "
             "floating activations (choose a layer after the embedding/cast)"
         )
+    if not bool(torch.isfinite(t).all()):  # NaN would make NaN posteriors and index -1 queries
+        raise ValueError(
+            f"layer {layer!r} gives NaN or infinite activations (NaN or infinite inputs?); "
+            "clustering needs finite values"
+        )
     if t.dim() == 0 or t.shape[0] != x.shape[0]:
         raise ValueError(
             f"layer {layer!r} output of shape {tuple(t.shape)} has no batch "

@@ -18,6 +18,7 @@ from whynet.clusters.index import WeightedIndex
 from whynet.clusters.layer import LayerClusterer, class_counts
 from whynet.clusters.mixture import check_weights
 from whynet.core import run_model
+from whynet.core.data import data_length
 
 
 class SurrogateQueries:
@@ -31,6 +32,7 @@ class SurrogateQueries:
     batch_size: int
     progress: bool | None
     n_classes_: int
+    n_train_: int
     layer_weights_: torch.Tensor
     _clusterers: list[LayerClusterer]
     _index: WeightedIndex
@@ -136,6 +138,8 @@ class SurrogateQueries:
 
     def fidelity(self, data: Any, labels: torch.Tensor | None = None) -> float:
         """Share of inputs where the surrogate's class equals the model's argmax."""
+        if data_length(data) == 0:
+            raise ValueError("fidelity needs non-empty data (got 0 inputs)")
         return self.layer_report(data, labels, with_labels=False)["combined"]["fidelity"]
 
     def accuracy(self, data: Any, labels: torch.Tensor | None = None) -> float:
@@ -205,6 +209,10 @@ class SurrogateQueries:
         self.check_is_fitted()
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive int, got {k!r}")
+        if k > self.n_train_:
+            raise ValueError(
+                f"k={k} exceeds the {self.n_train_} training points (pass k <= {self.n_train_})"
+            )
         w = self._weights(layer_weights)
         emb = self.embed(x)
         return self._index.search([emb[n] for n in self.layers], w, k)

@@ -12,6 +12,7 @@ the same space as the points.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -117,6 +118,19 @@ def broadcast_baseline(baseline: float | torch.Tensor, z: torch.Tensor, where: s
     )
 
 
+def _check_baseline(baseline: object) -> None:
+    """A baseline must be finite (a NaN baseline makes every point NaN: all-zero results)."""
+    if isinstance(baseline, torch.Tensor):
+        if baseline.is_floating_point() and not bool(torch.isfinite(baseline).all()):
+            raise ValueError("baseline contains NaN or infinite values")
+    elif (
+        isinstance(baseline, (int, float))
+        and not isinstance(baseline, bool)
+        and not math.isfinite(baseline)
+    ):
+        raise ValueError(f"baseline must be a finite number, got {baseline!r}")
+
+
 class LinearPath(DoI):
     """Points on the straight line from a baseline to the input (Integrated Gradients' path).
 
@@ -142,6 +156,7 @@ class LinearPath(DoI):
         at: str | None = None,
     ) -> None:
         self.alphas, self._weights = path_rule(rule, steps)
+        _check_baseline(baseline)
         self.baseline_value = baseline
         self.steps, self.rule, self.at = steps, rule, at
 
@@ -171,8 +186,10 @@ class Gaussian(DoI):
     def __init__(
         self, sigma: float, samples: int = 50, seed: int = 0, at: str | None = None
     ) -> None:
-        if not sigma >= 0:
-            raise ValueError(f"sigma must be >= 0, got {sigma}")
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
+            raise TypeError(f"sigma must be a number, got {type(sigma).__name__}")
+        if not (math.isfinite(sigma) and sigma >= 0):
+            raise ValueError(f"sigma must be a finite number >= 0, got {sigma}")
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
             raise ValueError(f"samples must be an int >= 1, got {samples!r}")
         self.sigma, self.samples, self.seed, self.at = float(sigma), samples, seed, at
@@ -198,7 +215,14 @@ class Mixture(DoI):
         spaces = {d.at for _, d in components}
         if len(spaces) > 1:
             raise ValueError("mixture components must live in the same space (same `at`)")
+        for w, _ in components:
+            if isinstance(w, bool) or not isinstance(w, (int, float)):
+                raise TypeError(f"mixture weights must be numbers, got {w!r}")
+            if not (math.isfinite(w) and w >= 0):
+                raise ValueError(f"mixture weights must be finite and >= 0, got {w!r}")
         total = sum(w for w, _ in components)
+        if total <= 0:
+            raise ValueError("mixture weights must sum to a positive number")
         self.components = [(w / total, d) for w, d in components]
         self.at = spaces.pop()
 
@@ -215,6 +239,44 @@ class Mixture(DoI):
     def sample(self, z: torch.Tensor, s: int) -> torch.Tensor:
         d, i = self._locate(s)
         return d.sample(z, i)
+
+
+def check_upstream(model: torch.nn.Module, at: str, layer: str | None, x: torch.Tensor) -> None:
+    """The DoI's points (replacing ``at``'s output) must lie upstream of the explained ``layer``
+    (None: the inputs): one forward pass of one input records which layer runs first.
+
+    Points placed after the explained layer cannot change it: the gradient there would be
+    that of the unperturbed input, the attribution all zeros, without any error.
+    """
+    from whynet.core.hooks import hooked
+    from whynet.core.layers import resolve_layer
+    from whynet.core.model import as_logits, frozen_eval
+
+    if at == layer:
+        return
+    if layer is None:
+        raise ValueError(
+            f"the DoI's points live at layer {at!r}, which runs after the explained inputs; "
+            "explain a layer at or after it, or set the DoI's at=None"
+        )
+    order: list[str] = []
+
+    def seen(name: str) -> object:
+        def hook(*args: object) -> None:
+            if name not in order:
+                order.append(name)
+
+        return hook
+
+    regs = [(resolve_layer(model, n), "forward", seen(n)) for n in (at, layer)]
+    with frozen_eval(model), torch.no_grad(), hooked(regs):  # type: ignore[arg-type]
+        as_logits(model(x[:1]))
+    if at in order and layer in order and order.index(at) > order.index(layer):
+        raise ValueError(
+            f"the DoI's points live at layer {at!r}, which runs after the explained layer "
+            f"{layer!r}: they cannot change it (all-zero attributions); place the points at "
+            f"or before {layer!r}"
+        )
 
 
 @dataclass

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from whynet.core.explanation import Explanation
-from whynet.core.model import frozen_eval, model_device
+from whynet.core.model import frozen_eval, model_device, model_dtype
 from whynet.core.params import Constraint, json_params, param_names, validate_params
 from whynet.core.pipeline import Accumulator, predict_logits
 from whynet.core.progress import progress as progress_bar
@@ -175,12 +175,19 @@ class Explainer:
         """Explain ``inputs`` (first dimension = inputs) for ``target``.
 
         ``target``: None (the method's default: the predicted class, or the configured
-        quantity of interest), ``"predicted"``, an int, or one class per input.
+        quantity of interest), ``"predicted"``, an int, or one class per input. Floating
+        inputs of another dtype than the model's are cast to the model's dtype; NaN or
+        infinite inputs are refused.
         """
         self._check_ready()
-        x = self._check_inputs(inputs).to(model_device(self.model))
+        x = self._check_inputs(inputs)
+        # floating inputs are cast to the model's dtype (documented: float64 data explains a
+        # float32 model at float32 precision, rather than a raw dtype error from inside torch)
+        dtype = model_dtype(self.model) if x.is_floating_point() else x.dtype
+        x = x.to(model_device(self.model), dtype=dtype)
         tgt = parse_target(target, len(x))
         self._check_target(x, tgt)
+        self._check_doi_order(x)
         acc = Accumulator()
         starts = range(0, len(x), self.batch_size)
         with frozen_eval(self.model):
@@ -214,6 +221,15 @@ class Explainer:
                 "or 'predicted'"
             )
         check_classes(target.classes, self._n_outputs(x), name="class")
+
+    def _check_doi_order(self, x: torch.Tensor) -> None:
+        """A method with a distribution of interest (``doi``) placed at a layer (``at``) must
+        explain that layer or one after it (one forward of one input finds the order)."""
+        from whynet.core.doi import DoI, check_upstream
+
+        doi = getattr(self, "doi", None)
+        if isinstance(doi, DoI) and doi.at is not None:
+            check_upstream(self.model, doi.at, self._explained_layer(), x)
 
     def _n_outputs(self, x: torch.Tensor) -> int:
         return int(predict_logits(self.model, x[:1]).shape[-1])

@@ -137,6 +137,10 @@ def essence(
         raise ValueError(f"ablation must be 'zero' or 'mean', got {ablation!r}")
     if reduce is None:
         raise ValueError("essence ranks channels: reduce must be 'sum', 'max' or 'mean'")
+    if isinstance(random_draws, bool) or not isinstance(random_draws, int) or random_draws < 1:
+        raise ValueError(
+            f"random_draws must be an int >= 1 (the random-k baseline), got {random_draws!r}"
+        )
     resolve_layer(model, layer)
     ks = [k] if isinstance(k, int) else list(k)
     inf_data = data if influence_data is None else influence_data

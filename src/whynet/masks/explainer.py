@@ -30,6 +30,8 @@ from whynet.core import (
     Target,
     as_logits,
     blend,
+    check_classes,
+    data_length,
     frozen_eval,
     intervene,
     iter_batches,
@@ -40,7 +42,7 @@ from whynet.core import (
     train,
 )
 from whynet.core.params import Interval, Options, constraint
-from whynet.masks.inputs import check_images, check_tokens
+from whynet.masks.inputs import check_images, check_labels, check_tokens
 from whynet.masks.networks import ImageMaskNet, SequenceMaskNet, build_network, network_config
 
 __all__ = ["MaskExplainer", "FILLS", "FORMAT", "FORMAT_VERSION"]
@@ -263,6 +265,7 @@ class MaskExplainer(FittedMixin, Explainer):
         if self.task == "classification":
             goal = ref_out.argmax(1) if self.target == "prediction" else y
             assert goal is not None
+            check_classes(goal, ref_out.shape[-1], name="label")
             fit = F.cross_entropy(out, goal.to(out.device).long())
             fidelity = float((out.argmax(1) == ref_out.argmax(1)).double().mean())
         else:
@@ -394,6 +397,8 @@ class MaskExplainer(FittedMixin, Explainer):
             )
         if self.modality == "sequence":
             self._embedding_layer()
+        if self.target == "label":
+            check_labels(labels, data_length(train_data), self.task)
         max_len = 0
         with frozen_eval(self.model):
             net, x0 = self._first_batch(train_data, labels)
@@ -482,4 +487,12 @@ class MaskExplainer(FittedMixin, Explainer):
         if kind is not None and kind != self.modality:
             raise ValueError(
                 f"{where} holds a {kind} explainer network but modality={self.modality!r}"
+            )
+        # the network was fitted for inputs of in_channels_ channels: a model whose first
+        # convolution reads another number of channels is not the one it was fitted on
+        conv = next((m for m in self.model.modules() if isinstance(m, nn.Conv2d)), None)
+        if self.modality == "image" and conv is not None and conv.in_channels != self.in_channels_:
+            raise ValueError(
+                f"{where} was fitted for {self.in_channels_}-channel inputs, but the model's "
+                f"first convolution reads {conv.in_channels} channels: an unrelated model"
             )

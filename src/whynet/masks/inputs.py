@@ -56,3 +56,22 @@ def check_tokens(x: object, name: str, max_length: int | None) -> torch.Tensor:
             "sequences or truncate"
         )
     return x
+
+
+def check_labels(labels: torch.Tensor | None, n: int | None, task: str) -> None:
+    """Training labels: a tensor, one per input; integer classes for classification (their
+    range is checked per batch against the model's output width)."""
+    if labels is None:
+        return
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    if task == "classification":
+        if labels.is_floating_point() or labels.dtype == torch.bool:
+            raise TypeError(
+                f"labels must hold integer class indices, got dtype {labels.dtype} "
+                "(pass labels.long() if the values are whole numbers)"
+            )
+        if labels.dim() != 1:
+            raise ValueError(f"labels must be one class per input, got shape {tuple(labels.shape)}")
+    if n is not None and len(labels) != n:
+        raise ValueError(f"{len(labels)} labels for {n} inputs (pass one label per input)")

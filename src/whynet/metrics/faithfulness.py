@@ -45,6 +45,9 @@ def pixel_counts(n_pixels: int, steps: int) -> torch.Tensor:
     """Pixels changed after step ``k = 0..steps``: ``round(k * n_pixels / steps)``."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
+    limit = max(n_pixels, 50)  # the default 50 stays valid on tiny images
+    if steps > limit:  # more steps than pixels only repeat points, and build a huge grid
+        raise ValueError(f"steps must be <= the number of pixels ({limit}), got {steps}")
     k = torch.arange(steps + 1, dtype=torch.float64)
     return torch.round(k * n_pixels / steps).long()
 
