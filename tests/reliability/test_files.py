@@ -214,3 +214,32 @@ def test_store_cache_flipped_bytes_and_torn_meta(tmp_path):
     with pytest.raises(ValueError, match="a-k"):
         cache.read(mmap=("a",))
     os.unlink(f)
+
+
+def test_a_store_cache_write_killed_before_its_sidecar_leaves_the_old_cache(tmp_path):
+    from whynet.core import StoreCache
+
+    cache = StoreCache(tmp_path, "k" * 24)
+    cache.write({"a": torch.zeros(10)}, {"v": 0})
+    code = textwrap.dedent(
+        f"""
+        import os, torch
+        from whynet.core import StoreCache
+        real, n = os.replace, [0]
+        def replace(a, b):
+            n[0] += 1
+            if n[0] == 2:  # the array is written, the sidecar not yet
+                os._exit(9)
+            real(a, b)
+        os.replace = replace
+        StoreCache({str(tmp_path)!r}, "k" * 24).write({{"a": torch.ones(12)}}, {{"v": 1}})
+        """
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 9
+    arrays, meta = cache.read()
+    assert meta["v"] == 0 and torch.equal(arrays["a"], torch.zeros(10))
+    cache.write({"a": torch.ones(12)}, {"v": 1})
+    arrays, meta = cache.read()
+    assert meta["v"] == 1 and torch.equal(arrays["a"], torch.ones(12))
+    assert len(list(tmp_path.glob("*.npy"))) == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

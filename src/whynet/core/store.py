@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,11 @@ class ActivationStore:
             self.folder = None
 
 
+def _plain(name: str) -> bool:
+    """A bare file name (no folder part): a sidecar cannot point outside its folder."""
+    return bool(name) and os.path.basename(name) == name and name not in (".", "..")
+
+
 def _read_verified(path: Path, sha256: object, mmap: bool) -> np.ndarray | None:
     """The array in ``path`` if its bytes hash to ``sha256`` (None otherwise).
 
@@ -173,6 +179,14 @@ class StoreCache:
         self.meta_path = self.folder / f"store-{self.key}.json"
 
     def path(self, name: str) -> Path:
+        """The file holding ``name`` now (the one the sidecar names; the old layout's
+        ``NAME-KEY.npy`` where no sidecar names one)."""
+        try:
+            file = json.loads(self.meta_path.read_text())["files"][name]["file"]
+            if isinstance(file, str) and _plain(file):
+                return self.folder / file
+        except (OSError, KeyError, TypeError, ValueError):
+            pass
         return self.folder / f"{name}-{self.key}.npy"
 
     def exists(self) -> bool:
@@ -181,12 +195,16 @@ class StoreCache:
     def write(
         self, arrays: dict[str, torch.Tensor | np.ndarray | None], extra: dict[str, Any]
     ) -> None:
+        """Write the arrays, then the sidecar naming them (the commit point): each write gets
+        new file names (``NAME-KEY.<token>.npy``), so a write killed at any point leaves the
+        previous cache whole; files no sidecar names are removed after the commit."""
         meta: dict[str, Any] = {"version": CACHE_VERSION, "key": self.key, "files": {}, **extra}
+        token = uuid.uuid4().hex[:12]
         for name, value in arrays.items():
             if value is None:
                 continue
             arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
-            path = self.path(name)
+            path = self.folder / f"{name}-{self.key}.{token}.npy"
 
             def write(tmp: str, arr: np.ndarray = arr) -> None:
                 with open(tmp, "wb") as f:  # a file object: np.save would append ".npy"
@@ -194,11 +212,16 @@ class StoreCache:
 
             atomic_write(path, write)
             meta["files"][name] = {
+                "file": path.name,
                 "sha256": file_sha256(path),
                 "shape": list(arr.shape),
                 "dtype": str(arr.dtype),
             }
         atomic_write(self.meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta)))
+        keep = {info["file"] for info in meta["files"].values()}
+        for old in self.folder.glob(f"*-{self.key}*.npy"):  # earlier or killed writes
+            if old.name not in keep:
+                old.unlink(missing_ok=True)
 
     def read(self, mmap: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Verified arrays by name and the sidecar metadata."""
@@ -219,7 +242,10 @@ class StoreCache:
             raise ValueError(f"corrupted {where} {self.meta_path}; delete it to rebuild")
         out: dict[str, torch.Tensor] = {}
         for name, info in files.items():
-            path = self.path(name)
+            file = info.get("file", f"{name}-{self.key}.npy")
+            if not isinstance(file, str) or not _plain(file):
+                raise ValueError(f"corrupted {where} {self.meta_path}: bad file name {file!r}")
+            path = self.folder / file
             try:
                 arr = _read_verified(path, info.get("sha256"), name in mmap)
             except OSError:
