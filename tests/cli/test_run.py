@@ -168,6 +168,7 @@ def test_run_images_end_to_end_reuses_fits_and_force_refits(tmp_path, capsys):
     for label in ("gradcam", "influence", "representer", "clusters"):
         e = Explanation.load(out / f"{label}.safetensors")
         assert len(e) == 4 and e.meta["files"][0] == "cat/cat0.png"
+        assert e.meta["classes"] == ["cat", "dog"] and e.extras["inputs"].shape == (4, 3, 12, 12)
     fits = _fitted(out)
     assert sorted(n.split("-")[0] for n in fits) == ["clusters", "representer"]
     model = __import__("whynet.run", fromlist=["x"]).load_model(
@@ -193,6 +194,14 @@ def test_run_images_end_to_end_reuses_fits_and_force_refits(tmp_path, capsys):
     assert main(["run", str(config), "--force"]) == 0
     again = _fitted(out)
     assert again.keys() == fits.keys() and all(again[k] != fits[k] for k in fits)
+    # new inputs to explain: the fits still hold; new training data: they are redone
+    _png(tmp_path / "explain" / "dog" / "dog9.png", np.random.default_rng(5))
+    assert main(["run", str(config)]) == 0
+    assert _fitted(out) == again
+    assert "dog9.png" in (out / "report.html").read_text()
+    _png(tmp_path / "train" / "dog" / "dog9.png", np.random.default_rng(6))
+    assert main(["run", str(config)]) == 0
+    assert not set(_fitted(out)) & set(again)
 
 
 def test_run_text_end_to_end(tmp_path, capsys):
@@ -350,3 +359,44 @@ def test_run_report_in_headless_chromium(tmp_path, capsys):
     assert console == [], console
     for text, _ in REVIEWS[:4]:
         assert text in dom
+    images = tmp_path / "images"
+    images.mkdir()
+    assert main(["run", str(image_project(images))]) == 0
+    dom, log = open_in_browser(images / "out" / "report.html")
+    assert 'data-broken-images="0"' in dom and 'data-images="2"' in dom, log[-2000:]
+    assert [line for line in log.splitlines() if "CONSOLE" in line] == []
+    assert "cat/cat0.png" in dom and "dog/dog1.png" in dom
+
+
+def test_labels_must_match_the_model_outputs(tmp_path, capsys):
+    config = text_project(tmp_path)
+    (tmp_path / "reviews.csv").write_text("text,label\ngood movie,pos\nbad movie,3\n")
+    assert main(["run", str(config)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "label 3 does not match the model's 2 outputs" in err[0], err
+    (tmp_path / "reviews.csv").write_text("text,label\ngood movie,pos\nbad movie,meh\n")
+    assert main(["run", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "reviews.csv:3: label 'meh' is not a class; classes: neg, pos" in err
+
+
+def test_explain_takes_any_constructor_parameter_by_param(tmp_path, capsys):
+    from whynet import Explanation
+
+    image_project(tmp_path)
+    base = [
+        "explain",
+        "--model",
+        f"{tmp_path / 'img_model.py'}:make_model",
+        "--method",
+        "gradcam",
+        "--inputs",
+        str(tmp_path / "explain" / "cat"),
+        "--layer",
+        "conv",
+    ]
+    out = tmp_path / "ex"
+    assert main([*base, "--param", "relu=false", "--out", str(out)]) == 0
+    assert Explanation.load(out / "gradcam.safetensors").params["relu"] is False
+    assert main([*base, "--param", "rlu=false", "--out", str(out)]) == 1
+    assert "unknown parameter(s) rlu for gradcam; known: layer, relu" in capsys.readouterr().err

@@ -69,7 +69,7 @@ def _image_figures(e: Any, data: Data, label: str) -> list[Figure]:
     imgs = [overlay(data.raw[i], maps[i]) for i in range(n)]
     titles = []
     for i in range(n):
-        t = "" if e.target is None else f"\n{class_name(int(e.target[i]), data.classes)}"
+        t = "" if e.target is None else f"\nexplained: {class_name(int(e.target[i]), data.classes)}"
         titles.append(f"{data.names[i]}{t}")
     return [
         Figure(

@@ -46,6 +46,8 @@ class RunContext:
     train: Data | None
     checksums: dict[str, str]
     n_outputs: int
+    #: the files a fit depends on (model file, weights, training data): the cache key's part
+    fit_files: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -96,6 +98,7 @@ def prepare(
     ex = read_data(explain, info, labels_file=labels, **kw) if explain else None
     tr = read_data(train, info, labels_file=train_labels, **kw) if train else None
     timings["read data"] = time.perf_counter() - t0
+    model_files = list(files)
     for d in (ex, tr):
         if d is not None:
             files += d.files
@@ -119,7 +122,10 @@ def prepare(
                     raise RunError(
                         f"{spec}: label {bad} does not match the model's {n_out} outputs"
                     )
-    return RunContext(model, info, ex, tr, checksums(files), n_out, timings)
+    sums = checksums(files)
+    fit_files = model_files + (tr.files if tr is not None else [])
+    fit_sums = {str(f): sums[str(f)] for f in fit_files}
+    return RunContext(model, info, ex, tr, sums, n_out, fit_files=fit_sums, timings=timings)
 
 
 def fit_key(spec: MethodSpec, ctx: RunContext) -> str:
@@ -132,7 +138,7 @@ def fit_key(spec: MethodSpec, ctx: RunContext) -> str:
         "method": spec.method,
         "params": json_params(spec.params),
         "fit": json_params(spec.fit_params),
-        "files": ctx.checksums,
+        "files": ctx.fit_files,  # explain data changes need no refit
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
