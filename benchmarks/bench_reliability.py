@@ -271,7 +271,8 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=2000)
     ap.add_argument("--skip", nargs="*", default=[], choices=["concurrent", "kills", "soak"])
     args = ap.parse_args()
-    res: dict[str, Any] = {}
+    path = ROOT / "benchmarks" / "results" / "reliability.json"
+    res: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
     if "concurrent" not in args.skip:
         res["concurrent"] = concurrent(args.loads)
         print("concurrent", res["concurrent"], flush=True)
@@ -279,7 +280,6 @@ def main() -> None:
         res["kills"] = kills(args.kills)
     if "soak" not in args.skip:
         res["soak"] = soak(args.calls)
-    path = ROOT / "benchmarks" / "results" / "reliability.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))
