@@ -491,6 +491,55 @@ def part_figures(quick: bool) -> dict[str, Any]:
     }
 
 
+def part_point(quick: bool) -> dict[str, Any]:
+    """Issue 17: a ``Point`` DoI at ``features.block3`` vs its hand-written floor (a forward
+    hook that makes the layer's output a leaf + one ``autograd.grad`` of the predicted logits),
+    same inputs, alternated repeats, one process; values must be equal."""
+    model, info = fashion()
+    x = fashion_data("test", 50 if quick else 200)[0]
+    layer = dict(model.named_modules())[FASHION_LAYER]
+    ours = InternalInfluence(model, FASHION_LAYER, batch_size=len(x), progress=False)
+
+    def floor() -> torch.Tensor:
+        slot: list[torch.Tensor] = []
+
+        def hook(m: Any, a: Any, out: torch.Tensor) -> torch.Tensor:
+            leaf = out.detach().requires_grad_(True)
+            slot.append(leaf)
+            return leaf
+
+        h = layer.register_forward_hook(hook)
+        try:
+            with torch.enable_grad():
+                logits = model(x)
+                q = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
+                (g,) = torch.autograd.grad(q, slot[0])
+        finally:
+            h.remove()
+        return g
+
+    with frozen_eval(model):
+        ref = floor()
+        got = ours.explain(x).values
+        times: dict[str, list[float]] = {"floor": [], "whynet": []}
+        for _ in range(3 if quick else 7):
+            for name, fn in (("floor", floor), ("whynet", lambda: ours.explain(x))):
+                t = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "weights": str(info.get("weights", "zoo")),
+        "layer": FASHION_LAYER,
+        "n_inputs": len(x),
+        "floor_s": round(med["floor"], 4),
+        "whynet_s": round(med["whynet"], 4),
+        "ratio_whynet_over_floor": round(med["whynet"] / med["floor"], 3),
+        "max_abs_diff": float((got - ref).abs().max()),
+        "runs": {k: [round(t, 4) for t in v] for k, v in times.items()},
+    }
+
+
 PARTS = {
     "classes": part_classes,
     "essence": part_essence,
@@ -498,6 +547,7 @@ PARTS = {
     "figures": part_figures,
     "speed": part_speed,
     "memory": part_memory,
+    "point": part_point,
 }
 
 

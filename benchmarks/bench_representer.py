@@ -2,7 +2,11 @@
 
 Usage::
 
-    python benchmarks/bench_representer.py [fidelity|debug|speed|all] [--quick]
+    python benchmarks/bench_representer.py [fidelity|debug|speed|floor|all] [--quick]
+
+``floor`` (issue 17) times each operation next to its hand-written floor in one run: the fit vs
+one no-grad forward over the training set, one query vs forward + mat-vec + top-k, 1,000 queries,
+dattri's RPSAttributor for one query after its fit, the simulated 1M memory-mapped store.
 
 fidelity and speed use the zoo's ``fashion-cnn`` (``--model smallcnn``: the SmallCNN stand-in
 of the results taken before its weights shipped); debug trains its own MLP on noisy labels.
@@ -377,7 +381,7 @@ def speed(quick: bool, n: int | None = None, extras: bool = True) -> dict[str, A
     }
 
     def ours() -> torch.Tensor:
-        rp = RepresenterPoints(model, head="head", batch_size=500).fit(xtr, ytr)
+        rp = RepresenterPoints(model, head="head", batch_size=500, solver="gd").fit(xtr, ytr)
         return rp.explain(xte).values
 
     with Peak() as pk:
@@ -527,6 +531,11 @@ def simulated_million(rp: RepresenterPoints, f_te: torch.Tensor, quick: bool) ->
     )
     cls = torch.zeros(len(f_te), dtype=torch.long)
     res: dict[str, Any] = {"n": n, "storage": "np.load(mmap_mode='c') float32, page cache warm"}
+    mm = big.features_
+    one = f_te[:1, :].float()
+    (mm @ one[0]).topk(5)  # warm the page cache
+    med, _, _ = timed(lambda: (mm @ one[0]).topk(5), 5)
+    res["floor_float32_matvec_topk_ms"] = round(med * 1000, 1)
     for kdt in (torch.float64, torch.float32):
         big.kernel_dtype = kdt
         big.values_features(f_te[:1], cls[:1])  # warm the page cache
@@ -535,15 +544,159 @@ def simulated_million(rp: RepresenterPoints, f_te: torch.Tensor, quick: bool) ->
             med64, _, _ = timed(lambda: big.values_features(f_te[:64], cls[:64]), 2)
         res[f"kernel_{str(kdt)[6:]}"] = {
             "one_point_ms": round(med1 * 1000, 1),
+            "ratio_one_point_over_floor": round(
+                med1 * 1000 / res["floor_float32_matvec_topk_ms"], 2
+            ),
             "batch64_ms_per_point": round(med64 * 1000 / 64, 2),
             "rss_growth_mb": round(pk.mb),
         }
     return res
 
 
+# ---- 4. at the floor (issue 17) ---------------------------------------------------------------
+
+
+def _head_input(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hand-written floor of the feature step: one no-grad forward, the head's input grabbed."""
+    got: list[torch.Tensor] = []
+    h = model.head.register_forward_pre_hook(lambda m, a: got.append(a[0]))
+    try:
+        with torch.no_grad():
+            out = model(x)
+    finally:
+        h.remove()
+    return got[0], out
+
+
+def floor(quick: bool) -> dict[str, Any]:
+    """Each representer operation next to the least work it needs, in one process (ratios).
+
+    Floors are hand-written here: a no-grad forward over the training set (fit), one forward of
+    the query + the (n, D) mat-vec + top-k (one query), the (B, D) x (D, n) product (batched).
+    """
+    model, name = reference_model(quick)
+    xtr, ytr = fashion("train", 10000 if quick else None)
+    xte, _ = fashion("test", 1000)
+    out: dict[str, Any] = {"model": name, "n_train": len(ytr), "threads": torch.get_num_threads()}
+
+    def forward_all() -> None:
+        with torch.no_grad():
+            for a in range(0, len(xtr), 500):
+                model(xtr[a : a + 500])
+
+    fwd, _, _ = timed(forward_all, 1)
+    t = time.perf_counter()
+    rp = RepresenterPoints(model, head="head", batch_size=500, progress=False).fit(xtr, ytr)
+    fit_s = time.perf_counter() - t
+    f_tr = rp.features_
+    with torch.no_grad():
+        outs = torch.cat([model(xtr[a : a + 500]) for a in range(0, len(xtr), 500)]).double()
+    t = time.perf_counter()
+    rp2 = RepresenterPoints(model, head="head", progress=False).fit_features(f_tr, outs, ytr)
+    solver_s = time.perf_counter() - t
+    e = rp.explain(xte[:200])
+    dec = float((e.values.sum(1) - e.extras["logits"]).abs().max())
+    out["fit"] = {
+        "forward_pass_s": round(fwd, 2),
+        "whole_fit_s": round(fit_s, 2),
+        "ratio_fit_over_forward": round(fit_s / fwd, 3),
+        "solver_s": round(solver_s, 2),
+        "solver": rp.solver,
+        "n_iter": rp.n_iter_,
+        "converged": rp.converged_,
+        "same_alpha_as_fit_features": float((rp.alpha_ - rp2.alpha_).abs().max()),
+        "decomposition_max_abs_err_200_test": dec,
+    }
+    log(f"fit {out['fit']}")
+
+    # one query: whynet top-5 (forward + values + top-k) vs the hand-written floor
+    x1 = xte[:1]
+    f32 = f_tr.contiguous()
+    f64 = f32.double()
+
+    def floor_one(fm: torch.Tensor) -> Any:
+        f, o = _head_input(model, x1)
+        k = fm @ f[0].to(fm.dtype)
+        return k.topk(5), k.topk(5, largest=False), o
+
+    res: dict[str, Any] = {}
+    for label, fn in (
+        ("floor_float32_ms", lambda: floor_one(f32)),
+        ("floor_float64_ms", lambda: floor_one(f64)),
+        ("whynet_top5_ms", lambda: rp.top(x1, k=5)),
+        ("whynet_explain_ms", lambda: rp.explain(x1)),
+    ):
+        fn()
+        med, _, _ = timed(fn, 30)
+        res[label] = round(med * 1000, 2)
+    rp32 = RepresenterPoints(model, head="head", kernel_dtype=torch.float32, progress=False)
+    for k_, v in vars(rp).items():
+        if k_.endswith("_"):
+            setattr(rp32, k_, v)
+    rp32.top(x1, k=5)
+    med, _, _ = timed(lambda: rp32.top(x1, k=5), 30)
+    res["whynet_top5_kernel_float32_ms"] = round(med * 1000, 2)
+    res["ratio_top5_over_floor_float64"] = round(res["whynet_top5_ms"] / res["floor_float64_ms"], 3)
+    res["ratio_top5_over_floor_float32"] = round(res["whynet_top5_ms"] / res["floor_float32_ms"], 3)
+    res["ratio_top5_kernel32_over_floor_float32"] = round(
+        res["whynet_top5_kernel_float32_ms"] / res["floor_float32_ms"], 3
+    )
+    out["one_query"] = res
+    log(f"one query {res}")
+
+    # 1,000 queries: end to end (forward included) and given the features
+    xq = xte[:1000]
+    fq, oq = rp._forward(xq)
+    cls = oq.argmax(1)
+    batch: dict[str, Any] = {}
+    for label, r_ in (("kernel_float64", rp), ("kernel_float32", rp32)):
+        med, _, _ = timed(lambda r_=r_: r_.top(xq, k=5), 2)
+        batch[f"{label}_top5_end_to_end_s"] = round(med, 3)
+        med, _, _ = timed(lambda r_=r_: r_.values_features(fq, cls), 2)
+        batch[f"{label}_values_given_features_s"] = round(med, 3)
+    med, _, _ = timed(lambda: fq.double() @ f64.T, 2)
+    batch["floor_product_float64_s"] = round(med, 3)
+    med, _, _ = timed(lambda: fq @ f32.T, 2)
+    batch["floor_product_float32_s"] = round(med, 3)
+    med, _, _ = timed(lambda: rp._forward(xq), 1)
+    batch["forward_1000_s"] = round(med, 3)
+    out["queries_1000"] = batch
+    log(f"1000 queries {batch}")
+
+    # dattri RPSAttributor: one query after its fit (its cache; epochs cut, only the query timed)
+    try:
+        from dattri.algorithm import RPSAttributor
+        from dattri.task import AttributionTask
+
+        task = AttributionTask(
+            loss_func=lambda p, t: nn.functional.cross_entropy(p, t),
+            model=model,
+            checkpoints=model.state_dict(),
+        )
+        att = RPSAttributor(task, final_linear_layer_name="head", l2_strength=0.003, epoch=10)
+        train_dl = DataLoader(TensorDataset(xtr, ytr), batch_size=500)
+        att.cache(train_dl)
+        test_dl = DataLoader(TensorDataset(x1, torch.zeros(1, dtype=torch.long)), batch_size=1)
+        med, _, _ = timed(lambda: att.attribute(train_dl, test_dl), 1)
+        out["dattri_one_query"] = {
+            "s": round(med, 3),
+            "epoch_for_cache": 10,
+            "speedup_whynet_top5": round(med * 1000 / res["whynet_top5_ms"], 1),
+            "speedup_whynet_explain": round(med * 1000 / res["whynet_explain_ms"], 1),
+        }
+    except Exception as exc:  # report, keep going
+        out["dattri_one_query"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    log(f"dattri {out['dattri_one_query']}")
+    f_te = fq[:64]
+    out["simulated_1m"] = simulated_million(rp, f_te, quick)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("what", nargs="?", default="all", choices=["fidelity", "debug", "speed", "all"])
+    ap.add_argument(
+        "what", nargs="?", default="all", choices=["fidelity", "debug", "speed", "floor", "all"]
+    )
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--n", type=int, default=None, help="training points (debug, speed)")
     ap.add_argument("--noise", type=float, nargs="*", default=None, help="debug noise levels")
@@ -583,6 +736,7 @@ def main() -> None:
         "fidelity": lambda: fidelity(args.quick, tuple(args.solver)),
         "debug": lambda: debug(args.quick, args.noise, args.n),
         "speed": lambda: speed(args.quick, args.n, not args.no_extras),
+        "floor": lambda: floor(args.quick),
     }
     for name, fn in runs.items():
         if args.what in (name, "all"):
