@@ -161,7 +161,6 @@ def run_explain(args: argparse.Namespace) -> Path:
     import torch
 
     from whynet.registry import method_info
-    from whynet.report import sections_from_explanations, write_report
 
     if args.explainer is not None:
         return run_explain_fitted(args)
@@ -203,13 +202,20 @@ def run_explain(args: argparse.Namespace) -> Path:
     e = explainer.explain(x_model, target=target)
     e.extras.setdefault("inputs", x)
     e.meta.setdefault("files", names)
-    out = Path(args.out)
-    e.save(out / f"{args.method}.safetensors")
+    return save_and_report(e, Path(args.out), args.method, args.model)
+
+
+def save_and_report(e: Any, out: Path, name: str, subtitle: str) -> Path:
+    """Write ``e`` as ``out/NAME.safetensors`` and rebuild ``out/report.html`` from the folder's
+    explanations (``whynet explain``, with or without a fitted ``--explainer``)."""
+    from whynet.report import sections_from_explanations, write_report
+
+    e.save(out / f"{name}.safetensors")
     return write_report(
         sections_from_explanations(out),
         out / "report.html",
-        title=f"whynet explain: {args.method}",
-        subtitle=args.model,
+        title=f"whynet explain: {name}",
+        subtitle=subtitle,
     )
 
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from whynet.cli import CLIError
+from whynet.cli import CLIError, save_and_report
 
 
 def param_kwargs(
@@ -80,7 +80,6 @@ def explain_fitted_command(args: argparse.Namespace) -> Path:
     """``whynet explain --explainer FILE``: a fitted explainer (from ``whynet fit``) on the
     inputs, read by the run's readers (images, text, SMILES, a factory)."""
     from whynet.registry import method_info, registered
-    from whynet.report import sections_from_explanations, write_report
     from whynet.run.config import MethodSpec
     from whynet.run.runner import explain_data, prepare
 
@@ -111,11 +110,4 @@ def explain_fitted_command(args: argparse.Namespace) -> Path:
     spec = MethodSpec(name, name, {}, target=target)
     assert ctx.explain is not None
     e = explain_data(explainer, spec, ctx.explain, str(path))
-    out = Path(args.out)
-    e.save(out / f"{name}.safetensors")
-    return write_report(
-        sections_from_explanations(out),
-        out / "report.html",
-        title=f"whynet explain: {name}",
-        subtitle=f"{args.model} with {path.name}",
-    )
+    return save_and_report(e, Path(args.out), name, f"{args.model} with {path.name}")
