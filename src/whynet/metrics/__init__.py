@@ -7,6 +7,8 @@ Every function returns one value per input (float64) so that results stream over
   curves (Petsiuk et al. 2018), :func:`mask_fidelity` (preservation/deletion of a soft mask).
 - Localisation (:mod:`.localisation`): :func:`pointing_game` (Zhang et al. 2016),
   :func:`localisation_error` with :func:`saliency_boxes` and :func:`box_iou`.
+- Training-data attribution (:mod:`.attribution`): :func:`lds` (linear datamodeling score),
+  :func:`noisy_label_auc`, :func:`random_subsets`, :func:`spearman`, :func:`roc_auc`.
 - Helpers: :func:`trapezoid`, :func:`as_saliency`, :func:`gaussian_blur`; baselines and the
   blend of an image with one are :func:`whynet.core.reference` and :func:`whynet.core.blend`.
 
@@ -16,6 +18,7 @@ Saliency maps are (B, H, W) tensors or :class:`~whynet.core.Explanation` objects
 
 from whynet.core.image import gaussian_blur, gaussian_kernel
 from whynet.metrics._common import as_saliency
+from whynet.metrics.attribution import lds, noisy_label_auc, random_subsets, roc_auc, spearman
 from whynet.metrics.auc import trapezoid
 from whynet.metrics.faithfulness import (
     Fidelity,
@@ -57,12 +60,17 @@ __all__ = [
     "gaussian_kernel",
     "insertion_auc",
     "insertion_curve",
+    "lds",
     "localisation_error",
     "mask_fidelity",
+    "noisy_label_auc",
     "max_points",
     "perturbation_curve",
     "pointing_game",
+    "random_subsets",
+    "roc_auc",
     "saliency_boxes",
     "saliency_ranks",
+    "spearman",
     "trapezoid",
 ]
