@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from whynet.core import Accumulator, resolve_layer, run_model
+from whynet.core import Accumulator, StoreCache, resolve_layer, run_model
 
 
 def linear_head(model: nn.Module, head: str) -> nn.Linear:
@@ -92,4 +92,87 @@ def check_finite(features: torch.Tensor, where: str = "training") -> None:
         raise ValueError(
             f"{where} features are not finite (first at row {row}, "
             f"{int(bad.sum())} rows in all); check the model and inputs"
+        )
+
+
+def training_features(
+    model: nn.Module,
+    head: str,
+    data: Any,
+    labels: torch.Tensor | None,
+    *,
+    batch_size: int,
+    need_labels: bool,
+    progress: bool | None,
+    cache: StoreCache | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(features (n, D) float32, outputs (n, C) float64, labels or None)`` of the training data.
+
+    Read from ``cache`` (memory-mapped features) when it holds them, else one
+    :func:`iter_features` walk, written to ``cache`` when one is given.
+    """
+    if cache is not None and cache.exists():
+        arrays, _ = cache.read(mmap=("features",))
+        if "features" not in arrays or "outputs" not in arrays:
+            raise ValueError(
+                f"corrupted representer feature cache {cache.meta_path}: "
+                "no features/outputs recorded"
+            )
+        features, outputs, y = arrays["features"], arrays["outputs"], arrays.get("labels")
+        if need_labels and y is None:
+            raise ValueError(
+                "targets='labels' but the cached training data had no labels; "
+                "pass (inputs, labels) pairs or labels=..."
+            )
+        return features, outputs, y
+    acc = Accumulator()
+    for f, out, yb in iter_features(
+        model,
+        head,
+        data,
+        labels,
+        batch_size=batch_size,
+        need_labels=need_labels,
+        progress=progress,
+    ):
+        # targets: keep the logits at full precision
+        acc.update(features=f, outputs=out.double(), labels=yb)
+    if acc.n == 0:
+        raise ValueError("train_data is empty")
+    parts = acc.compute()
+    features, outputs, y = parts["features"], parts["outputs"], parts["labels"]
+    check_finite(features)
+    if cache is not None:
+        cache.write(
+            {
+                "features": features.cpu().float(),
+                "outputs": outputs.cpu().double(),
+                "labels": None if y is None else y.cpu().long(),
+            },
+            {"head": head, "n": int(features.shape[0])},
+        )
+    return features, outputs, y
+
+
+def check_loaded(
+    model: nn.Module,
+    head: str,
+    weight: torch.Tensor,
+    features: torch.Tensor,
+    alpha: torch.Tensor,
+    where: str,
+) -> None:
+    """The saved head ``weight`` (C, D+1), ``features`` and ``alpha`` must fit the model's head."""
+    module = linear_head(model, head)
+    if weight.shape != (module.out_features, module.in_features + 1):
+        raise ValueError(
+            f"{where} holds a head of shape {tuple(weight.shape)}, the model's head "
+            f"is ({module.out_features}, {module.in_features} + 1)"
+        )
+    n, d = features.shape
+    if d != module.in_features or alpha.shape != (n, module.out_features):
+        raise ValueError(
+            f"{where} holds features {tuple(features.shape)} and alpha "
+            f"{tuple(alpha.shape)}, inconsistent with the model's head "
+            f"({module.out_features} outputs, {module.in_features} inputs)"
         )

@@ -237,6 +237,17 @@ def residual_bound(g: torch.Tensor, fmax: float, l2: float) -> float:
     return float(g.abs().sum(1).max()) * fmax / (2.0 * l2)
 
 
+def check_kernel(kdt: torch.dtype, tol: float | None) -> None:
+    """Refuse a kernel dtype that rounds coarser than the tolerance asked for (Bad input)."""
+    eps = torch.finfo(kdt).eps / 2  # unit roundoff of one product f_i . f_t
+    if tol is not None and tol < eps and kdt != torch.float64:
+        raise ValueError(
+            f"kernel_dtype={kdt} rounds each f_i . f_t to ~{eps:.1e} relative, coarser "
+            f"than the requested tol={tol:g}: the decomposition cannot hold to it; "
+            f"pass kernel_dtype=torch.float64 (and dtype=torch.float64) or tol >= {eps:.1e}"
+        )
+
+
 def _preconditioner(features_t: torch.Tensor, phi: torch.Tensor, l2: float) -> Any:
     """``G -> (A (x) B + 2 lambda I)^{-1} G``, a Kronecker model of the Hessian of Eq. 2.
 

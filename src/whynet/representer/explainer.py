@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 from whynet.core import (
-    Accumulator,
     Constraint,
     Explainer,
     FittedMixin,
@@ -43,7 +42,15 @@ from whynet.core import (
 )
 from whynet.core.params import DTYPE
 from whynet.representer import _features as feat
-from whynet.representer._solver import EXACT_ATOL, alpha_from, augment, solve, solve_lbfgs
+from whynet.representer import _lje as lje
+from whynet.representer._solver import (
+    EXACT_ATOL,
+    alpha_from,
+    augment,
+    check_kernel,
+    solve,
+    solve_lbfgs,
+)
 from whynet.representer._topk import running_topk
 
 
@@ -91,10 +98,17 @@ class RepresenterPoints(FittedMixin, Explainer):
         stored float32 features without conversion: ~2x faster, ~1e-6 relative error (the
         values are then exact only to that rounding). Refused (``ValueError``) with an explicit
         ``tol`` finer than its unit roundoff.
-    solver : {"lbfgs", "gd"}
+    solver : {"lbfgs", "gd", "lje"}
         "lbfgs" (default): preconditioned L-BFGS on the same strongly convex objective (same
         minimiser). "gd": reproduces the paper -- the authors' full-batch gradient descent with
         Armijo backtracking from step 10 and (with ``tol=None``) their 1/200 stopping rule.
+        "lje": RPS-LJE (Sui, Wu, Sanner, NeurIPS 2021; :mod:`whynet.representer._lje`): no
+        fine-tuning and no ``l2``; one ascent step of size ``lje_step`` from the trained head,
+        then a Newton expansion with the explicit head Hessian. Needs ``targets="labels"``;
+        ``values.sum(1)`` equals the expanded head's logits exactly (``kernel_dtype`` unused).
+    lje_step, lje_damping : float
+        RPS-LJE's ascent step ``eta`` (the authors' default 0.01) and the Hessian damping, a
+        fraction of its mean diagonal entry; used only with ``solver="lje"``.
     cache_dir : str or Path, optional
         Keep features on disk (:class:`whynet.core.StoreCache`: ``.npy`` + sha256 sidecar) and
         reuse them, memory-mapped, when the same model and data come back.
@@ -120,7 +134,9 @@ class RepresenterPoints(FittedMixin, Explainer):
         "dtype": constraint(DTYPE, error=TypeError),
         "block_size": constraint(Interval(int, 1, None)),
         "kernel_dtype": constraint(DTYPE, None, error=TypeError),
-        "solver": constraint(Options(("lbfgs", "gd")), desc="'lbfgs' or 'gd'"),
+        "solver": constraint(Options(("lbfgs", "gd", "lje")), desc="'lbfgs', 'gd' or 'lje'"),
+        "lje_step": constraint(Interval(float, 0, None), desc="a number >= 0"),
+        "lje_damping": constraint(Interval(float, 0, None, "neither"), desc="a positive number"),
         "cache_dir": constraint(str, os.PathLike, None, error=TypeError, desc="a folder or None"),
     }
     _fitted_state: ClassVar[dict[str, State]] = {
@@ -134,6 +150,9 @@ class RepresenterPoints(FittedMixin, Explainer):
         "grad_norm0_": State("json"),
         "n_iter_": State("json"),
         "objective_": State("json"),
+        # RPS-LJE only (solver="lje"): the expansion point and the damped inverse Hessian
+        "lje_weight0_": State(optional=True),
+        "lje_hinv_": State(optional=True),
     }
     # the declared state's types (annotations only: absent until fit)
     alpha_: torch.Tensor
@@ -145,6 +164,8 @@ class RepresenterPoints(FittedMixin, Explainer):
     grad_norm0_: float
     n_iter_: int
     objective_: float
+    lje_weight0_: torch.Tensor | None
+    lje_hinv_: torch.Tensor | None
     # derived from the state after fit, made once (see _kernel_parts)
     _kcache: tuple[Any, ...]
     _format = "whynet.representer"
@@ -165,6 +186,8 @@ class RepresenterPoints(FittedMixin, Explainer):
         block_size: int = 65536,
         kernel_dtype: torch.dtype | None = None,
         solver: str = "lbfgs",
+        lje_step: float = 0.01,
+        lje_damping: float = 1e-3,
         cache_dir: str | os.PathLike[str] | None = None,
         progress: bool | None = None,
     ) -> None:
@@ -178,23 +201,20 @@ class RepresenterPoints(FittedMixin, Explainer):
         self.block_size = block_size
         self.kernel_dtype = kernel_dtype
         self.solver = solver
+        self.lje_step = lje_step
+        self.lje_damping = lje_damping
         self.cache_dir = cache_dir
         self._check_params()
         self.l2, self.tol = float(l2), None if tol is None else float(tol)
+        self.lje_step, self.lje_damping = float(lje_step), float(lje_damping)
+        lje.check_targets(solver, targets)
         self._check_kernel()
         # a str, so that the setting can be saved (a Path is not JSON)
         self.cache_dir = None if cache_dir is None else os.fspath(cache_dir)
 
     def _check_kernel(self) -> None:
         """Refuse a kernel dtype that rounds coarser than the tolerance asked for (Bad input)."""
-        kdt = self.kernel_dtype or self.dtype
-        eps = torch.finfo(kdt).eps / 2  # unit roundoff of one product f_i . f_t
-        if self.tol is not None and self.tol < eps and kdt != torch.float64:
-            raise ValueError(
-                f"kernel_dtype={kdt} rounds each f_i . f_t to ~{eps:.1e} relative, coarser "
-                f"than the requested tol={self.tol:g}: the decomposition cannot hold to it; "
-                f"pass kernel_dtype=torch.float64 (and dtype=torch.float64) or tol >= {eps:.1e}"
-            )
+        check_kernel(self.kernel_dtype or self.dtype, self.tol)
 
     def _fingerprint(self) -> str:
         """The model's weights and the head's name (a cache or file is for one head)."""
@@ -219,46 +239,16 @@ class RepresenterPoints(FittedMixin, Explainer):
                 ).encode()
             ).hexdigest()
             cache = StoreCache(self.cache_dir, key, what="representer feature")
-        if cache is not None and cache.exists():
-            arrays, _ = cache.read(mmap=("features",))
-            if "features" not in arrays or "outputs" not in arrays:
-                raise ValueError(
-                    f"corrupted representer feature cache {cache.meta_path}: "
-                    "no features/outputs recorded"
-                )
-            features, outputs, y = arrays["features"], arrays["outputs"], arrays.get("labels")
-            if need and y is None:
-                raise ValueError(
-                    "targets='labels' but the cached training data had no labels; "
-                    "pass (inputs, labels) pairs or labels=..."
-                )
-        else:
-            acc = Accumulator()
-            for f, out, yb in feat.iter_features(
-                self.model,
-                self.head,
-                train_data,
-                labels,
-                batch_size=self.batch_size,
-                need_labels=need,
-                progress=self.progress,
-            ):
-                # targets: keep the logits at full precision
-                acc.update(features=f, outputs=out.double(), labels=yb)
-            if acc.n == 0:
-                raise ValueError("train_data is empty")
-            parts = acc.compute()
-            features, outputs, y = parts["features"], parts["outputs"], parts["labels"]
-            feat.check_finite(features)
-            if cache is not None:
-                cache.write(
-                    {
-                        "features": features.cpu().float(),
-                        "outputs": outputs.cpu().double(),
-                        "labels": None if y is None else y.cpu().long(),
-                    },
-                    {"head": self.head, "n": int(features.shape[0])},
-                )
+        features, outputs, y = feat.training_features(
+            self.model,
+            self.head,
+            train_data,
+            labels,
+            batch_size=self.batch_size,
+            need_labels=need,
+            progress=self.progress,
+            cache=cache,
+        )
         return self.fit_features(features, outputs=outputs, labels=y)
 
     def fit_features(
@@ -309,6 +299,13 @@ class RepresenterPoints(FittedMixin, Explainer):
                 )
             t = torch.softmax(outputs.to(device, self.dtype), dim=1)
         self._check_kernel()
+        if self.solver == "lje":
+            self._set_fitted(
+                **lje.fitted_state(fa, w0, t, self.lje_step, self.lje_damping),
+                features_=features if features.dtype == torch.float32 else features.float(),
+                labels_=labels,
+            )
+            return self
         if self.solver == "gd":
             # tol=None: the authors' 1/200 rule (this solver is for reproducing the paper)
             tol = 1.0 / 200 if self.tol is None else self.tol
@@ -341,20 +338,7 @@ class RepresenterPoints(FittedMixin, Explainer):
 
     def _check_loaded(self, where: str) -> None:
         """The saved head and coefficients must fit the model's head."""
-        head = feat.linear_head(self.model, self.head)
-        w = self.weight_
-        if w.shape != (head.out_features, head.in_features + 1):
-            raise ValueError(
-                f"{where} holds a head of shape {tuple(w.shape)}, the model's head "
-                f"is ({head.out_features}, {head.in_features} + 1)"
-            )
-        n, d = self.features_.shape
-        if d != head.in_features or self.alpha_.shape != (n, head.out_features):
-            raise ValueError(
-                f"{where} holds features {tuple(self.features_.shape)} and alpha "
-                f"{tuple(self.alpha_.shape)}, inconsistent with the model's head "
-                f"({head.out_features} outputs, {head.in_features} inputs)"
-            )
+        feat.check_loaded(self.model, self.head, self.weight_, self.features_, self.alpha_, where)
 
     # ---- explaining ----------------------------------------------------------------------
 
@@ -400,6 +384,9 @@ class RepresenterPoints(FittedMixin, Explainer):
     ) -> Iterator[tuple[int, torch.Tensor]]:
         """Yield ``(start, values (B, nb))`` over blocks of training points (Thm. 3.1 terms):
         one product ``F_block f_t`` and one fused ``alpha * (k + 1)`` per block."""
+        if self.lje_hinv_ is not None:  # RPS-LJE: (W_i f_t)_c, all points in one block
+            yield 0, lje.values(*self._lje_parts(), augment(test, self.dtype), classes)
+            return
         kdt = self.kernel_dtype or self.dtype
         whole, alpha_t = self._kernel_parts()
         dev = alpha_t.device
@@ -412,6 +399,12 @@ class RepresenterPoints(FittedMixin, Explainer):
         for a in range(0, n, self.block_size):
             fb = self.features_[a : a + self.block_size].to(dev, kdt)
             yield a, self._terms(ft @ fb.T, coef[:, a : a + fb.shape[0]])
+
+    def _lje_parts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        assert self.lje_hinv_ is not None and self.lje_weight0_ is not None
+        dev = self.alpha_.device
+        fa = augment(self.features_.to(dev), self.dtype)
+        return fa, self.alpha_, self.lje_weight0_, self.lje_hinv_
 
     def _terms(self, k: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
         """``alpha_ic ([f_i, 1] . [f_t, 1]) = alpha + alpha * (f_i . f_t)`` in ``dtype``."""
@@ -488,14 +481,19 @@ class RepresenterPoints(FittedMixin, Explainer):
     # ---- dataset debugging ---------------------------------------------------------------
 
     def global_importance(self) -> torch.Tensor:
-        """``|alpha_{i, y_i}|`` per training point (Sec. 4.2): large = suspicious label."""
+        """``|alpha_{i, y_i}|`` per training point (Sec. 4.2): large = suspicious label.
+
+        With ``solver="lje"``: ``|(W_i f_i)_{y_i}|``, the point's value for itself."""
         self.check_is_fitted()
         if self.labels_ is None:
             raise ValueError(
                 "global importance needs the training labels; fit on "
                 "(inputs, labels) pairs or pass labels=..."
             )
-        return self.alpha_.gather(1, self.labels_[:, None].to(self.alpha_.device))[:, 0].abs()
+        labels = self.labels_.to(self.alpha_.device)
+        if self.lje_hinv_ is not None:  # RPS-LJE: |(W_i f_i)_{y_i}|, the authors' score
+            return lje.self_values(*self._lje_parts(), labels).abs()
+        return self.alpha_.gather(1, labels[:, None])[:, 0].abs()
 
     def mislabel_ranking(self) -> torch.Tensor:
         """Training indices by decreasing global importance: the order to check labels in."""
