@@ -1,0 +1,94 @@
+"""``whynet.scale``: fit and explain over millions of training points, locally or on Ray.
+
+One switch: every entry point takes ``engine="local"`` (this process) or ``engine="ray"`` (a
+Ray cluster; ``address=None`` starts or joins a local one) and gives the same answers. Work
+goes through a sharded store on disk (:class:`ShardedStore`: safetensors shards, a manifest with
+checksums, resumable). Install the Ray engine with ``pip install 'whynet[scale]'``.
+
+- :func:`fit` -- a RepresenterPoints fit (sharded extraction, then the one solver);
+- :func:`extract` -- head inputs or layer activations into a store;
+- :func:`explain` -- any explainer over a dataset, results per shard;
+- :func:`top_points` -- representer top-k over the training shards (global merge);
+- :func:`fit_kmeans`, :func:`nearest_points`, :func:`assign_points` -- sharded k-means,
+  class tables and queries over stored activations;
+- :func:`influence_dataset` -- class-wide influence as a sum over shards.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from whynet.scale.engine import INSTALL, Engine, as_engine, require_ray
+from whynet.scale.extract import explain, extract
+from whynet.scale.fit import (
+    KMeansResult,
+    fit_kmeans,
+    fit_representer,
+    influence_dataset,
+    representer_objective,
+)
+from whynet.scale.queries import assign_points, nearest_points, top_points
+from whynet.scale.store import ShardedStore, StoreError, write_shard
+
+__all__ = [
+    "INSTALL",
+    "Engine",
+    "KMeansResult",
+    "ShardedStore",
+    "StoreError",
+    "as_engine",
+    "assign_points",
+    "explain",
+    "extract",
+    "fit",
+    "fit_kmeans",
+    "fit_representer",
+    "influence_dataset",
+    "nearest_points",
+    "representer_objective",
+    "require_ray",
+    "top_points",
+    "write_shard",
+]
+
+
+def fit(
+    explainer: Any,
+    data: Any,
+    labels: torch.Tensor | None = None,
+    *,
+    store: str | os.PathLike[str],
+    engine: str | Engine = "local",
+    address: str | None = None,
+    workers: int | None = None,
+    shard_rows: int | None = None,
+) -> Any:
+    """Fit a RepresenterPoints ``explainer`` on ``data`` through a sharded store.
+
+    The head inputs are extracted shard by shard into ``store`` (resumed if it exists, refused
+    if it belongs to another model or head) on ``engine``, then solved by the explainer's own
+    solver: the fitted state equals ``explainer.fit(data, labels)`` bitwise.
+    ``shard_rows`` defaults to 256 batches.
+    """
+    from whynet.representer import RepresenterPoints
+
+    if not isinstance(explainer, RepresenterPoints):
+        raise TypeError(
+            f"whynet.scale.fit fits RepresenterPoints; got {type(explainer).__name__} (use "
+            "extract + fit_kmeans for clusters, influence_dataset for influence)"
+        )
+    eng = as_engine(engine, address, workers, explainer.progress)
+    st = extract(
+        explainer.model,
+        data,
+        labels,
+        store=store,
+        head=explainer.head,
+        shard_rows=shard_rows or 256 * explainer.batch_size,
+        batch_size=explainer.batch_size,
+        engine=eng,
+    )
+    return fit_representer(explainer, st)

@@ -1,0 +1,254 @@
+"""Distributed fits over a sharded store: representer points, k-means, class-wide influence.
+
+- **Representer points** (Yeh et al. 2018, Eq. 2): the features are *gathered* on the driver
+  and solved by :meth:`RepresenterPoints.fit_features` (the one solver, unchanged), so alpha and
+  the decomposition are bitwise those of ``RepresenterPoints.fit``. Why not map/reduce each
+  L-BFGS step: a step needs the objective at several trial steps and two products with F; on
+  Ray each would be a round of tasks (~ms of overhead each, hundreds of rounds) while the
+  (n, D) matrix of 10M x 128 float32 points is 5 GB, which fits one node. The map/reduce
+  building block is here too (:func:`representer_objective`: ``J(W)`` and ``grad J(W)`` as
+  sums over shards, equal to the solver's to rounding), for a training set that does not fit.
+- **k-means** (Lloyd 1982): full-batch Lloyd steps as sums over shards (per-shard assignment,
+  per-cluster sums and counts in float64, summed in shard order), so with the same initial
+  centres it equals the single-process Lloyd result; the class table ``H[k, y]`` of Liu & Arik
+  (2020) is the sum of per-shard counts (:func:`whynet.clusters.layer.class_counts`).
+- **class-wide influence** (Leino et al. 2018, Sec. 2.2): ``chi = mean_x E[dq/dz]`` is a sum
+  over shards of ``explain_dataset`` (per-shard mean times its count) divided by the count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from whynet.clusters.layer import class_counts, posterior_table, soft_or_hard
+from whynet.core import Explanation
+from whynet.representer._solver import augment, loss_grad_phi
+from whynet.scale.engine import Engine, as_engine
+from whynet.scale.extract import take_rows
+from whynet.scale.store import ShardedStore, StoreError
+
+
+def _shard(shared: tuple[Any, ...], index: int) -> dict[str, torch.Tensor]:
+    folder, manifest = shared[0], shared[1]
+    return ShardedStore(folder, manifest).read_shard(index)
+
+
+def _need(store: ShardedStore, *names: str) -> None:
+    store.check_complete()
+    have = set(store.schema or {})
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise StoreError(f"store {store.folder} has no {missing} (it holds {sorted(have)})")
+
+
+# ---------------------------------------------------------------- representer points
+def fit_representer(explainer: Any, store: ShardedStore) -> Any:
+    """Fit ``explainer`` (a RepresenterPoints) on the features of ``store``, gathered."""
+    _need(store, "features", "outputs")
+    features, outputs = store.gather("features"), store.gather("outputs")
+    labels = store.gather("labels") if "labels" in (store.schema or {}) else None
+    if explainer.targets == "labels" and labels is None:
+        raise ValueError("targets='labels' but the store holds no labels; extract with labels")
+    return explainer.fit_features(features, outputs=outputs, labels=labels)
+
+
+def _objective_partial(shared: tuple[Any, ...], index: int) -> tuple[float, torch.Tensor]:
+    _, _, weight, dtype, targets = shared
+    t = _shard(shared, index)
+    fa = augment(t["features"], dtype)
+    phi = fa @ weight.T
+    tgt = (
+        torch.softmax(t["outputs"].to(dtype), 1)
+        if targets == "model"
+        else torch.nn.functional.one_hot(t["labels"], weight.shape[0]).to(dtype)
+    )
+    loss = torch.logsumexp(phi, 1) * tgt.sum(1) - (tgt * phi).sum(1)
+    return float(loss.sum()), loss_grad_phi(phi, tgt).T @ fa
+
+
+def representer_objective(
+    store: ShardedStore,
+    weight: torch.Tensor,
+    l2: float,
+    *,
+    targets: str = "model",
+    engine: str | Engine = "local",
+) -> tuple[float, torch.Tensor]:
+    """``J(W)`` and ``grad J(W)`` of Eq. 2 as map/reduce sums over the shards (float64).
+
+    ``J = (1/n) sum_i L(Phi_i, T_i) + lambda ||W||^2`` and ``grad J = (1/n) sum_i dL/dPhi_i^T
+    [f_i, 1] + 2 lambda W``: each shard returns its loss sum and its (C, D+1) gradient sum.
+    """
+    _need(store, "features", "outputs")
+    eng = as_engine(engine)
+    w = weight.double()
+    shared = (store.folder, store.manifest, w, torch.float64, targets)
+    parts = eng.map_tasks(_objective_partial, shared, range(store.n_shards))
+    loss = sum(p[0] for p in parts)
+    grad = parts[0][1].clone()
+    for p in parts[1:]:
+        grad += p[1]
+    n = store.n_rows
+    return loss / n + l2 * float((w * w).sum()), grad / n + 2.0 * l2 * w
+
+
+# ---------------------------------------------------------------- k-means
+def _lloyd_partial(shared: tuple[Any, ...], index: int) -> tuple[torch.Tensor, ...]:
+    _, _, name, centres, labels_name, n_classes = shared
+    t = _shard(shared, index)
+    x = t[name].flatten(1).double()
+    assign, d2 = nearest_centre(x, centres)
+    k = centres.shape[0]
+    sums = torch.zeros_like(centres).index_add_(0, assign, x)
+    counts = torch.bincount(assign, minlength=k).double()
+    table = torch.zeros(k, max(n_classes, 1), dtype=torch.float64)
+    if labels_name is not None:
+        table = class_counts(assign, t[labels_name], k, n_classes)
+    return sums, counts, d2.sum().reshape(1), table
+
+
+def nearest_centre(x: torch.Tensor, centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest centre and squared distance per row, ``||x||^2 - 2 x.c + ||c||^2`` in float64."""
+    d2 = (x * x).sum(1, keepdim=True) - 2.0 * x @ centres.T + (centres * centres).sum(1)[None]
+    best = d2.min(1)
+    return best.indices, best.values.clamp_min(0.0)
+
+
+@dataclass
+class KMeansResult:
+    """Centres, class table and fit summary of :func:`fit_kmeans`."""
+
+    centres: torch.Tensor  # (k, d) float64
+    counts: torch.Tensor  # (k, n_classes) float64 class counts per cluster (summed over shards)
+    sizes: torch.Tensor  # (k,) points per cluster
+    inertia: float  # sum of squared distances to the nearest centre
+    n_iter: int
+    converged: bool
+    smoothing: float = 1.0
+
+    @property
+    def posterior(self) -> torch.Tensor:
+        """H[k, y] (Laplace-smoothed class table, :func:`whynet.clusters.layer.posterior_table`)."""
+        return posterior_table(self.counts, self.smoothing)
+
+    def assign(self, z: torch.Tensor) -> torch.Tensor:
+        return nearest_centre(z.flatten(1).double(), self.centres)[0]
+
+    def proba(self, z: torch.Tensor, alpha: float = 1.0, hard: bool = False) -> torch.Tensor:
+        """The surrogate term q(z)^T H (DEC eq. 1 soft assignment, or one-hot with ``hard``)."""
+        return soft_or_hard(z.flatten(1).double(), self.centres, alpha, hard) @ self.posterior
+
+
+def fit_kmeans(
+    store: ShardedStore,
+    name: str,
+    init: torch.Tensor,
+    *,
+    labels: str | None = "labels",
+    n_classes: int | None = None,
+    max_iter: int = 300,
+    smoothing: float = 1.0,
+    engine: str | Engine = "local",
+) -> KMeansResult:
+    """Full-batch Lloyd k-means over the shards of ``store[name]`` from centres ``init``.
+
+    Each step: every shard assigns its rows to the nearest centre and returns per-cluster sums
+    and counts (float64); the new centre is the summed mean (an empty cluster keeps its centre).
+    Stops when no centre moves (then the assignment is a fixed point). ``labels``: the stored
+    tensor whose per-cluster counts give the class table (None: no table).
+    """
+    if (store.schema or {}).get(name) is None:
+        _need(store, name)
+    if labels is not None:
+        _need(store, name, labels)
+        if n_classes is None:
+            n_classes = int(store.gather(labels).max()) + 1
+    eng = as_engine(engine)
+    c = init.double().flatten(1).clone()
+    d = int(torch.tensor((store.schema or {})[name]["shape"]).prod())
+    if c.shape[1] != d or c.shape[0] < 1:
+        raise ValueError(f"init has shape {tuple(init.shape)}; expected (k, {d})")
+    n_iter, converged = 0, False
+    for n_iter in range(1, max_iter + 1):  # noqa: B007 - n_iter is reported
+        shared: tuple[Any, ...] = (store.folder, store.manifest, name, c, None, 0)
+        parts = eng.map_tasks(_lloyd_partial, shared, range(store.n_shards), desc="lloyd")
+        sums, counts = parts[0][0].clone(), parts[0][1].clone()
+        for p in parts[1:]:  # summed in shard order: independent of which worker ran what
+            sums += p[0]
+            counts += p[1]
+        new = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], c)
+        moved = bool((new != c).any())
+        c = new
+        if not moved:
+            converged = True
+            break
+    shared = (store.folder, store.manifest, name, c, labels, n_classes or 0)
+    parts = eng.map_tasks(_lloyd_partial, shared, range(store.n_shards), desc="tables")
+    sizes = torch.stack([p[1] for p in parts]).sum(0)
+    table = parts[0][3].clone()
+    for p in parts[1:]:
+        table += p[3]
+    inertia = float(sum(float(p[2][0]) for p in parts))
+    return KMeansResult(c, table, sizes, inertia, n_iter, converged, smoothing)
+
+
+# ---------------------------------------------------------------- class-wide influence
+def _influence_partial(shared: tuple[Any, ...], rows: tuple[int, int]) -> Any:
+    explainer, data, labels, cls, target = shared
+    x, y = take_rows(data, labels, *rows)
+    try:
+        e = explainer.explain_dataset(x, y, cls=cls, target=target)
+    except ValueError as err:
+        if "has no examples" in str(err):
+            return None  # no example of the class in this shard
+        raise
+    n = int(e.meta["n_examples"])
+    return e, e.values.double() * n, n
+
+
+def influence_dataset(
+    explainer: Any,
+    data: Any,
+    labels: torch.Tensor | None = None,
+    cls: Any = None,
+    target: Any = None,
+    *,
+    shard_rows: int = 65536,
+    engine: str | Engine = "local",
+    address: str | None = None,
+    workers: int | None = None,
+) -> Explanation:
+    """``explainer.explain_dataset`` (an InternalInfluence) as a sum over shards of ``data``."""
+    from whynet.core.data import data_length
+
+    eng = as_engine(engine, address, workers)
+    n = data_length(data)
+    if n is None or n < 1:
+        raise ValueError("the data has no examples")
+    take_rows(data, labels, 0, 1)
+    ranges = [(a, min(a + shard_rows, n)) for a in range(0, n, shard_rows)]
+    parts = [
+        p
+        for p in eng.map_tasks(
+            _influence_partial, (explainer, data, labels, cls, target), ranges, desc="influence"
+        )
+        if p is not None
+    ]
+    if not parts:
+        which = "" if cls is None else f" of class {cls}"
+        raise ValueError(f"the data has no examples{which}")
+    total, count = parts[0][1].clone(), parts[0][2]
+    for p in parts[1:]:
+        total += p[1]
+        count += p[2]
+    first: Explanation = parts[0][0]
+    return Explanation(
+        values=(total / count).to(first.values.dtype),
+        method=first.method,
+        layer=first.layer,
+        params=first.params,
+        meta={**first.meta, "n_examples": count, "shards": len(ranges)},
+    )

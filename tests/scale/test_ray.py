@@ -1,0 +1,104 @@
+"""The Ray engine on a local cluster started once for the module: the same answers as the local
+engine, a worker killed mid-shard, bad addresses."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from tests.conftest import TinyCNN
+from whynet import scale
+from whynet.influence import InternalInfluence
+from whynet.representer import RepresenterPoints
+from whynet.scale.store import ShardedStore
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[scale.Engine]:
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield scale.Engine("ray", workers=2)
+    finally:
+        ray.shutdown()
+
+
+class DiesOnce(nn.Module):
+    """The weights of ``inner``; the first forward of row ``row`` in any process, marked by a
+    file, kills that worker process (``os._exit``): Ray must restart it and retry the shard."""
+
+    def __init__(self, inner: nn.Module, marker: str, row0: torch.Tensor) -> None:
+        super().__init__()
+        self.inner, self.marker = inner, marker
+        self.register_buffer("row0", row0, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not os.path.exists(self.marker) and bool((x == self.row0).all(dim=(1, 2, 3)).any()):
+            Path(self.marker).write_text("died")
+            os._exit(1)
+        return self.inner(x)
+
+
+def _data(n: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 1, 6, 6, generator=g, dtype=torch.float64)
+    return x, torch.randint(0, 3, (n,), generator=g)
+
+
+def test_ray_extraction_with_a_killed_worker_equals_local(cluster, tmp_path):
+    torch.manual_seed(0)
+    cnn = TinyCNN().double().eval()
+    x, y = _data()
+    marker = tmp_path / "killed"
+    model = DiesOnce(cnn, str(marker), x[40])  # row 40: in the middle of shard 1
+    kw = dict(head="inner.head", shard_rows=32, batch_size=16)
+    on_ray = scale.extract(model, x, y, store=tmp_path / "ray", engine=cluster, **kw)
+    assert marker.exists(), "the worker was not killed"
+    local = scale.extract(model, x, y, store=tmp_path / "local", **kw)
+    assert on_ray.computed == local.computed == 3
+    for name in ("features", "outputs", "labels"):
+        assert torch.equal(on_ray.gather(name), local.gather(name)), name
+    # reductions and queries on Ray equal the local engine (same shard order)
+    expl = RepresenterPoints(model, "inner.head", batch_size=16, progress=False)
+    expl = scale.fit_representer(expl, on_ray)
+    one = RepresenterPoints(cnn, "head", batch_size=16, progress=False).fit(x, labels=y)
+    assert torch.equal(expl.alpha_, one.alpha_)
+    top_r = scale.top_points(expl, x[:5], k=3, store=on_ray, engine=cluster)
+    top_l = scale.top_points(expl, x[:5], k=3, store=local)
+    assert all(torch.equal(a, b) for a, b in zip(top_r, top_l, strict=True))
+    w = torch.randn(3, 7, dtype=torch.float64)
+    j_r, g_r = scale.representer_objective(on_ray, w, 0.01, engine=cluster)
+    j_l, g_l = scale.representer_objective(local, w, 0.01)
+    assert j_r == j_l and torch.equal(g_r, g_l)
+
+
+def test_ray_kmeans_and_influence_equal_local(cluster, tmp_path):
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(200, 4, generator=g, dtype=torch.float64)
+    lab = torch.randint(0, 3, (200,), generator=g)
+    st = ShardedStore.create(tmp_path / "z", fingerprint="z", n_rows=200, shard_rows=50)
+    for i in range(st.n_shards):
+        a, b = st.range(i)
+        st.put(i, {"z": z[a:b], "labels": lab[a:b]})
+    res_r = scale.fit_kmeans(st, "z", z[:4], n_classes=3, max_iter=20, engine=cluster)
+    res_l = scale.fit_kmeans(st, "z", z[:4], n_classes=3, max_iter=20)
+    assert torch.equal(res_r.centres, res_l.centres) and torch.equal(res_r.counts, res_l.counts)
+
+    torch.manual_seed(0)
+    cnn = TinyCNN().double().eval()
+    x, y = _data(64)
+    infl = InternalInfluence(cnn, "features.2", batch_size=16)
+    d_r = scale.influence_dataset(infl, x, y, cls=2, shard_rows=32, engine=cluster)
+    d_1 = infl.explain_dataset(x, labels=y, cls=2)
+    torch.testing.assert_close(d_r.values, d_1.values, atol=1e-10, rtol=0)
+
+
+def test_unreachable_address_is_one_clear_error(cluster):
+    with pytest.raises(ConnectionError, match="cannot reach the Ray cluster"):
+        scale.Engine("ray", address="127.0.0.1:1")
