@@ -33,8 +33,30 @@ from whynet.core.explanation import Explanation, atomic_write, load_tensors, sav
 from whynet.core.gradients import Gradients, qoi_gradients
 from whynet.core.hooks import Capture, capture, hooked, intervene, unpack
 from whynet.core.image import blend, gaussian_blur, reference
+from whynet.core.inputs import (
+    ModelInputs,
+    as_inputs,
+    attention_mask,
+    batch_len,
+    concat,
+    forward,
+    is_mapping,
+    main_key,
+    main_tensor,
+    take,
+    to_device,
+    valid_tokens,
+    with_main,
+)
 from whynet.core.layers import layer_name_of, layer_names, resolve_layer
-from whynet.core.model import as_logits, frozen_eval, model_device, model_dtype
+from whynet.core.model import (
+    OutputSpec,
+    as_logits,
+    frozen_eval,
+    model_device,
+    model_dtype,
+    select_output,
+)
 from whynet.core.params import CALLABLE, DTYPE, Constraint, Interval, Options, constraint
 from whynet.core.pipeline import Accumulator, Batch, predict_logits, run_model
 from whynet.core.progress import progress, progress_enabled
@@ -45,6 +67,21 @@ from whynet.core.training import TrainResult, train
 from whynet.core.validation import check_batch_size, check_classes, check_inputs
 
 __all__ = [
+    "ModelInputs",
+    "OutputSpec",
+    "as_inputs",
+    "attention_mask",
+    "batch_len",
+    "concat",
+    "forward",
+    "is_mapping",
+    "main_key",
+    "main_tensor",
+    "select_output",
+    "take",
+    "to_device",
+    "valid_tokens",
+    "with_main",
     "Accumulator",
     "CALLABLE",
     "DTYPE",

@@ -1,37 +1,55 @@
 """One way to walk data: a DataLoader of ``(inputs, labels)``, a Dataset of pairs, or a tensor.
 
 Every data argument in whynet (``fit``, dataset-wide explanations, metrics) goes through
-:func:`iter_batches`, so all of them accept the same three forms.
+:func:`iter_batches`, so all of them accept the same forms. Inputs may be a tensor or a mapping
+of tensors (:mod:`whynet.core.inputs`): a DataLoader yielding dicts (the HuggingFace
+convention: model inputs plus ``"labels"``), or a whole ``BatchEncoding`` with ``labels=``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from whynet.core.inputs import ModelInputs, as_inputs, batch_len, is_mapping, take, to_device
 from whynet.core.validation import check_batch_size
 
 DataLike = Any  # DataLoader | Dataset | torch.Tensor (kept loose for user containers)
 
 
-def _split(batch: object, where: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+#: keys under which a dict batch carries its labels (HF: "labels"; datasets often "label")
+LABEL_KEYS = ("labels", "label")
+
+
+def _split(batch: object, where: str) -> tuple[ModelInputs, torch.Tensor | None]:
     if isinstance(batch, torch.Tensor):
         return batch, None
     if isinstance(batch, (tuple, list)) and len(batch) >= 1:
         x = batch[0]
         y = batch[1] if len(batch) >= 2 else None
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{where} yielded inputs of type {type(x).__name__}, expected a tensor")
+        if not isinstance(x, torch.Tensor) and not is_mapping(x):
+            raise TypeError(
+                f"{where} yielded inputs of type {type(x).__name__}, expected a tensor "
+                "or a mapping of tensors"
+            )
         if y is not None and not isinstance(y, torch.Tensor):
             y = torch.as_tensor(y)
-        return x, y
-    if isinstance(batch, dict) and "inputs" in batch:
-        return _split((batch["inputs"], batch.get("labels")), where)
+        return as_inputs(x, f"{where} inputs"), y
+    if is_mapping(batch):
+        assert isinstance(batch, Mapping)
+        if "inputs" in batch:  # {"inputs": x, "labels": y}
+            return _split((batch["inputs"], batch.get("labels")), where)
+        y = next((batch[k] for k in LABEL_KEYS if k in batch), None)
+        x = {k: v for k, v in batch.items() if k not in LABEL_KEYS}
+        if not x:
+            raise TypeError(f"{where} yielded a dict with labels but no model inputs")
+        return _split((x, y), where)
     raise TypeError(
-        f"{where} must yield (inputs, labels) pairs or input tensors, got {type(batch).__name__}"
+        f"{where} must yield (inputs, labels) pairs, input tensors or dicts of tensors "
+        f"(HF style, labels under 'labels'), got {type(batch).__name__}"
     )
 
 
@@ -39,6 +57,8 @@ def data_length(data: DataLike) -> int | None:
     """Number of examples if known without walking the data."""
     if isinstance(data, torch.Tensor):
         return int(data.shape[0])
+    if is_mapping(data):
+        return batch_len(as_inputs(data, "data"))
     if isinstance(data, DataLoader):
         try:
             return len(data.dataset)  # type: ignore[arg-type]
@@ -57,14 +77,15 @@ def iter_batches(
     batch_size: int = 256,
     need_labels: bool = False,
     device: torch.device | str | None = None,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+) -> Iterator[tuple[ModelInputs, torch.Tensor | None]]:
     """Yield ``(inputs, labels)`` batches from any supported data form, in order.
 
     Parameters
     ----------
-    data : DataLoader, Dataset or torch.Tensor
-        A loader yielding ``(inputs, labels)`` (or bare inputs), a map-style dataset of such
-        pairs, or a tensor of inputs (first dimension = examples).
+    data : DataLoader, Dataset, torch.Tensor or mapping of tensors
+        A loader yielding ``(inputs, labels)`` (or bare inputs, or HF-style dicts with
+        ``"labels"``), a map-style dataset of such items, a tensor of inputs (first dimension =
+        examples) or a mapping of such tensors (a tokenizer's ``BatchEncoding``).
     labels : torch.Tensor, optional
         Labels for a tensor ``data``; ignored otherwise (the loader/dataset carries them).
     batch_size : int
@@ -75,12 +96,17 @@ def iter_batches(
         Move batches there.
     """
     check_batch_size(batch_size)
-    if isinstance(data, torch.Tensor):
-        if labels is not None and len(labels) != len(data):
-            raise ValueError(f"labels has {len(labels)} entries but data has {len(data)} inputs")
+    if isinstance(data, torch.Tensor) or is_mapping(data):
+        whole = as_inputs(data, "data")
+        n = batch_len(whole)
+        if labels is not None and len(labels) != n:
+            raise ValueError(f"labels has {len(labels)} entries but data has {n} inputs")
         source: Any = (
-            (data[i : i + batch_size], None if labels is None else labels[i : i + batch_size])
-            for i in range(0, len(data), batch_size)
+            (
+                take(whole, slice(i, i + batch_size)),
+                None if labels is None else labels[i : i + batch_size],
+            )
+            for i in range(0, n, batch_size)
         )
         where = "tensor data"
     elif isinstance(data, DataLoader):
@@ -90,8 +116,8 @@ def iter_batches(
         where = "Dataset"
     else:
         raise TypeError(
-            "data must be a torch DataLoader, a Dataset of (inputs, labels) pairs, "
-            f"or a tensor of inputs; got {type(data).__name__}"
+            "data must be a torch DataLoader, a Dataset of (inputs, labels) pairs, a tensor "
+            f"of inputs or a mapping of input tensors; got {type(data).__name__}"
         )
     for batch in source:
         x, y = _split(batch, where)
@@ -101,6 +127,6 @@ def iter_batches(
                 "(pass (inputs, labels) pairs or labels=...)"
             )
         if device is not None:
-            x = x.to(device)
+            x = to_device(x, device)
             y = None if y is None else y.to(device)
         yield x, y

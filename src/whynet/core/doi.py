@@ -21,6 +21,7 @@ import torch
 
 from whynet.core.data import DataLike, iter_batches
 from whynet.core.image import blend
+from whynet.core.inputs import ModelInputs, forward, take
 from whynet.core.validation import check_batch_size
 
 RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
@@ -241,7 +242,7 @@ class Mixture(DoI):
         return d.sample(z, i)
 
 
-def check_upstream(model: torch.nn.Module, at: str, layer: str | None, x: torch.Tensor) -> None:
+def check_upstream(model: torch.nn.Module, at: str, layer: str | None, x: ModelInputs) -> None:
     """The DoI's points (replacing ``at``'s output) must lie upstream of the explained ``layer``
     (None: the inputs): one forward pass of one input records which layer runs first.
 
@@ -250,7 +251,7 @@ def check_upstream(model: torch.nn.Module, at: str, layer: str | None, x: torch.
     """
     from whynet.core.hooks import hooked
     from whynet.core.layers import resolve_layer
-    from whynet.core.model import as_logits, frozen_eval
+    from whynet.core.model import frozen_eval
 
     if at == layer:
         return
@@ -270,7 +271,7 @@ def check_upstream(model: torch.nn.Module, at: str, layer: str | None, x: torch.
 
     regs = [(resolve_layer(model, n), "forward", seen(n)) for n in (at, layer)]
     with frozen_eval(model), torch.no_grad(), hooked(regs):  # type: ignore[arg-type]
-        as_logits(model(x[:1]))
+        forward(model, take(x, slice(0, 1)))
     if at in order and layer in order and order.index(at) > order.index(layer):
         raise ValueError(
             f"the DoI's points live at layer {at!r}, which runs after the explained layer "
@@ -351,7 +352,7 @@ class DatasetDoI:
 
     def batches(
         self, device: torch.device | None = None
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    ) -> Iterator[tuple[ModelInputs, torch.Tensor | None]]:
         """Yield ``(inputs, labels)`` batches of the examples in the distribution."""
         for x, y in iter_batches(
             self.data,
@@ -363,7 +364,7 @@ class DatasetDoI:
             if self.cls is not None:
                 assert y is not None
                 keep = torch.isin(y, torch.tensor(self.cls, device=y.device))
-                x, y = x[keep], y[keep]
-                if len(x) == 0:
+                x, y = take(x, keep), y[keep]
+                if len(y) == 0:
                     continue
             yield x, y

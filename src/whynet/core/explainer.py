@@ -21,7 +21,18 @@ import torch
 from torch import nn
 
 from whynet.core.explanation import Explanation
-from whynet.core.model import frozen_eval, model_device, model_dtype
+from whynet.core.inputs import (
+    as_inputs,
+    batch_len,
+    check_keys,
+    forward,
+    is_mapping,
+    main_key,
+    take,
+    to_device,
+    valid_tokens,
+)
+from whynet.core.model import OutputSpec, frozen_eval, model_device, model_dtype, select_output
 from whynet.core.params import Constraint, json_params, param_names, validate_params
 from whynet.core.pipeline import Accumulator, predict_logits
 from whynet.core.progress import progress as progress_bar
@@ -141,13 +152,27 @@ class Explainer:
     _class_targets: ClassVar[bool] = True
 
     def __init__(
-        self, model: nn.Module, *, batch_size: int = 64, progress: bool | None = None
+        self,
+        model: nn.Module,
+        *,
+        batch_size: int = 64,
+        progress: bool | None = None,
+        output: OutputSpec = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
         self.batch_size = check_batch_size(batch_size)
         self.progress = progress
+        if isinstance(output, bool) or not (
+            output is None or isinstance(output, (int, str)) or callable(output)
+        ):
+            raise TypeError(
+                "output must be None, an int index, a key/attribute name or a callable of the "
+                f"model's raw output, got {output!r}"
+            )
+        #: which part of the model's raw output is the prediction (see ``select_output``)
+        self.output = output
 
     # -- declared parameters ---------------------------------------------------------------
 
@@ -183,34 +208,53 @@ class Explainer:
         x = self._check_inputs(inputs)
         # floating inputs are cast to the model's dtype (documented: float64 data explains a
         # float32 model at float32 precision, rather than a raw dtype error from inside torch)
-        dtype = model_dtype(self.model) if x.is_floating_point() else x.dtype
-        x = x.to(model_device(self.model), dtype=dtype)
-        tgt = parse_target(target, len(x))
+        x = to_device(x, model_device(self.model), model_dtype(self.model))
+        n = batch_len(x)
+        tgt = parse_target(target, n)
         self._check_target(x, tgt)
         self._check_doi_order(x)
         acc = Accumulator()
-        starts = range(0, len(x), self.batch_size)
+        starts = range(0, n, self.batch_size)
         with frozen_eval(self.model):
             for s in progress_bar(
                 starts, total=len(starts), desc=self.method, enabled=self.progress
             ):
                 rows = slice(s, s + self.batch_size)
-                acc.update(**self._explain_batch(x[rows], tgt.take(rows)))
+                acc.update(**self._explain_batch(take(x, rows), tgt.take(rows)))
         return self._explanation(acc.compute(), tgt)
 
     def _check_ready(self) -> None:
         """Raise if the explainer cannot explain yet (fitted explainers: not fitted)."""
 
-    def _check_inputs(self, inputs: Any) -> torch.Tensor:
-        """Validate a batch of inputs; float or (where allowed) integer token ids."""
-        token = (
-            self._token_inputs
-            and isinstance(inputs, torch.Tensor)
-            and not inputs.is_floating_point()
-        )
-        return check_inputs(inputs, ndim=self._input_ndim, floating=not token)
+    def _check_inputs(self, inputs: Any) -> Any:
+        """Validate a batch: a tensor (float, or where allowed integer token ids) or a mapping
+        of tensors passed as ``model(**inputs)`` whose main tensor is checked the same way."""
+        if not is_mapping(inputs):
+            token = (
+                self._token_inputs
+                and isinstance(inputs, torch.Tensor)
+                and not inputs.is_floating_point()
+            )
+            return check_inputs(inputs, ndim=self._input_ndim, floating=not token)
+        x = as_inputs(inputs)
+        assert isinstance(x, dict)
+        check_keys(self.model, x)
+        key = main_key(x)
+        main = x[key]
+        token = self._token_inputs and not main.is_floating_point()
+        check_inputs(main, name=f"inputs[{key!r}]", ndim=self._input_ndim, floating=not token)
+        for k, t in x.items():
+            if k != key and t.is_floating_point():
+                check_inputs(t, name=f"inputs[{k!r}]", ndim=None)
+        valid_tokens(x, key=key)  # an attention mask of the wrong shape is refused here
+        return x
 
-    def _check_target(self, x: torch.Tensor, target: Target) -> None:
+    def _predict(self, x: Any, **kwargs: Any) -> torch.Tensor:
+        """The model's prediction tensor for a batch (``output=`` applied); grads as the
+        caller's context says."""
+        return select_output(forward(self.model, x, **kwargs), self.output)
+
+    def _check_target(self, x: Any, target: Target) -> None:
         """Refuse a target the method cannot honour before any work is done: class indices
         are checked against the model's output width (one forward pass of one input)."""
         if target.classes is None:
@@ -222,7 +266,7 @@ class Explainer:
             )
         check_classes(target.classes, self._n_outputs(x), name="class")
 
-    def _check_doi_order(self, x: torch.Tensor) -> None:
+    def _check_doi_order(self, x: Any) -> None:
         """A method with a distribution of interest (``doi``) placed at a layer (``at``) must
         explain that layer or one after it (one forward of one input finds the order)."""
         from whynet.core.doi import DoI, check_upstream
@@ -231,10 +275,10 @@ class Explainer:
         if isinstance(doi, DoI) and doi.at is not None:
             check_upstream(self.model, doi.at, self._explained_layer(), x)
 
-    def _n_outputs(self, x: torch.Tensor) -> int:
-        return int(predict_logits(self.model, x[:1]).shape[-1])
+    def _n_outputs(self, x: Any) -> int:
+        return int(predict_logits(self.model, take(x, slice(0, 1)), output=self.output).shape[-1])
 
-    def _explain_batch(self, x: torch.Tensor, target: Target) -> dict[str, torch.Tensor | None]:
+    def _explain_batch(self, x: Any, target: Target) -> dict[str, torch.Tensor | None]:
         """The method's computation for one chunk of inputs, under ``frozen_eval``.
 
         Returns ``values`` (first dimension = inputs), optionally ``target`` (the class

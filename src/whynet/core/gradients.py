@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from whynet.core.hooks import Registration, hooked, primary, ran_twice, replace_hook
+from whynet.core.inputs import ModelInputs, forward, main_tensor, with_main
 from whynet.core.layers import resolve_layer
-from whynet.core.model import as_logits
+from whynet.core.model import OutputSpec, select_output
 from whynet.core.qoi import QoI
 
 
@@ -31,8 +32,9 @@ class Gradients:
     grads: torch.Tensor
     #: qoi value per row
     qoi: torch.Tensor
-    #: the model's prediction tensor
-    output: torch.Tensor
+    #: the model's prediction tensor (None only for a raw-output QoI on a model whose output
+    #: has no prediction tensor without ``output=``)
+    output: torch.Tensor | None
 
 
 def _leaf_hook(layer: str, slot: list[torch.Tensor], replacement: torch.Tensor | None) -> Any:
@@ -64,7 +66,7 @@ def _qoi_hook(store: list[torch.Tensor]) -> Any:
 
 def qoi_gradients(
     model: nn.Module,
-    inputs: torch.Tensor,
+    inputs: ModelInputs,
     qoi: QoI,
     *,
     layer: str | None = None,
@@ -72,6 +74,7 @@ def qoi_gradients(
     points_at: str | None = None,
     rows: torch.Tensor | None = None,
     forward_kwargs: dict[str, Any] | None = None,
+    output: OutputSpec = None,
 ) -> Gradients:
     """Gradient of ``qoi`` w.r.t. the inputs or the activation of ``layer``.
 
@@ -80,9 +83,11 @@ def qoi_gradients(
     model : nn.Module
         Should be in eval mode with frozen parameters (see ``frozen_eval``): the QoI is summed
         over the batch before backward, which is per-sample only without batch coupling.
-    inputs : torch.Tensor
+    inputs : torch.Tensor or mapping of tensors
         Model inputs (one row per point; ignored values when ``points`` replace an earlier layer
-        only matter for layers below it).
+        only matter for layers below it). A mapping is passed as ``model(**inputs)``; without
+        a ``layer`` the gradient is taken w.r.t. its main tensor
+        (:func:`~whynet.core.inputs.main_key`).
     qoi : QoI
         A bound QoI; ``rows`` maps each row to its original input for per-input targets.
     layer : str, optional
@@ -110,14 +115,16 @@ def qoi_gradients(
 
     x = inputs
     if layer is None:
-        if not inputs.is_floating_point():
+        main = main_tensor(inputs)
+        if not main.is_floating_point():
             raise TypeError(
                 "gradients w.r.t. integer inputs (token ids) are undefined; "
                 "explain an embedding layer instead"
             )
-        x = inputs.detach().requires_grad_(True)
+        x = with_main(inputs, main.detach().requires_grad_(True))
     with torch.enable_grad(), hooked(regs):
-        out = as_logits(model(x, **kwargs))
+        raw = forward(model, x, **kwargs)
+    out = _prediction(raw, output, qoi)
     if layer is not None and not leaf:
         raise ValueError(f"layer {layer!r} did not run in the forward pass")
     activation = None
@@ -129,11 +136,27 @@ def qoi_gradients(
         if len(qoi_acts) > 1:
             ran_twice(qoi.layer)
         activation = qoi_acts[0]
-    q = qoi(out, rows=rows, activation=activation)
-    at = x if layer is None else leaf[0]
+    q = qoi(out, rows=rows, activation=activation, raw=raw)
+    at = main_tensor(x) if layer is None else leaf[0]
     if q.requires_grad:
         (g,) = torch.autograd.grad(q.sum(), at, allow_unused=True)
     else:
         g = None
     grads = torch.zeros_like(at) if g is None else g  # the QoI does not depend on `at`
-    return Gradients(at=at.detach(), grads=grads.detach(), qoi=q.detach(), output=out.detach())
+    return Gradients(
+        at=at.detach(),
+        grads=grads.detach(),
+        qoi=q.detach(),
+        output=None if out is None else out.detach(),
+    )
+
+
+def _prediction(raw: Any, output: OutputSpec, qoi: QoI) -> torch.Tensor | None:
+    """The prediction tensor; a raw-output QoI (a user callable choosing from a tuple) needs
+    none, so there an output without one is not an error."""
+    try:
+        return select_output(raw, output)
+    except TypeError:
+        if qoi.raw and output is None:
+            return None
+        raise

@@ -16,6 +16,7 @@ Reused modules: a module called more than once per forward produces one entry pe
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -51,16 +52,34 @@ def hooked(registrations: Sequence[Registration]) -> Iterator[list[RemovableHand
             h.remove()
 
 
+def _first_tensor_key(output: Mapping[str, Any]) -> str | None:
+    for key, value in output.items():
+        if isinstance(value, torch.Tensor):
+            return str(key)
+    return None
+
+
 def primary(output: Any) -> tuple[torch.Tensor, Callable[[torch.Tensor], Any]]:
     """Split a module output into its main tensor and a function that rebuilds the output.
 
-    Recurrent layers return ``(output, hidden)``; we explain ``output`` and pass the rest on.
+    Recurrent layers return ``(output, hidden)`` and HF blocks a tuple or a ``ModelOutput``
+    (``last_hidden_state`` first); we explain the first tensor and pass the rest on.
     """
     if isinstance(output, torch.Tensor):
         return output, lambda t: t
     if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
         rest = output[1:]
         return output[0], lambda t: (t, *rest)
+    if isinstance(output, Mapping):
+        key = _first_tensor_key(output)
+        if key is not None:
+
+            def rebuild(t: torch.Tensor) -> Any:
+                new = copy.copy(output)  # a ModelOutput keeps its type and other fields
+                new[key] = t  # type: ignore[index]
+                return new
+
+            return output[key], rebuild
     raise TypeError(f"layer output of type {type(output).__name__} has no tensor to explain")
 
 
@@ -68,8 +87,9 @@ def unpack(output: Any, layer: str = "layer") -> tuple[torch.Tensor, torch.Tenso
     """The one output unpacker: ``(tensor, lengths)`` of a module's output or input.
 
     A tensor is itself; a tuple/list is its first element (recurrent layers return
-    ``(output, hidden)``); a ``PackedSequence`` is padded batch-first and its ``lengths`` come
-    back so that callers can exclude the padding. Lengths are None otherwise.
+    ``(output, hidden)``); a mapping / HF ``ModelOutput`` is its first tensor entry
+    (``last_hidden_state``); a ``PackedSequence`` is padded batch-first and its ``lengths``
+    come back so that callers can exclude the padding. Lengths are None otherwise.
     """
     if isinstance(output, PackedSequence):
         padded, lengths = pad_packed_sequence(output, batch_first=True)
@@ -78,9 +98,13 @@ def unpack(output: Any, layer: str = "layer") -> tuple[torch.Tensor, torch.Tenso
         return output, None
     if isinstance(output, (tuple, list)) and output:
         return unpack(output[0], layer)
+    if isinstance(output, Mapping):
+        key = _first_tensor_key(output)
+        if key is not None:
+            return output[key], None
     raise TypeError(
         f"layer {layer!r} returned {type(output).__name__}; expected a tensor, "
-        "a tuple starting with one, or a PackedSequence"
+        "a tuple or mapping (ModelOutput) holding one, or a PackedSequence"
     )
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -71,19 +72,78 @@ def model_dtype(model: nn.Module) -> torch.dtype:
     return torch.float32
 
 
-def as_logits(output: object) -> torch.Tensor:
-    """The prediction tensor of a model output: a tensor, ``output["logits"]`` or ``output[0]``.
+#: how an explainer picks the prediction tensor from a model's raw output (see select_output)
+OutputSpec = int | str | Callable[[Any], torch.Tensor] | None
 
-    HuggingFace-style models return dicts or tuples; we take their logits.
+
+def _describe(raw: Any) -> str:
+    """The choices in a raw output, for error messages: ``0: (8, 4), 1: (8, 10), ...``."""
+
+    def shape(v: Any) -> str:
+        return str(tuple(v.shape)) if isinstance(v, torch.Tensor) else type(v).__name__
+
+    if isinstance(raw, Mapping):
+        return ", ".join(f"{k!r}: {shape(v)}" for k, v in raw.items())
+    if isinstance(raw, (tuple, list)):
+        return ", ".join(f"{i}: {shape(v)}" for i, v in enumerate(raw))
+    return type(raw).__name__
+
+
+def select_output(raw: Any, output: OutputSpec = None) -> torch.Tensor:
+    """The prediction tensor of a model's raw output, chosen by ``output``.
+
+    ``output=None``: a tensor is itself; a mapping or an object with ``logits`` (HF
+    ``ModelOutput``s) gives its logits. Anything else — a tuple of several outputs, such as
+    ``(bbox, landmarks, prob)`` — is refused with the choices named, never ``output[0]``
+    silently. ``output`` may be an int index, a key / attribute name, or a callable of the raw
+    output returning a tensor.
     """
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, dict):
-        if "logits" in output:
-            return as_logits(output["logits"])
-        raise TypeError(f"model returned a dict without 'logits' (keys: {sorted(output)})")
-    if hasattr(output, "logits"):
-        return as_logits(output.logits)
-    if isinstance(output, (tuple, list)) and output:
-        return as_logits(output[0])
-    raise TypeError(f"model output of type {type(output).__name__} is not a tensor")
+    if output is None:
+        if isinstance(raw, torch.Tensor):
+            return raw
+        logits = raw.get("logits") if isinstance(raw, Mapping) else getattr(raw, "logits", None)
+        if isinstance(logits, torch.Tensor):
+            return logits
+        if isinstance(raw, (tuple, list)) and len(raw) == 1 and isinstance(raw[0], torch.Tensor):
+            return raw[0]  # a 1-tuple (HF return_dict=False classifiers) has no ambiguity
+        raise TypeError(
+            f"the model returned {type(raw).__name__} ({_describe(raw)}), not one prediction "
+            "tensor; pass output= an index, a key/attribute name, or a callable of the raw "
+            "output that returns the tensor to explain"
+        )
+    if callable(output):
+        picked = output(raw)
+        what = f"output={getattr(output, '__name__', 'callable')}"
+    elif isinstance(output, bool) or not isinstance(output, (int, str)):
+        raise TypeError(
+            f"output must be None, an int index, a key/attribute name or a callable, got {output!r}"
+        )
+    elif isinstance(output, int):
+        seq = raw.to_tuple() if hasattr(raw, "to_tuple") else raw
+        if not isinstance(seq, (tuple, list)):
+            raise TypeError(
+                f"output={output} indexes a tuple, but the model returned {type(raw).__name__}"
+            )
+        if not -len(seq) <= output < len(seq):
+            raise IndexError(
+                f"output={output} is out of range: the model returned {len(seq)} outputs "
+                f"({_describe(raw)})"
+            )
+        picked, what = seq[output], f"output={output}"
+    else:
+        if isinstance(raw, Mapping) and output in raw:
+            picked = raw[output]
+        elif not isinstance(raw, (Mapping, torch.Tensor)) and hasattr(raw, output):
+            picked = getattr(raw, output)
+        else:
+            raise KeyError(f"output={output!r} is not in the model's output ({_describe(raw)})")
+        what = f"output={output!r}"
+    if not isinstance(picked, torch.Tensor):
+        raise TypeError(f"{what} selects a {type(picked).__name__}, not a tensor")
+    return picked
+
+
+def as_logits(output: object) -> torch.Tensor:
+    """The prediction tensor of a model output with no ``output=`` choice (see
+    :func:`select_output`): a tensor, or an HF output's ``logits``."""
+    return select_output(output, None)

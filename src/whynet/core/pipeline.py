@@ -18,7 +18,8 @@ from torch import nn
 
 from whynet.core.data import DataLike, data_length, iter_batches
 from whynet.core.hooks import capture, intervene
-from whynet.core.model import as_logits, frozen_eval, model_device
+from whynet.core.inputs import ModelInputs, batch_len, forward
+from whynet.core.model import OutputSpec, frozen_eval, model_device, select_output
 from whynet.core.progress import progress as progress_bar
 from whynet.core.validation import check_batch_size
 
@@ -31,9 +32,10 @@ class Batch:
 
     #: index of the batch's first example in the data order
     start: int
-    inputs: torch.Tensor
+    #: the batch as given to the model (a tensor or a mapping of tensors)
+    inputs: ModelInputs
     labels: torch.Tensor | None
-    #: the model's prediction tensor (see :func:`~whynet.core.model.as_logits`)
+    #: the model's prediction tensor (see :func:`~whynet.core.model.select_output`)
     output: torch.Tensor
     #: captured layer outputs by name (unpacked: a ``PackedSequence`` comes back padded)
     acts: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -43,7 +45,7 @@ class Batch:
     layer_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return int(self.inputs.shape[0])
+        return batch_len(self.inputs)
 
 
 def run_model(
@@ -60,6 +62,7 @@ def run_model(
     progress: bool | None = False,
     desc: str = "forward",
     forward_kwargs: Mapping[str, Any] | None = None,
+    output: OutputSpec = None,
 ) -> Iterator[Batch]:
     """Yield a :class:`Batch` per batch of ``data``, in data order.
 
@@ -81,6 +84,9 @@ def run_model(
         Where batches go; default the model's device.
     progress : bool or None
         Progress bar (None: on a terminal; default off, as most callers are inner loops).
+    output : int, str or callable, optional
+        Which part of the model's raw output is the prediction
+        (:func:`~whynet.core.model.select_output`).
     """
     check_batch_size(batch_size)
     device = model_device(model) if device is None else device
@@ -97,7 +103,7 @@ def run_model(
                 capture(model, list(layers), inputs=list(inputs)) as cap,
                 intervene(model, dict(replace or {})),
             ):
-                out = as_logits(model(x, **kwargs))
+                out = select_output(forward(model, x, **kwargs), output)
             cap.check_once()
             yield Batch(
                 start=start,
@@ -108,7 +114,7 @@ def run_model(
                 lengths={name: cap.length(name) for name in cap.calls},
                 layer_inputs={name: cap.input(name) for name in cap.input_calls},
             )
-            start += len(x)
+            start += batch_len(x)
 
 
 def predict_logits(
@@ -119,9 +125,11 @@ def predict_logits(
     replace: Mapping[str, Replacement] | None = None,
     progress: bool | None = False,
     desc: str = "predict",
+    output: OutputSpec = None,
     **forward_kwargs: Any,
 ) -> torch.Tensor:
-    """The model's prediction tensor over all of ``data`` (eval mode, no gradients, chunked)."""
+    """The model's prediction tensor over all of ``data`` (eval mode, no gradients, chunked);
+    ``output`` picks it from the raw output (:func:`~whynet.core.model.select_output`)."""
     acc = Accumulator()
     for b in run_model(
         model,
@@ -131,6 +139,7 @@ def predict_logits(
         progress=progress,
         desc=desc,
         forward_kwargs=forward_kwargs,
+        output=output,
     ):
         acc.update(output=b.output)
     if acc.n == 0:

@@ -24,6 +24,9 @@ class QoI:
 
     #: internal layer whose activation this QoI reads (None: it reads the model output)
     layer: str | None = None
+    #: whether it reads the model's *raw* output (a user callable: a tuple, a ModelOutput...)
+    #: rather than the prediction tensor chosen by ``output=``
+    raw: bool = False
 
     def bind(self, output: torch.Tensor) -> QoI:
         """Fix anything that depends on the unperturbed inputs' output (default: nothing)."""
@@ -43,12 +46,19 @@ class QoI:
 
     def __call__(
         self,
-        output: torch.Tensor,
+        output: torch.Tensor | None,
         rows: torch.Tensor | None = None,
         activation: torch.Tensor | None = None,
+        *,
+        raw: object = None,
     ) -> torch.Tensor:
-        q = self.value(output, rows, activation)
-        n = output.shape[0] if activation is None else activation.shape[0]
+        """The QoI per row. ``output`` is the prediction tensor (``output=``'s choice), ``raw``
+        what the model returned; a :attr:`raw` QoI reads ``raw`` when it is given."""
+        seen = raw if (self.raw and raw is not None) else output
+        if seen is None:
+            raise TypeError(f"{self!r} needs the model's prediction tensor; pass output=")
+        q = self.value(seen, rows, activation)  # type: ignore[arg-type]
+        n = _rows(seen) if activation is None else activation.shape[0]
         if not isinstance(q, torch.Tensor) or q.shape != (n,):
             shape = tuple(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__
             raise ValueError(f"{self!r} must return one value per input, shape ({n},); got {shape}")
@@ -68,6 +78,19 @@ class QoI:
 
     def __neg__(self) -> QoI:
         return Linear([(-1.0, self)])
+
+
+def _rows(output: object) -> int:
+    """Batch size of a (raw) model output: the first dimension of its first tensor."""
+    if isinstance(output, torch.Tensor):
+        return int(output.shape[0])
+    values = output.values() if isinstance(output, dict) else output
+    if hasattr(output, "to_tuple"):
+        values = output.to_tuple()  # type: ignore[attr-defined]
+    for v in values if isinstance(values, (tuple, list)) else list(values):  # type: ignore[call-overload]
+        if isinstance(v, torch.Tensor) and v.dim() > 0:
+            return int(v.shape[0])
+    raise TypeError(f"model output of type {type(output).__name__} holds no tensor")
 
 
 def _class_tensor(spec: ClassSpec) -> torch.Tensor:
@@ -180,7 +203,10 @@ class Channel(QoI):
 
 
 class Function(QoI):
-    """Any callable ``output -> (B,)``."""
+    """Any callable ``raw model output -> (B,)``: it receives what the model returned (a
+    tensor, a tuple, an HF ``ModelOutput``), so it can read any of several outputs."""
+
+    raw = True
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
         self.fn = fn
@@ -206,6 +232,21 @@ class Linear(QoI):
     def validate(self, output: torch.Tensor) -> None:
         for _, q in self.terms:
             q.validate(output)
+
+    @property
+    def raw(self) -> bool:  # type: ignore[override]
+        return any(q.raw for _, q in self.terms)
+
+    def __call__(  # type: ignore[override]
+        self,
+        output: torch.Tensor | None,
+        rows: torch.Tensor | None = None,
+        activation: torch.Tensor | None = None,
+        *,
+        raw: object = None,
+    ) -> torch.Tensor:
+        # each term sees what it reads: the prediction tensor, or the raw output for callables
+        return sum(w * q(output, rows, raw=raw) for w, q in self.terms)  # type: ignore[return-value]
 
     def value(self, output, rows=None, activation=None):  # type: ignore[no-untyped-def]
         return sum(w * q(output, rows) for w, q in self.terms)  # type: ignore[return-value]

@@ -69,7 +69,9 @@ def data_fingerprint(data: DataLike, labels: torch.Tensor | None, batch_size: in
     """
     h = hashlib.sha256(str(data_length(data)).encode())
     for x, y in iter_batches(data, labels, batch_size=batch_size):
-        h.update(x.detach().cpu().contiguous().numpy().tobytes())
+        for key, t in [("", x)] if isinstance(x, torch.Tensor) else sorted(x.items()):
+            h.update(key.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
         if y is not None:
             h.update(y.detach().cpu().contiguous().numpy().tobytes())
         break

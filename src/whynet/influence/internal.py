@@ -48,19 +48,25 @@ from whynet.core import (
     LinearPath,
     MaxClass,
     Mixture,
+    ModelInputs,
+    OutputSpec,
     Point,
     QoI,
     Target,
     as_qoi,
+    batch_len,
     constraint,
     data_length,
     expand,
+    main_tensor,
     model_device,
     parse_target,
     progress,
     qoi_gradients,
     resolve_layer,
     run_model,
+    take,
+    with_main,
 )
 from whynet.influence.ranking import REDUCE, top_neurons
 
@@ -117,11 +123,20 @@ class _BoundOnForward(QoI):
     def __init__(self, qoi: QoI) -> None:
         self.qoi = qoi
         self.layer = qoi.layer
+        self.raw = qoi.raw
         self.bound: QoI | None = None
 
-    def value(self, output, rows=None, activation=None):  # type: ignore[no-untyped-def]
-        self.bound = self.qoi.bind(output.detach())
-        return self.bound(output, rows=rows, activation=activation)
+    def __call__(  # type: ignore[override]
+        self,
+        output: torch.Tensor | None,
+        rows: torch.Tensor | None = None,
+        activation: torch.Tensor | None = None,
+        *,
+        raw: object = None,
+    ) -> torch.Tensor:
+        # a raw-output QoI (a user callable) has nothing to bind and may have no prediction
+        self.bound = self.qoi if output is None else self.qoi.bind(output.detach())
+        return self.bound(output, rows=rows, activation=activation, raw=raw)
 
 
 class InternalInfluence(Explainer):
@@ -149,6 +164,10 @@ class InternalInfluence(Explainer):
         Rows per forward/backward (inputs x DoI samples); peak memory is bounded by it.
     progress : bool, optional
         Progress bar (default: only on a terminal).
+    output : int, str or callable, optional
+        Which part of the model's raw output the QoI reads (:func:`whynet.core.select_output`):
+        needed for multi-output models; HF outputs with ``logits`` need nothing. A callable
+        QoI receives the raw output itself.
     """
 
     method = "influence"
@@ -172,8 +191,9 @@ class InternalInfluence(Explainer):
         reduce: str | None = "sum",
         batch_size: int = 64,
         progress: bool | None = None,
+        output: OutputSpec = None,
     ) -> None:
-        super().__init__(model, batch_size=batch_size, progress=progress)
+        super().__init__(model, batch_size=batch_size, progress=progress, output=output)
         self.layer = layer
         self.qoi = qoi
         self.doi = doi
@@ -286,16 +306,21 @@ class InternalInfluence(Explainer):
         p["qoi"], p["doi"] = repr(self._qoi), repr(self._doi)
         return p
 
-    def _check_inputs(self, inputs: Any) -> torch.Tensor:
+    def _check_inputs(self, inputs: Any) -> Any:
         x = super()._check_inputs(inputs)
-        if not x.is_floating_point() and self._doi.at is None and not isinstance(self._doi, Point):
+        main = main_tensor(x)
+        if (
+            not main.is_floating_point()
+            and self._doi.at is None
+            and not isinstance(self._doi, Point)
+        ):
             raise TypeError(
                 f"{self._doi!r} interpolates integer inputs (token ids), which is "
                 "undefined; put the DoI in an embedding's space with at='<layer>'"
             )
         return x
 
-    def _explain_batch(self, x: torch.Tensor, target: Target) -> dict[str, Any]:
+    def _explain_batch(self, x: ModelInputs, target: Target) -> dict[str, Any]:
         n, rows = target.n, target.rows  # per-input QoIs and baselines are sliced with the chunk
         if target.kind == "predicted":
             qoi: QoI = MaxClass()
@@ -307,11 +332,12 @@ class InternalInfluence(Explainer):
         return {"values": b.values.to(self._dtype(x)), "target": b.target, "qoi": b.qoi}
 
     # ------------------------------------------------------------------ internals
-    def _dtype(self, x: torch.Tensor) -> torch.dtype:
+    def _dtype(self, x: ModelInputs) -> torch.dtype:
         for p in self.model.parameters():
             if p.is_floating_point():
                 return p.dtype
-        return x.dtype if x.is_floating_point() else torch.float32
+        main = main_tensor(x)
+        return main.dtype if main.is_floating_point() else torch.float32
 
     def _dataset_qoi(self, target: Any) -> QoI:
         """The QoI of a dataset-wide explanation: the explainer's, or one class for all."""
@@ -323,71 +349,93 @@ class InternalInfluence(Explainer):
         return Class(int(t.classes[0]))
 
     def _forward(
-        self, x: torch.Tensor, layers: list[str], replace: tuple[str, torch.Tensor] | None = None
+        self,
+        x: ModelInputs,
+        layers: list[str],
+        replace: tuple[str, torch.Tensor] | None = None,
+        qoi: QoI | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Output and activations at ``layers`` through the model pipeline (no gradients,
-        chunked by ``batch_size``); ``replace = (layer, values)`` replaces a layer's output."""
+        chunked by ``batch_size``); ``replace = (layer, values)`` replaces a layer's output.
+        For a raw-output ``qoi`` (a user callable) on a model without ``output=``, the
+        "output" is the QoI's value itself, as a ``(B, 1)`` column."""
         names = list(dict.fromkeys(layers))
         rep: dict[str, Any] = {}
         if replace is not None:
             # the pipeline walks ``x`` in order, one forward per chunk: hand each its rows
             chunks: Iterator[torch.Tensor] = iter(replace[1].split(self.batch_size))
             rep = {replace[0]: lambda out: next(chunks)}
+        output: OutputSpec = self.output
+        if qoi is not None and qoi.raw and output is None:
+            q = qoi
+            output = lambda raw: q(None, raw=raw).unsqueeze(1)  # noqa: E731
         acc = Accumulator()
-        for b in run_model(self.model, x, layers=names, replace=rep, batch_size=self.batch_size):
+        for b in run_model(
+            self.model, x, layers=names, replace=rep, batch_size=self.batch_size, output=output
+        ):
             acc.update(output=b.output, **{f"act:{name}": b.acts[name] for name in names})
         got = acc.compute()
         return got["output"], {name: got[f"act:{name}"] for name in names}
 
-    def _influence(
-        self, x: torch.Tensor, qoi: QoI, rows: slice | None = None, n: int = 0
-    ) -> _Block:
+    def _influence(self, x: ModelInputs, qoi: QoI, rows: slice | None = None, n: int = 0) -> _Block:
         """Explain one block of inputs: the DoI expands all of ``x``, walked in chunks of
         ``batch_size`` rows. An input's sampled points depend only on the input (a DoI draws
         per sample index, not per batch), so the result does not depend on ``batch_size``.
         ``rows`` / ``n``: where the block lies in an ``n``-input call (batch baselines)."""
         layer, at = self.layer, self._doi.at
-        point = isinstance(self._doi, Point) and at is None and len(x) <= self.batch_size
+        point = isinstance(self._doi, Point) and at is None and batch_len(x) <= self.batch_size
         if point and self._point_fast:
             return self._point(x, qoi)
         need = [name for name in (layer, at, qoi.layer) if name is not None]
-        out, acts = self._forward(x, need)
-        bound = qoi.bind(out)
-        q0 = bound(out, activation=acts[qoi.layer] if qoi.layer else None).detach()
-        space = x if at is None else acts[at]  # where the DoI's points live
+        out, acts = self._forward(x, need, qoi=qoi)
+        if qoi.raw and self.output is None:  # the forward's "output" was the QoI itself
+            bound, q0 = qoi, out[:, 0].detach()
+        else:
+            bound = qoi.bind(out)
+            q0 = bound(out, activation=acts[qoi.layer] if qoi.layer else None).detach()
+        space = main_tensor(x) if at is None else acts[at]  # where the DoI's points live
         doi = self._doi if rows is None else _take_doi(self._doi, rows, n, space)
-        z = x if layer is None else acts[layer]
+        z = main_tensor(x) if layer is None else acts[layer]
         total = torch.zeros(z.shape, dtype=torch.float64, device=z.device)
         for chunk in expand(doi, space, self.batch_size):
             crow = chunk.rows.to(z.device)
             if at is None:
-                g = qoi_gradients(self.model, chunk.points, bound, layer=layer, rows=crow)
+                g = qoi_gradients(
+                    self.model,
+                    with_main(take(x, crow), chunk.points),
+                    bound,
+                    layer=layer,
+                    rows=crow,
+                    output=self.output,
+                )
             else:
                 g = qoi_gradients(
                     self.model,
-                    x[crow],
+                    take(x, crow),
                     bound,
                     layer=layer,
                     points=chunk.points,
                     points_at=at,
                     rows=crow,
+                    output=self.output,
                 )
             w = chunk.weights.to(z.device).reshape(-1, *([1] * (z.dim() - 1)))
             total.index_add_(0, crow, g.grads.to(torch.float64) * w)
         if self.multiply_activation:
             total = total * (z.to(torch.float64) - self._layer_baseline(doi, x, space, z))
-        return _Block(values=total, qoi=q0, target=self._target_of(bound, len(x), z.device))
+        return _Block(values=total, qoi=q0, target=self._target_of(bound, batch_len(x), z.device))
 
-    def _point(self, x: torch.Tensor, qoi: QoI) -> _Block:
+    def _point(self, x: ModelInputs, qoi: QoI) -> _Block:
         """A :class:`Point` DoI: one forward + one partial backward, the QoI bound inside it;
         the same numbers as the general path (the points are the inputs, weight 1)."""
         lazy = _BoundOnForward(qoi)
-        g = qoi_gradients(self.model, x, lazy, layer=self.layer)
+        g = qoi_gradients(self.model, x, lazy, layer=self.layer, output=self.output)
         assert lazy.bound is not None
         total = g.grads.to(torch.float64)
         if self.multiply_activation:  # a Point has no baseline: gradient x activation
             total = total * g.at.to(torch.float64)
-        return _Block(values=total, qoi=g.qoi, target=self._target_of(lazy.bound, len(x), x.device))
+        n = batch_len(x)
+        return _Block(values=total, qoi=g.qoi, target=self._target_of(lazy.bound, n, g.at.device))
 
     @staticmethod
     def _target_of(bound: QoI, n: int, device: torch.device) -> torch.Tensor | None:
@@ -400,7 +448,7 @@ class InternalInfluence(Explainer):
         return tgt
 
     def _layer_baseline(
-        self, doi: DoI, x: torch.Tensor, space: torch.Tensor, z: torch.Tensor
+        self, doi: DoI, x: ModelInputs, space: torch.Tensor, z: torch.Tensor
     ) -> torch.Tensor:
         """``z_baseline`` at the explained layer (float64).
 
@@ -417,15 +465,15 @@ class InternalInfluence(Explainer):
         if at is None:
             if layer is None:
                 return base.to(torch.float64)
-            _, acts = self._forward(base, [layer])
+            _, acts = self._forward(with_main(x, base), [layer])
         else:
             assert layer is not None
             _, acts = self._forward(x, [layer], replace=(at, base))
         return acts[layer].to(torch.float64)
 
 
-def check_channel(model: nn.Module, layer: str, channel: int, x: torch.Tensor) -> int:
+def check_channel(model: nn.Module, layer: str, channel: int, x: ModelInputs) -> int:
     """Raise a clear error if ``channel`` is not a channel of ``layer`` (one forward pass)."""
-    acts = [b.acts[layer] for b in run_model(model, x[:1], layers=[layer])]
+    acts = [b.acts[layer] for b in run_model(model, take(x, slice(0, 1)), layers=[layer])]
     Channel(layer, channel).check_channel(acts[0])
     return channel
