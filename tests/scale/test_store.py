@@ -230,6 +230,9 @@ def test_explain_per_shard_equals_one_call(cnn, tmp_path):
     assert st.n_shards == 2
     assert torch.equal(st.gather("values"), whole.values)
     assert torch.equal(st.gather("target"), whole.target)
+    one = scale.explain_all(infl, x, 2, store=tmp_path / "e2", shard_rows=32)
+    assert torch.equal(one.values, whole.values) and one.params == whole.params
+    assert (one.method, one.layer) == (whole.method, whole.layer)
 
 
 def test_ray_engine_without_ray_says_how_to_install(monkeypatch):

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from whynet.scale.engine import INSTALL, Engine, as_engine, require_ray
-from whynet.scale.extract import explain, extract
+from whynet.scale.extract import explain, explanation_from, extract
 from whynet.scale.fit import (
     KMeansResult,
     fit_kmeans,
@@ -42,6 +42,8 @@ __all__ = [
     "as_engine",
     "assign_points",
     "explain",
+    "explain_all",
+    "explanation_from",
     "extract",
     "fit",
     "fit_kmeans",
@@ -60,26 +62,32 @@ def fit(
     data: Any,
     labels: torch.Tensor | None = None,
     *,
-    store: str | os.PathLike[str],
+    store: str | os.PathLike[str] | None = None,
     engine: str | Engine = "local",
     address: str | None = None,
     workers: int | None = None,
     shard_rows: int | None = None,
 ) -> Any:
-    """Fit a RepresenterPoints ``explainer`` on ``data`` through a sharded store.
+    """The one switch for fitting: ``explainer.fit(data, labels)`` locally or through a store.
 
-    The head inputs are extracted shard by shard into ``store`` (resumed if it exists, refused
-    if it belongs to another model or head) on ``engine``, then solved by the explainer's own
-    solver: the fitted state equals ``explainer.fit(data, labels)`` bitwise.
-    ``shard_rows`` defaults to 256 batches.
+    ``engine="local"`` without ``store``: the explainer's own ``fit``. Otherwise (a
+    RepresenterPoints) the head inputs are extracted shard by shard into ``store`` (resumed if
+    it exists, refused if it belongs to another model or head) on ``engine``, then solved by
+    the explainer's own solver: the fitted state equals ``explainer.fit(data, labels)``
+    bitwise. ``shard_rows`` defaults to 256 batches.
     """
     from whynet.representer import RepresenterPoints
 
+    if store is None and engine == "local":
+        return explainer.fit(data, labels)
     if not isinstance(explainer, RepresenterPoints):
         raise TypeError(
-            f"whynet.scale.fit fits RepresenterPoints; got {type(explainer).__name__} (use "
-            "extract + fit_kmeans for clusters, influence_dataset for influence)"
+            f"a sharded fit (store= or engine='ray') fits RepresenterPoints; got "
+            f"{type(explainer).__name__} (use extract + fit_kmeans for clusters, "
+            "influence_dataset for class-wide influence)"
         )
+    if store is None:
+        raise ValueError("engine='ray' needs store= (a folder every worker can reach)")
     eng = as_engine(engine, address, workers, explainer.progress)
     st = extract(
         explainer.model,
@@ -92,3 +100,31 @@ def fit(
         engine=eng,
     )
     return fit_representer(explainer, st)
+
+
+def explain_all(
+    explainer: Any,
+    inputs: torch.Tensor,
+    target: Any = None,
+    *,
+    store: str | os.PathLike[str] | None = None,
+    engine: str | Engine = "local",
+    address: str | None = None,
+    workers: int | None = None,
+    shard_rows: int | None = None,
+) -> Any:
+    """The one switch for explaining: ``explainer.explain(inputs, target)`` locally, or per
+    shard through ``store`` on ``engine`` and gathered into one Explanation (same values)."""
+    if store is None and engine == "local":
+        return explainer.explain(inputs, target=target)
+    if store is None:
+        raise ValueError("engine='ray' needs store= (a folder every worker can reach)")
+    st = explain(
+        explainer,
+        inputs,
+        target,
+        store=store,
+        shard_rows=shard_rows or 16 * int(getattr(explainer, "batch_size", 256)),
+        engine=as_engine(engine, address, workers),
+    )
+    return explanation_from(st)

@@ -21,11 +21,11 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from whynet.clusters._acts import reduce_activation
-from whynet.core import data_fingerprint, model_fingerprint, parse_target, run_model
+from whynet.core import Explanation, data_fingerprint, model_fingerprint, parse_target, run_model
 from whynet.core.data import data_length
 from whynet.representer import _features as feat
 from whynet.scale.engine import Engine, as_engine
-from whynet.scale.store import ShardedStore, shard_range, write_shard
+from whynet.scale.store import ShardedStore, StoreError, shard_range, write_shard
 
 
 def take_rows(data: Any, labels: torch.Tensor | None, a: int, b: int) -> tuple[Any, Any]:
@@ -196,7 +196,10 @@ class ExplainWorker:
         if e.target is not None:
             tensors["target"] = e.target
         tensors.update({f"extras.{k}": v for k, v in e.extras.items()})
-        return write_shard(self.folder, index, a, tensors)
+        record = write_shard(self.folder, index, a, tensors)
+        # what the Explanation says besides its tensors (the same for every shard)
+        record["explanation"] = {"method": e.method, "layer": e.layer, "params": e.params}
+        return record
 
 
 def explain(
@@ -248,3 +251,22 @@ def explain(
     eng.map_actors(ExplainWorker, kwargs, st.missing(), st.commit, desc="explain shards")
     st.check_complete()
     return st
+
+
+def explanation_from(store: ShardedStore) -> Explanation:
+    """The one :class:`~whynet.core.Explanation` of a store written by :func:`explain`
+    (gathered on this node: for results that fit in memory)."""
+    schema = store.schema or {}
+    if "values" not in schema:
+        raise StoreError(f"store {store.folder} holds no explanations")
+    head = store.manifest["shards"]["0"].get("explanation", {})
+    extras = [k for k in schema if k.startswith("extras.")]
+    return Explanation(
+        values=store.gather("values"),
+        target=store.gather("target") if "target" in schema else None,
+        method=str(head.get("method", "")),
+        layer=head.get("layer"),
+        params=dict(head.get("params", {})),
+        extras={k.removeprefix("extras."): store.gather(k) for k in extras},
+        meta={"shards": store.n_shards},
+    )

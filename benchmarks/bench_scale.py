@@ -1,0 +1,241 @@
+"""whynet.scale at size: a simulated training set generated shard by shard, on the local engine
+and on a local Ray cluster with 1 and 2 workers; optionally Fashion-MNIST through the sharded path.
+
+Simulated set: ``n`` points, D = 128 float32 features (a 10-class Gaussian mixture), float64
+model outputs ``F W + b`` and labels, written shard by shard into a :class:`ShardedStore`
+(never in memory at once). Measured per engine:
+
+- ``objective_step``: one map/reduce evaluation of ``J(W)`` and ``grad J(W)`` (Eq. 2) over all
+  shards -- the per-step cost of a sharded representer solve;
+- ``kmeans``: full-batch Lloyd steps (k = 16) over the shards, seconds per step;
+- ``nearest`` / ``representer_top``: 100 queries, top-10, shard by shard with a global merge;
+- peak RSS of the driver and of each Ray worker process (``ru_maxrss``; includes ~0.3-0.5 GB
+  of torch import per process).
+
+The representer fit itself gathers the features on the driver (see docs/scale.md): timed once,
+single process. Equality with the local engine is asserted for every Ray result.
+
+    python benchmarks/bench_scale.py --n 1000000 [--fashion] [--out benchmarks/results/scale.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from whynet import scale
+from whynet.representer import RepresenterPoints
+
+ROOT = Path(__file__).resolve().parents[1]
+D, C, K = 128, 10, 16
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _worker_rss(_shared: Any, _i: int) -> tuple[int, float]:
+    time.sleep(0.2)  # spread the probes over the worker processes
+    return os.getpid(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Head(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(D, C)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.head(f)
+
+
+def generate(folder: Path, n: int, shard_rows: int) -> tuple[scale.ShardedStore, Head, float]:
+    """The simulated store, shard by shard (shard ``s`` from seed ``s``)."""
+    torch.manual_seed(0)
+    model = Head().double().eval()
+    means = torch.randn(C, D, generator=torch.Generator().manual_seed(123)) * 0.5
+    if folder.exists():
+        shutil.rmtree(folder)
+    st = scale.ShardedStore.create(folder, fingerprint=f"sim-{n}", n_rows=n, shard_rows=shard_rows)
+    t = time.perf_counter()
+    for i in range(st.n_shards):
+        a, b = st.range(i)
+        g = torch.Generator().manual_seed(i)
+        y = torch.randint(0, C, (b - a,), generator=g)
+        f = means[y] + torch.randn(b - a, D, generator=g)
+        with torch.no_grad():
+            out = model(f.double())
+        st.put(i, {"features": f, "outputs": out, "labels": y})
+    return st, model, time.perf_counter() - t
+
+
+def timed(fn: Any, repeats: int = 3) -> tuple[float, Any]:
+    times, out = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def run_engine(
+    eng: scale.Engine, st: scale.ShardedStore, expl: RepresenterPoints, ref: dict[str, Any]
+) -> dict[str, Any]:
+    res: dict[str, Any] = {}
+    f0 = st.read_shard(0)["features"]
+    w = torch.randn(C, D + 1, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    res["objective_step_s"], (j, g) = timed(
+        lambda: scale.representer_objective(st, w, 0.003, engine=eng), 2
+    )
+    init = f0[:K].double()
+    steps = 5
+    t, km = timed(lambda: scale.fit_kmeans(st, "features", init, max_iter=steps, engine=eng), 1)
+    res["kmeans_step_s"] = t / max(km.n_iter, 1)
+    queries = f0[:100].double()
+    res["nearest_100_s"], (ni, nd) = timed(
+        lambda: scale.nearest_points(st, "features", queries, k=10, engine=eng), 1
+    )
+    res["representer_top_100_s"], top = timed(
+        lambda: scale.top_points(expl, queries, k=10, store=st, engine=eng), 1
+    )
+    if not ref:
+        ref.update(j=j, g=g, centres=km.centres, ni=ni, top=top)
+    else:  # the same answers as the local engine
+        res["objective_abs_diff"] = abs(j - ref["j"])
+        res["grad_max_diff"] = float((g - ref["g"]).abs().max())
+        res["kmeans_centres_equal"] = bool(torch.equal(km.centres, ref["centres"]))
+        res["nearest_equal"] = bool(torch.equal(ni, ref["ni"]))
+        res["top_equal"] = all(torch.equal(a, b) for a, b in zip(top, ref["top"], strict=True))
+    res["driver_peak_rss_mb"] = rss_mb()
+    if eng.name == "ray":
+        probes = eng.map_tasks(_worker_rss, None, range(8))
+        per = {pid: mb for pid, mb in probes}
+        res["worker_peak_rss_mb"] = sorted(per.values(), reverse=True)
+    return res
+
+
+def simulated(n: int, shard_rows: int, workers: list[int], folder: Path) -> dict[str, Any]:
+    import ray
+
+    log(f"generating {n} x {D} in shards of {shard_rows}")
+    st, model, gen_s = generate(folder / f"sim-{n}", n, shard_rows)
+    size = sum(p.stat().st_size for p in (folder / f"sim-{n}").glob("shard-*"))
+    out: dict[str, Any] = {
+        "n": n,
+        "d": D,
+        "classes": C,
+        "shard_rows": shard_rows,
+        "shards": st.n_shards,
+        "store_bytes": size,
+        "generate_s": gen_s,
+    }
+    log("representer fit (gathered, single process)")
+    expl = RepresenterPoints(model, "head", max_iter=300, progress=False)
+    t = time.perf_counter()
+    scale.fit_representer(expl, st)
+    out["representer_fit"] = {
+        "seconds": time.perf_counter() - t,
+        "n_iter": expl.n_iter_,
+        "converged": expl.converged_,
+        "driver_peak_rss_mb": rss_mb(),
+    }
+    ref: dict[str, Any] = {}
+    log("local engine")
+    out["local"] = run_engine(scale.Engine("local"), st, expl, ref)
+    for w in workers:
+        log(f"ray, {w} worker(s)")
+        ray.init(num_cpus=w, include_dashboard=False, log_to_driver=False)
+        try:
+            eng = scale.Engine("ray", workers=w)
+            # warm the worker processes (torch and whynet imports) with one pass
+            w0 = torch.zeros(C, D + 1, dtype=torch.float64)
+            scale.representer_objective(st, w0, 0.003, engine=eng)
+            out[f"ray_{w}"] = run_engine(eng, st, expl, ref)
+        finally:
+            ray.shutdown()
+    return out
+
+
+def fashion(workers: int, folder: Path) -> dict[str, Any]:
+    """Fashion-MNIST 60k through the sharded path vs one process (zoo fashion-cnn)."""
+    import numpy as np
+    import ray
+
+    from whynet.data import fashion_mnist
+    from whynet.zoo import load_model
+
+    model, _ = load_model("fashion-cnn")
+    model = model.eval()
+    ds = fashion_mnist("train")
+    x = torch.from_numpy(np.asarray(ds.images)).float().div(255.0).unsqueeze(1)
+    y = torch.as_tensor(np.asarray(ds.labels)).long()
+    out: dict[str, Any] = {"n": len(y)}
+    head = "head"
+    t = time.perf_counter()
+    local = RepresenterPoints(model, head, progress=False).fit(x, labels=y)
+    out["one_process_fit_s"] = time.perf_counter() - t
+    for name in ("local", "ray"):
+        store = folder / f"fashion-{name}"
+        shutil.rmtree(store, ignore_errors=True)
+        if name == "ray":
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        try:
+            eng = scale.Engine(name, workers=workers if name == "ray" else None)
+            t = time.perf_counter()
+            sh = scale.fit(
+                RepresenterPoints(model, head, progress=False), x, y, store=store, engine=eng
+            )
+            out[f"{name}_sharded_fit_s"] = time.perf_counter() - t
+            out[f"{name}_alpha_equal"] = bool(torch.equal(sh.alpha_, local.alpha_))
+            st = scale.ShardedStore.open(store)
+            t = time.perf_counter()
+            top = scale.top_points(sh, x[:100], k=10, store=st, engine=eng)
+            out[f"{name}_top_100_s"] = time.perf_counter() - t
+            ref = local.top(x[:100], k=10)
+            out[f"{name}_top_equal"] = bool(torch.equal(top.excitatory, ref.excitatory))
+        finally:
+            if name == "ray":
+                ray.shutdown()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--shard-rows", type=int, default=65536)
+    ap.add_argument("--workers", type=int, nargs="*", default=[1, 2])
+    ap.add_argument("--fashion", action="store_true")
+    ap.add_argument("--folder", default="/tmp/whynet-scale-bench")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(1)  # one core per worker; the driver likewise (a shared machine)
+    folder = Path(args.folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {
+        "command": " ".join(sys.argv),
+        "machine": f"{os.cpu_count()} cores, torch threads 1",
+    }
+    result["simulated"] = simulated(args.n, args.shard_rows, args.workers, folder)
+    if args.fashion:
+        log("fashion-mnist")
+        result["fashion"] = fashion(max(args.workers), folder)
+    Path(args.out).write_text(json.dumps(result, indent=1, default=float) + "\n")
+    print(json.dumps(result, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()
