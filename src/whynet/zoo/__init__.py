@@ -198,6 +198,12 @@ _NOTES = {
     "whynet.data.nci_molecules().atom_contribs",
 }
 
+# HF transformers, a ViT and a multi-output network (whynet.zoo.hf): each spec has its own "load"
+from whynet.zoo.hf import HF_NOTES, HF_SPECS  # noqa: E402 (after the specs it extends)
+
+_SPECS.update(HF_SPECS)
+_NOTES.update(HF_NOTES)
+
 
 def _class_names(kind: str | None) -> list[str] | None:
     if kind == "fashion":
@@ -262,7 +268,9 @@ def load_model(
     ----------
     name
         One of :func:`model_names`: ``fashion-cnn``, ``canvas-cnn``, ``efficientnet-lite0``,
-        ``sentiment-gru``, ``solubility-smiles``, ``tpsa-smiles``.
+        ``sentiment-gru``, ``solubility-smiles``, ``tpsa-smiles``, and (needing
+        ``transformers`` / the wheels of :mod:`whynet.zoo.hf`) ``minilm-sentiment``,
+        ``canvas-vit``, ``facenet-onet``.
     weights_dir
         Folder with ``NAME.safetensors`` + ``NAME.json`` (default: the bundled weights).
     device
@@ -274,7 +282,8 @@ def load_model(
         ``info`` has ``name``, ``task``, ``class_names`` (or None), ``input`` (shape, dtype,
         normalisation), ``layers`` (named layers of interest: ``head``, ``last_conv``, ...),
         ``metrics`` (measured), ``training_time_s``, ``params``, and where relevant ``vocab``
-        (a :class:`whynet.data.text.Vocab`) and ``preprocess`` (a callable).
+        (a :class:`whynet.data.text.Vocab`), ``tokenizer`` (HF models) and ``preprocess``
+        (a callable).
 
     Raises
     ------
@@ -299,7 +308,10 @@ def load_model(
         "notes": _NOTES.get(name, ""),
         "meta": meta,
     }
-    if name == "efficientnet-lite0":
+    if "load" in spec:  # whynet.zoo.hf: checks its own SHA-256s (wheel files and ours)
+        model, extra = spec["load"](meta, wdir)
+        info.update(extra)
+    elif name == "efficientnet-lite0":
         model = _load_efficientnet(meta)
         info["class_names"] = imagenet_classes()
         info["preprocess"] = imagenet_preprocess
