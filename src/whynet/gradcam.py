@@ -27,18 +27,23 @@ from torch import nn
 from whynet.core import (
     Class,
     Explainer,
-    Function,
+    OutputSpec,
+    QoI,
     Target,
     constraint,
+    main_tensor,
     qoi_gradients,
     resolve_layer,
 )
+from whynet.core.layout import tokens_to_grid
 
 
-def _predicted_logit(output: torch.Tensor) -> torch.Tensor:
+class _PredictedLogit(QoI):
     """``y^c`` for the predicted class of each row (the argmax is constant under the gradient,
     so this is ``Class(argmax)`` without a second forward pass)."""
-    return output.gather(1, output.argmax(1, keepdim=True)).squeeze(1)
+
+    def value(self, output, rows=None, activation=None):  # type: ignore[no-untyped-def]
+        return output.gather(1, output.argmax(1, keepdim=True)).squeeze(1)
 
 
 class GradCAM(Explainer):
@@ -50,7 +55,9 @@ class GradCAM(Explainer):
         An image classifier returning pre-softmax scores.
     layer : str
         Dotted path of a layer whose output is ``(B, K, h, w)`` feature maps (the paper: the
-        last convolutional layer, where the maps are most class-specific).
+        last convolutional layer, where the maps are most class-specific), or a vision
+        transformer's ``(B, 1 + h*w, K)`` patch tokens, laid out on their grid (CLS dropped;
+        pytorch-grad-cam's ``reshape_transform``).
     relu : bool
         Keep only positive evidence (Eq. 2). False returns the signed map
         ``sum_k alpha_k^c A^k`` (negative where the features speak against the class).
@@ -81,8 +88,9 @@ class GradCAM(Explainer):
         upsample: bool = True,
         batch_size: int = 64,
         progress: bool | None = None,
+        output: OutputSpec = None,
     ) -> None:
-        super().__init__(model, batch_size=batch_size, progress=progress)
+        super().__init__(model, batch_size=batch_size, progress=progress, output=output)
         self.layer = layer
         self.relu = relu
         self.upsample = upsample
@@ -92,20 +100,25 @@ class GradCAM(Explainer):
     def _explain_batch(self, x: torch.Tensor, target: Target) -> dict[str, Any]:
         """Maps for one chunk: ``values`` (B, H, W) (or (B, h, w) without ``upsample``),
         ``target`` the classes explained, ``cam`` the layer-resolution map (B, h, w)."""
-        qoi = Function(_predicted_logit) if target.classes is None else Class(target.classes)
-        g = qoi_gradients(self.model, x, qoi, layer=self.layer)  # d y^c / d A at the layer
-        if g.at.dim() != 4:
+        qoi = _PredictedLogit() if target.classes is None else Class(target.classes)
+        g = qoi_gradients(self.model, x, qoi, layer=self.layer, output=self.output)
+        at, grads = g.at, g.grads  # d y^c / d A at the layer
+        if at.dim() == 3:  # ViT patch tokens -> (B, K, h, w) on the image grid
+            at, grads = tokens_to_grid(at), tokens_to_grid(grads)
+        if at.dim() != 4:
             raise ValueError(
                 f"Grad-CAM needs a convolutional layer with (B, K, h, w) output; layer "
-                f"{self.layer!r} outputs shape {tuple(g.at.shape)}"
+                f"{self.layer!r} outputs shape {tuple(g.at.shape)} (a vision transformer's "
+                "(B, T, K) patch tokens work too)"
             )
-        alpha = g.grads.mean((2, 3), keepdim=True)  # Eq. 1: global-average-pooled gradients
-        cam = (alpha * g.at).sum(1)  # Eq. 2, before the ReLU
+        alpha = grads.mean((2, 3), keepdim=True)  # Eq. 1: global-average-pooled gradients
+        cam = (alpha * at).sum(1)  # Eq. 2, before the ReLU
         if self.relu:
             cam = torch.relu(cam)
         values = cam
         if self.upsample:
-            size = (x.shape[-2], x.shape[-1])
+            size = tuple(main_tensor(x).shape[-2:])
             values = F.interpolate(cam[:, None], size=size, mode="bilinear", align_corners=False)
             values = values[:, 0]
+        assert g.output is not None
         return {"values": values, "target": target.classes_for(g.output), "cam": cam}

@@ -74,6 +74,7 @@ def test_equals_the_hand_written_reference(tiny_cnn, layer):
         "relu": True,
         "upsample": True,
         "batch_size": 64,
+        "output": None,
         "target": None,
     }
 

@@ -172,34 +172,41 @@ class MaxClass(QoI):
 
 
 class Channel(QoI):
-    """An internal channel's activation at ``layer``, summed over spatial positions.
+    """An internal neuron's activation at ``layer``, summed over its positions.
 
-    For a ``(B, C, ...)`` activation this is ``act[:, c].sum()`` per input; for a ``(B, C)``
-    activation it is ``act[:, c]``. Used to interpret what a neuron responds to.
+    ``dim`` is the layer's neuron axis (:func:`whynet.core.layout.neuron_dim`): 1 for a
+    ``(B, C, ...)`` activation (``act[:, c].sum()`` per input; ``act[:, c]`` for ``(B, C)``),
+    2 for a ``(B, T, D)`` token layer (hidden unit ``c`` summed over tokens). Used to interpret
+    what a neuron responds to.
     """
 
-    def __init__(self, layer: str, c: int) -> None:
+    def __init__(self, layer: str, c: int, dim: int = 1) -> None:
         if isinstance(c, bool) or not isinstance(c, int):
             raise TypeError(f"channel must be an int, got {type(c).__name__}")
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive int (the neuron axis), got {dim!r}")
         self.layer = layer
         self.c = c
+        self.dim = dim
 
     def check_channel(self, activation: torch.Tensor) -> None:
-        n = activation.shape[1] if activation.dim() > 1 else 0
+        n = activation.shape[self.dim] if activation.dim() > self.dim else 0
         if not 0 <= self.c < n:
+            unit = "hidden units" if self.dim > 1 else "channels"
             raise ValueError(
                 f"channel {self.c} out of range for layer {self.layer!r} "
-                f"with {n} channels (shape {tuple(activation.shape)})"
+                f"with {n} {unit} (shape {tuple(activation.shape)})"
             )
 
     def value(self, output, rows=None, activation=None):  # type: ignore[no-untyped-def]
         if activation is None:
             raise ValueError(f"Channel QoI needs the activation of layer {self.layer!r}")
         self.check_channel(activation)
-        return activation[:, self.c].reshape(activation.shape[0], -1).sum(1)
+        return activation.select(self.dim, self.c).reshape(activation.shape[0], -1).sum(1)
 
     def __repr__(self) -> str:
-        return f"Channel({self.layer!r}, {self.c})"
+        extra = "" if self.dim == 1 else f", dim={self.dim}"
+        return f"Channel({self.layer!r}, {self.c}{extra})"
 
 
 class Function(QoI):

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from whynet.core import Accumulator, DoI, frozen_eval, resolve_layer, run_model
+from whynet.core import Accumulator, DoI, OutputSpec, frozen_eval, resolve_layer, run_model
 from whynet.influence.internal import InternalInfluence
 from whynet.influence.ranking import collapse
 
@@ -54,11 +54,18 @@ def _predict(
     labels: torch.Tensor | None,
     batch_size: int,
     replace: dict[str, Any] | None,
+    output: OutputSpec = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Predicted classes and labels over ``data`` (the model pipeline; ``replace`` ablates)."""
     acc = Accumulator()
     for b in run_model(
-        model, data, labels, replace=replace, batch_size=batch_size, need_labels=True
+        model,
+        data,
+        labels,
+        replace=replace,
+        batch_size=batch_size,
+        need_labels=True,
+        output=output,
     ):
         acc.update(pred=b.output.argmax(-1).cpu(), y=b.labels)
     got = acc.compute()
@@ -66,21 +73,27 @@ def _predict(
 
 
 def _mean_activation(
-    model: nn.Module, layer: str, data: Any, labels: torch.Tensor | None, batch_size: int
+    model: nn.Module,
+    layer: str,
+    data: Any,
+    labels: torch.Tensor | None,
+    batch_size: int,
+    output: OutputSpec = None,
 ) -> torch.Tensor:
     acc = Accumulator("sum")  # float64 running sum over examples
-    for b in run_model(model, data, labels, layers=[layer], batch_size=batch_size):
+    for b in run_model(model, data, labels, layers=[layer], batch_size=batch_size, output=output):
         acc.update(act=b.acts[layer])
     if acc.n == 0:
         raise ValueError("no data to compute the mean activation from")
     return acc.compute()["act"] / acc.n
 
 
-def _keep_only(keep: torch.Tensor, fill: torch.Tensor | float):
+def _keep_only(keep: torch.Tensor, fill: torch.Tensor | float, dim: int = 1):
     def fn(out: torch.Tensor) -> torch.Tensor:
-        mask = torch.zeros(out.shape[1], dtype=torch.bool, device=out.device)
+        mask = torch.zeros(out.shape[dim], dtype=torch.bool, device=out.device)
         mask[keep.to(out.device)] = True
-        shape = (1, -1) + (1,) * (out.dim() - 2)
+        shape = [1] * out.dim()
+        shape[dim] = -1
         f = fill if isinstance(fill, float) else fill.to(out.dtype).expand_as(out[0])
         return torch.where(
             mask.view(shape), out, torch.as_tensor(f, dtype=out.dtype, device=out.device)
@@ -105,6 +118,8 @@ def essence(
     seed: int = 0,
     batch_size: int = 256,
     progress: bool | None = None,
+    output: OutputSpec = None,
+    channel_dim: int | None = None,
 ) -> EssenceResult:
     """Keep only the top-k channels of ``layer`` for class ``cls``; compare accuracies.
 
@@ -113,7 +128,8 @@ def essence(
     model : nn.Module
         A classifier.
     layer : str
-        Layer with channels on dimension 1.
+        The layer; its neurons are channels (dimension 1) or, for a ``(B, T, D)`` token layer,
+        hidden units (see ``channel_dim``).
     cls : int
         The class whose essence is extracted.
     k : int or sequence of int
@@ -132,6 +148,10 @@ def essence(
     reduce : {"sum", "max", "mean"}
         Spatial reduction for the channel ranking.
     random_draws, seed : random-k baseline: draws of k channels with a seeded generator.
+    output : int, str or callable, optional
+        The prediction among a multi-output model's outputs (``select_output``).
+    channel_dim : int, optional
+        The neuron axis of ``layer`` (default: :func:`whynet.core.layout.neuron_dim`).
     """
     if ablation not in ("zero", "mean"):
         raise ValueError(f"ablation must be 'zero' or 'mean', got {ablation!r}")
@@ -146,19 +166,28 @@ def essence(
     inf_data = data if influence_data is None else influence_data
     inf_labels = labels if influence_data is None else influence_labels
     expl = InternalInfluence(
-        model, layer, qoi=cls, doi=doi, batch_size=batch_size, progress=progress
+        model,
+        layer,
+        qoi=cls,
+        doi=doi,
+        batch_size=batch_size,
+        progress=progress,
+        output=output,
+        channel_dim=channel_dim,
     ).explain_dataset(inf_data, inf_labels, cls=cls)
-    scores = collapse(expl.values, reduce)[0]
+    dim = int(expl.meta["neuron_dim"])
+    scores = collapse(expl.values, reduce, dim)[0]
     n_ch = scores.numel()
+    unit = "hidden units" if dim > 1 else "channels"
     for kk in ks:
         if isinstance(kk, bool) or not isinstance(kk, int) or not 1 <= kk <= n_ch:
-            raise ValueError(f"k must be in [1, {n_ch}] (channels of {layer!r}), got {kk!r}")
+            raise ValueError(f"k must be in [1, {n_ch}] ({unit} of {layer!r}), got {kk!r}")
     order = scores.argsort(descending=True)
     with frozen_eval(model):
         fill: torch.Tensor | float = 0.0
         if ablation == "mean":
-            fill = _mean_activation(model, layer, inf_data, inf_labels, batch_size)
-        pred, y = _predict(model, data, labels, batch_size, None)
+            fill = _mean_activation(model, layer, inf_data, inf_labels, batch_size, output)
+        pred, y = _predict(model, data, labels, batch_size, None, output)
         truth = y == cls
         full = _binary_scores(pred == cls, truth)
         gen = torch.Generator().manual_seed(seed)
@@ -171,12 +200,16 @@ def essence(
             n_eval=len(y),
         )
         for kk in ks:
-            p, _ = _predict(model, data, labels, batch_size, {layer: _keep_only(order[:kk], fill)})
+            p, _ = _predict(
+                model, data, labels, batch_size, {layer: _keep_only(order[:kk], fill, dim)}, output
+            )
             red = _binary_scores(p == cls, truth)
             rnd = []
             for _ in range(random_draws):
                 pick = torch.randperm(n_ch, generator=gen)[:kk]
-                p, _ = _predict(model, data, labels, batch_size, {layer: _keep_only(pick, fill)})
+                p, _ = _predict(
+                    model, data, labels, batch_size, {layer: _keep_only(pick, fill, dim)}, output
+                )
                 rnd.append(_binary_scores(p == cls, truth))
             ra = sum(a for a, _ in rnd) / len(rnd) if rnd else float("nan")
             rb = sum(b for _, b in rnd) / len(rnd) if rnd else float("nan")

@@ -26,9 +26,7 @@ space uses ``z_baseline = h(baseline input)`` and completeness is only approxima
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from types import EllipsisType
 from typing import Any
 
@@ -39,15 +37,11 @@ from whynet.core import (
     Accumulator,
     Channel,
     Class,
-    Comparative,
     DatasetDoI,
     DoI,
     Explainer,
     Explanation,
-    Linear,
-    LinearPath,
     MaxClass,
-    Mixture,
     ModelInputs,
     OutputSpec,
     Point,
@@ -66,77 +60,12 @@ from whynet.core import (
     resolve_layer,
     run_model,
     take,
+    valid_tokens,
     with_main,
 )
+from whynet.core.layout import neuron_dim
+from whynet.influence._parts import _Block, _BoundOnForward, _take_doi, _take_qoi
 from whynet.influence.ranking import REDUCE, top_neurons
-
-
-@dataclass
-class _Block:
-    """Per-input results for one block of at most ``batch_size`` inputs."""
-
-    values: torch.Tensor  # (b, *layer_shape), float64
-    qoi: torch.Tensor  # q at the unperturbed inputs, (b,)
-    target: torch.Tensor | None  # class per input when the QoI is a per-input Class
-
-
-def _take_qoi(qoi: QoI, rows: slice, n: int) -> QoI:
-    """The part of a QoI with per-input classes (``Class((B,) tensor)``, also inside a
-    ``Comparative`` or a sum) that belongs to the inputs ``rows`` of an ``n``-input call."""
-    if isinstance(qoi, Class) and qoi.per_input:
-        if len(qoi.classes) != n:
-            raise ValueError(f"{len(qoi.classes)} per-input targets for {n} inputs")
-        return Class(qoi.classes[rows])
-    if isinstance(qoi, Comparative):
-        part = copy.copy(qoi)
-        part.a, part.b = _take_qoi(qoi.a, rows, n), _take_qoi(qoi.b, rows, n)  # type: ignore[assignment]
-        return part
-    if isinstance(qoi, Linear):
-        return Linear([(w, _take_qoi(q, rows, n)) for w, q in qoi.terms])
-    return qoi
-
-
-def _take_doi(doi: DoI, rows: slice, n: int, space: torch.Tensor) -> DoI:
-    """The DoI for the inputs ``rows`` of an ``n``-input call: a baseline given as a batch
-    (one point per input, shaped like the whole call's points) is sliced with the inputs."""
-    if isinstance(doi, Mixture):
-        mix = copy.copy(doi)
-        mix.components = [(w, _take_doi(d, rows, n, space)) for w, d in doi.components]
-        return mix
-    if isinstance(doi, LinearPath):
-        base = doi.baseline_value
-        batch = isinstance(base, torch.Tensor) and base.dim() == space.dim()
-        if batch and n > 1 and base.shape[0] == n:  # type: ignore[union-attr]
-            path = copy.copy(doi)
-            path.baseline_value = base[rows]  # type: ignore[index]
-            return path
-    return doi
-
-
-class _BoundOnForward(QoI):
-    """A QoI bound to the output of the very forward pass that differentiates it.
-
-    For a :class:`Point` DoI the gradient pass runs on the unperturbed inputs, so its output is
-    the one ``bind`` needs: binding there spares the separate no-grad forward (issue 17).
-    """
-
-    def __init__(self, qoi: QoI) -> None:
-        self.qoi = qoi
-        self.layer = qoi.layer
-        self.raw = qoi.raw
-        self.bound: QoI | None = None
-
-    def __call__(  # type: ignore[override]
-        self,
-        output: torch.Tensor | None,
-        rows: torch.Tensor | None = None,
-        activation: torch.Tensor | None = None,
-        *,
-        raw: object = None,
-    ) -> torch.Tensor:
-        # a raw-output QoI (a user callable) has nothing to bind and may have no prediction
-        self.bound = self.qoi if output is None else self.qoi.bind(output.detach())
-        return self.bound(output, rows=rows, activation=activation, raw=raw)
 
 
 class InternalInfluence(Explainer):
@@ -168,6 +97,10 @@ class InternalInfluence(Explainer):
         Which part of the model's raw output the QoI reads (:func:`whynet.core.select_output`):
         needed for multi-output models; HF outputs with ``logits`` need nothing. A callable
         QoI receives the raw output itself.
+    channel_dim : int, optional
+        The layer's neuron axis (:func:`whynet.core.layout.neuron_dim`): by default channels
+        (dimension 1) for ``(B, C, ...)`` outputs and hidden units (the last) for ``(B, T, D)``
+        token layers, which are reduced over their real tokens (the attention mask's).
     """
 
     method = "influence"
@@ -179,6 +112,7 @@ class InternalInfluence(Explainer):
         ),
         "multiply_activation": constraint(bool, error=TypeError),
         "reduce": REDUCE,
+        "channel_dim": constraint(int, None, error=TypeError, desc="an int axis or None"),
     }
 
     def __init__(
@@ -192,6 +126,7 @@ class InternalInfluence(Explainer):
         batch_size: int = 64,
         progress: bool | None = None,
         output: OutputSpec = None,
+        channel_dim: int | None = None,
     ) -> None:
         super().__init__(model, batch_size=batch_size, progress=progress, output=output)
         self.layer = layer
@@ -199,6 +134,7 @@ class InternalInfluence(Explainer):
         self.doi = doi
         self.multiply_activation = multiply_activation
         self.reduce = reduce
+        self.channel_dim = channel_dim
         self._check_params()
         if layer is not None:
             resolve_layer(model, layer)  # fail early with the closest names
@@ -262,12 +198,13 @@ class InternalInfluence(Explainer):
             target if target is None or isinstance(target, (int, str)) else "per-input"
         )
         params["cls"] = cls
+        shape = acc.compute()["values"].shape
         return Explanation(
             values=(acc.compute()["values"] / acc.n).unsqueeze(0).to(dtype),
             method=self.method,
             layer=self.layer,
             params=params,
-            meta={"n_examples": acc.n},
+            meta={"n_examples": acc.n, "neuron_dim": self._neuron_dim(len(shape) + 1)},
         )
 
     def top_neurons(
@@ -296,6 +233,7 @@ class InternalInfluence(Explainer):
             self.reduce if reduce is ... else reduce,
             per_input=per_input,
             absolute=absolute,
+            channel_dim=self.channel_dim if isinstance(explanation, torch.Tensor) else None,
         )
 
     # ------------------------------------------------------------------ the template's hooks
@@ -329,7 +267,23 @@ class InternalInfluence(Explainer):
         else:
             qoi = _take_qoi(self._qoi, rows, n)
         b = self._influence(x, qoi, rows, n)
-        return {"values": b.values.to(self._dtype(x)), "target": b.target, "qoi": b.qoi}
+        valid = valid_tokens(x)  # a token layer's real positions (from the attention mask)
+        if valid is not None and not (b.values.dim() == 3 and b.values.shape[1] == valid.shape[1]):
+            valid = None
+        return {
+            "values": b.values.to(self._dtype(x)),
+            "target": b.target,
+            "qoi": b.qoi,
+            "valid_tokens": valid,
+        }
+
+    def _explanation(self, parts: dict[str, Any], target: Target) -> Explanation:
+        e = super()._explanation(parts, target)
+        e.meta["neuron_dim"] = self._neuron_dim(e.values.dim())
+        return e
+
+    def _neuron_dim(self, ndim: int) -> int:
+        return neuron_dim(self.model, self.layer, ndim, self.channel_dim)
 
     # ------------------------------------------------------------------ internals
     def _dtype(self, x: ModelInputs) -> torch.dtype:
@@ -472,8 +426,12 @@ class InternalInfluence(Explainer):
         return acts[layer].to(torch.float64)
 
 
-def check_channel(model: nn.Module, layer: str, channel: int, x: ModelInputs) -> int:
-    """Raise a clear error if ``channel`` is not a channel of ``layer`` (one forward pass)."""
+def check_channel(
+    model: nn.Module, layer: str, channel: int, x: ModelInputs, channel_dim: int | None = None
+) -> int:
+    """Raise a clear error if ``channel`` is not a neuron of ``layer`` (one forward pass);
+    return the layer's neuron axis (:func:`whynet.core.layout.neuron_dim`)."""
     acts = [b.acts[layer] for b in run_model(model, take(x, slice(0, 1)), layers=[layer])]
-    Channel(layer, channel).check_channel(acts[0])
-    return channel
+    dim = neuron_dim(model, layer, acts[0].dim(), channel_dim)
+    Channel(layer, channel, dim).check_channel(acts[0])
+    return dim

@@ -73,12 +73,12 @@ def visualize_neuron(
         raise ValueError(f"opacity must be in [0, 1], got {opacity}")
     if not blur >= 0:
         raise ValueError(f"blur must be >= 0, got {blur}")
-    check_channel(model, layer, channel, x)
+    dim = check_channel(model, layer, channel, x)
     dist = Point() if doi == "point" else LinearPath(0.0, steps=steps, rule="riemann_middle")
     expl = InternalInfluence(
         model,
         None,
-        qoi=Channel(layer, channel),
+        qoi=Channel(layer, channel, dim),
         doi=dist,
         multiply_activation=True,
         batch_size=batch_size,
