@@ -51,33 +51,6 @@ def _data(n: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.randint(0, 3, (n,), generator=g)
 
 
-def test_ray_extraction_with_a_killed_worker_equals_local(cluster, tmp_path):
-    torch.manual_seed(0)
-    cnn = TinyCNN().double().eval()
-    x, y = _data()
-    marker = tmp_path / "killed"
-    model = DiesOnce(cnn, str(marker), x[40])  # row 40: in the middle of shard 1
-    kw = dict(head="inner.head", shard_rows=32, batch_size=16)
-    on_ray = scale.extract(model, x, y, store=tmp_path / "ray", engine=cluster, **kw)
-    assert marker.exists(), "the worker was not killed"
-    local = scale.extract(model, x, y, store=tmp_path / "local", **kw)
-    assert on_ray.computed == local.computed == 3
-    for name in ("features", "outputs", "labels"):
-        assert torch.equal(on_ray.gather(name), local.gather(name)), name
-    # reductions and queries on Ray equal the local engine (same shard order)
-    expl = RepresenterPoints(model, "inner.head", batch_size=16, progress=False)
-    expl = scale.fit_representer(expl, on_ray)
-    one = RepresenterPoints(cnn, "head", batch_size=16, progress=False).fit(x, labels=y)
-    assert torch.equal(expl.alpha_, one.alpha_)
-    top_r = scale.top_points(expl, x[:5], k=3, store=on_ray, engine=cluster)
-    top_l = scale.top_points(expl, x[:5], k=3, store=local)
-    assert all(torch.equal(a, b) for a, b in zip(top_r, top_l, strict=True))
-    w = torch.randn(3, 7, dtype=torch.float64)
-    j_r, g_r = scale.representer_objective(on_ray, w, 0.01, engine=cluster)
-    j_l, g_l = scale.representer_objective(local, w, 0.01)
-    assert j_r == j_l and torch.equal(g_r, g_l)
-
-
 def test_ray_kmeans_and_influence_equal_local(cluster, tmp_path):
     g = torch.Generator().manual_seed(3)
     z = torch.randn(200, 4, generator=g, dtype=torch.float64)
@@ -97,6 +70,39 @@ def test_ray_kmeans_and_influence_equal_local(cluster, tmp_path):
     d_r = scale.influence_dataset(infl, x, y, cls=2, shard_rows=32, engine=cluster)
     d_1 = infl.explain_dataset(x, labels=y, cls=2)
     torch.testing.assert_close(d_r.values, d_1.values, atol=1e-10, rtol=0)
+    with pytest.raises(ValueError, match="target"):  # a worker's error reaches the caller
+        scale.influence_dataset(infl, x, y, target=7, shard_rows=32, engine=cluster)
+
+
+def test_ray_extraction_with_a_killed_worker_equals_local(cluster, tmp_path):
+    torch.manual_seed(0)
+    cnn = TinyCNN().double().eval()
+    x, y = _data()
+    marker = tmp_path / "killed"
+    model = DiesOnce(cnn, str(marker), x[40])  # row 40: in the middle of shard 1
+    kw = dict(head="inner.head", shard_rows=32, batch_size=16)
+    marker.write_text("not here")  # the local run must not die
+    local = scale.extract(model, x, y, store=tmp_path / "local", **kw)
+    marker.unlink()
+    # reductions and queries on Ray equal the local engine (summed in shard order); run
+    # before the actors so that they reuse the warm task workers
+    expl = RepresenterPoints(model, "inner.head", batch_size=16, progress=False)
+    expl = scale.fit_representer(expl, local)
+    one = RepresenterPoints(cnn, "head", batch_size=16, progress=False).fit(x, labels=y)
+    assert torch.equal(expl.alpha_, one.alpha_)
+    top_r = scale.top_points(expl, x[:5], k=3, store=local, engine=cluster)
+    top_l = scale.top_points(expl, x[:5], k=3, store=local)
+    assert all(torch.equal(a, b) for a, b in zip(top_r, top_l, strict=True))
+    w = torch.randn(3, 7, dtype=torch.float64)
+    j_r, g_r = scale.representer_objective(local, w, 0.01, engine=cluster)
+    j_l, g_l = scale.representer_objective(local, w, 0.01)
+    assert j_r == j_l and torch.equal(g_r, g_l)
+    # Ray Data actors, one of which dies in the middle of shard 1: retried, same bytes
+    on_ray = scale.extract(model, x, y, store=tmp_path / "ray", engine=cluster, **kw)
+    assert marker.exists(), "the worker was not killed"
+    assert on_ray.computed == local.computed == 3
+    for name in ("features", "outputs", "labels"):
+        assert torch.equal(on_ray.gather(name), local.gather(name)), name
 
 
 def test_unreachable_address_is_one_clear_error(cluster):
