@@ -104,3 +104,12 @@ def test_save_load_and_refusals(tmp_path) -> None:
         lje.fit(
             big, torch.zeros(3, 10_000, dtype=torch.float64), torch.eye(3)[[0, 1, 2, 0]], 0.0, 1.0
         )
+
+
+def test_blocks_of_training_points_give_the_same_values() -> None:
+    rp, x, _ = _fit()
+    small, _, _ = _fit(block_size=7, batch_size=4)
+    xt, _ = data(n=11, seed=5)
+    torch.testing.assert_close(small.explain(xt).values, rp.explain(xt).values, rtol=0, atol=1e-12)
+    top, top_small = rp.top(xt, k=4), small.top(xt, k=4)
+    assert torch.equal(top.excitatory, top_small.excitatory)

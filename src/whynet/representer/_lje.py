@@ -139,8 +139,12 @@ def values(
     hinv: torch.Tensor,
     test: torch.Tensor,
     classes: torch.Tensor,
+    n_total: int | None = None,
 ) -> torch.Tensor:
     """``(W_i f_t)_c`` (B, n) for augmented training ``features`` (n, D+1) and ``test`` (B, D+1).
+
+    ``features``/``alpha`` may be one block of the training points; ``n_total`` is then the
+    size of the whole training set (the ``1/n`` of ``W_i``).
 
     ``(W_i f_t)_c = (Theta_0 f_t)_c / n + sum_k alpha_ik f_i . U_t[k]`` with ``alpha = -r / n``
     and ``U_t = reshape(f_t^T H^{-1}[rows of class c])`` (C, D+1): ``H`` is symmetric, so the
@@ -157,7 +161,8 @@ def values(
     # (n, B*C): f_i . U_t[k] for every test t and class k, weighted by alpha_ik
     fu = (features @ u.reshape(b * c, d1).T).reshape(n, b, c)
     out = torch.einsum("nbk,nk->bn", fu, alpha)
-    base = (test * weight0[classes]).sum(1) / n  # (Theta_0 f_t)_c / n, the same for every i
+    # (Theta_0 f_t)_c / n, the same for every i
+    base = (test * weight0[classes]).sum(1) / (n if n_total is None else n_total)
     return out + base[:, None]
 
 

@@ -102,13 +102,10 @@ class RepresenterPoints(FittedMixin, Explainer):
         "lbfgs" (default): preconditioned L-BFGS on the same strongly convex objective (same
         minimiser). "gd": reproduces the paper -- the authors' full-batch gradient descent with
         Armijo backtracking from step 10 and (with ``tol=None``) their 1/200 stopping rule.
-        "lje": RPS-LJE (Sui, Wu, Sanner, NeurIPS 2021; :mod:`whynet.representer._lje`): no
-        fine-tuning and no ``l2``; one ascent step of size ``lje_step`` from the trained head,
-        then a Newton expansion with the explicit head Hessian. Needs ``targets="labels"``;
-        ``values.sum(1)`` equals the expanded head's logits exactly (``kernel_dtype`` unused).
+        "lje": RPS-LJE (Sui, Wu, Sanner, NeurIPS 2021; :mod:`._lje`), no fine-tuning or ``l2``:
+        an ascent step and a Newton expansion of the trained head; needs ``targets="labels"``.
     lje_step, lje_damping : float
-        RPS-LJE's ascent step ``eta`` (the authors' default 0.01) and the Hessian damping, a
-        fraction of its mean diagonal entry; used only with ``solver="lje"``.
+        RPS-LJE's ascent step (the authors' 0.01) and Hessian damping (x its mean diagonal).
     cache_dir : str or Path, optional
         Keep features on disk (:class:`whynet.core.StoreCache`: ``.npy`` + sha256 sidecar) and
         reuse them, memory-mapped, when the same model and data come back.
@@ -384,8 +381,11 @@ class RepresenterPoints(FittedMixin, Explainer):
     ) -> Iterator[tuple[int, torch.Tensor]]:
         """Yield ``(start, values (B, nb))`` over blocks of training points (Thm. 3.1 terms):
         one product ``F_block f_t`` and one fused ``alpha * (k + 1)`` per block."""
-        if self.lje_hinv_ is not None:  # RPS-LJE: (W_i f_t)_c, all points in one block
-            yield 0, lje.values(*self._lje_parts(), augment(test, self.dtype), classes)
+        if self.lje_hinv_ is not None:  # RPS-LJE: (W_i f_t)_c, block by block
+            fa, alpha, w0, hinv = self._lje_parts()
+            ft, n, bs = augment(test, self.dtype), fa.shape[0], self.block_size
+            for a in range(0, n, bs):
+                yield a, lje.values(fa[a : a + bs], alpha[a : a + bs], w0, hinv, ft, classes, n)
             return
         kdt = self.kernel_dtype or self.dtype
         whole, alpha_t = self._kernel_parts()
