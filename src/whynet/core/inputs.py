@@ -11,6 +11,7 @@ travels with it unchanged so that the model never attends to padding.
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -127,13 +128,19 @@ def check_keys(model: nn.Module, x: ModelInputs, name: str = "inputs") -> None:
         params = inspect.signature(model.forward).parameters
     except (TypeError, ValueError):  # builtins / C extensions: let the model decide
         return
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
     accepted = [
         n
         for n, p in params.items()
         if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     ]
+    for p in params.values():
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            # HF models take ``**kwargs: Unpack[TransformersKwargs]`` and silently ignore
+            # unknown keys; a typed ``**kwargs`` names what it takes, a plain one takes anything
+            typed = [a for a in typing.get_args(p.annotation) if typing.is_typeddict(a)]
+            if not typed:
+                return
+            accepted += [k for t in typed for k in (*t.__required_keys__, *t.__optional_keys__)]
     unknown = [k for k in x if k not in accepted]
     if unknown:
         raise TypeError(
