@@ -93,25 +93,31 @@ def timed(fn: Any, repeats: int = 3) -> tuple[float, Any]:
 
 
 def run_engine(
-    eng: scale.Engine, st: scale.ShardedStore, expl: RepresenterPoints, ref: dict[str, Any]
+    eng: scale.Engine,
+    st: scale.ShardedStore,
+    expl: RepresenterPoints | None,
+    ref: dict[str, Any],
+    steps: int = 5,
+    repeats: int = 2,
 ) -> dict[str, Any]:
     res: dict[str, Any] = {}
     f0 = st.read_shard(0)["features"]
     w = torch.randn(C, D + 1, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     res["objective_step_s"], (j, g) = timed(
-        lambda: scale.representer_objective(st, w, 0.003, engine=eng), 2
+        lambda: scale.representer_objective(st, w, 0.003, engine=eng), repeats
     )
     init = f0[:K].double()
-    steps = 5
     t, km = timed(lambda: scale.fit_kmeans(st, "features", init, max_iter=steps, engine=eng), 1)
     res["kmeans_step_s"] = t / max(km.n_iter, 1)
     queries = f0[:100].double()
     res["nearest_100_s"], (ni, nd) = timed(
         lambda: scale.nearest_points(st, "features", queries, k=10, engine=eng), 1
     )
-    res["representer_top_100_s"], top = timed(
-        lambda: scale.top_points(expl, queries, k=10, store=st, engine=eng), 1
-    )
+    top: Any = None
+    if expl is not None:
+        res["representer_top_100_s"], top = timed(
+            lambda: scale.top_points(expl, queries, k=10, store=st, engine=eng), 1
+        )
     if not ref:
         ref.update(j=j, g=g, centres=km.centres, ni=ni, top=top)
     else:  # the same answers as the local engine
@@ -119,7 +125,8 @@ def run_engine(
         res["grad_max_diff"] = float((g - ref["g"]).abs().max())
         res["kmeans_centres_equal"] = bool(torch.equal(km.centres, ref["centres"]))
         res["nearest_equal"] = bool(torch.equal(ni, ref["ni"]))
-        res["top_equal"] = all(torch.equal(a, b) for a, b in zip(top, ref["top"], strict=True))
+        if top is not None:
+            res["top_equal"] = all(torch.equal(a, b) for a, b in zip(top, ref["top"], strict=True))
     res["driver_peak_rss_mb"] = rss_mb()
     if eng.name == "ray":
         probes = eng.map_tasks(_worker_rss, None, range(8))
@@ -128,7 +135,9 @@ def run_engine(
     return res
 
 
-def simulated(n: int, shard_rows: int, workers: list[int], folder: Path) -> dict[str, Any]:
+def simulated(
+    n: int, shard_rows: int, workers: list[int], folder: Path, fit: bool, steps: int, repeats: int
+) -> dict[str, Any]:
     import ray
 
     log(f"generating {n} x {D} in shards of {shard_rows}")
@@ -143,19 +152,21 @@ def simulated(n: int, shard_rows: int, workers: list[int], folder: Path) -> dict
         "store_bytes": size,
         "generate_s": gen_s,
     }
-    log("representer fit (gathered, single process)")
-    expl = RepresenterPoints(model, "head", max_iter=300, progress=False)
-    t = time.perf_counter()
-    scale.fit_representer(expl, st)
-    out["representer_fit"] = {
-        "seconds": time.perf_counter() - t,
-        "n_iter": expl.n_iter_,
-        "converged": expl.converged_,
-        "driver_peak_rss_mb": rss_mb(),
-    }
+    expl: RepresenterPoints | None = None
+    if fit:
+        log("representer fit (gathered, single process)")
+        expl = RepresenterPoints(model, "head", max_iter=300, progress=False)
+        t = time.perf_counter()
+        scale.fit_representer(expl, st)
+        out["representer_fit"] = {
+            "seconds": time.perf_counter() - t,
+            "n_iter": expl.n_iter_,
+            "converged": expl.converged_,
+            "driver_peak_rss_mb": rss_mb(),
+        }
     ref: dict[str, Any] = {}
     log("local engine")
-    out["local"] = run_engine(scale.Engine("local"), st, expl, ref)
+    out["local"] = run_engine(scale.Engine("local"), st, expl, ref, steps, repeats)
     for w in workers:
         log(f"ray, {w} worker(s)")
         ray.init(num_cpus=w, include_dashboard=False, log_to_driver=False)
@@ -164,7 +175,7 @@ def simulated(n: int, shard_rows: int, workers: list[int], folder: Path) -> dict
             # warm the worker processes (torch and whynet imports) with one pass
             w0 = torch.zeros(C, D + 1, dtype=torch.float64)
             scale.representer_objective(st, w0, 0.003, engine=eng)
-            out[f"ray_{w}"] = run_engine(eng, st, expl, ref)
+            out[f"ray_{w}"] = run_engine(eng, st, expl, ref, steps, repeats)
         finally:
             ray.shutdown()
     return out
@@ -219,6 +230,9 @@ def main() -> None:
     ap.add_argument("--shard-rows", type=int, default=65536)
     ap.add_argument("--workers", type=int, nargs="*", default=[1, 2])
     ap.add_argument("--fashion", action="store_true")
+    ap.add_argument("--no-fit", action="store_true", help="skip the gathered representer fit")
+    ap.add_argument("--kmeans-steps", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--folder", default="/tmp/whynet-scale-bench")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale.json"))
     args = ap.parse_args()
@@ -229,7 +243,15 @@ def main() -> None:
         "command": " ".join(sys.argv),
         "machine": f"{os.cpu_count()} cores, torch threads 1",
     }
-    result["simulated"] = simulated(args.n, args.shard_rows, args.workers, folder)
+    result["simulated"] = simulated(
+        args.n,
+        args.shard_rows,
+        args.workers,
+        folder,
+        not args.no_fit,
+        args.kmeans_steps,
+        args.repeats,
+    )
     if args.fashion:
         log("fashion-mnist")
         result["fashion"] = fashion(max(args.workers), folder)

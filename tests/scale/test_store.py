@@ -266,3 +266,20 @@ def test_layer_activations_equal_one_walk(cnn, tmp_path):
     )
     assert torch.equal(st.gather("acts.features.2"), whole)
     assert torch.equal(st.gather("labels"), y)
+
+
+def test_explanations_of_another_fit_are_not_resumed(cnn, tmp_path):
+    x, y = _data(64)
+    rp = RepresenterPoints(cnn, "head", batch_size=16, progress=False).fit(x, labels=y)
+    scale.explain(rp, x[:32], store=tmp_path / "e", shard_rows=16)
+    rp.fit(x[:48], labels=y[:48])  # same settings, another fit
+    with pytest.raises(StoreError, match="another model, layer or data"):
+        scale.explain(rp, x[:32], store=tmp_path / "e", shard_rows=16)
+    with pytest.raises(StoreError, match="another model, layer or data"):
+        scale.explain(
+            rp,
+            x[:32],
+            target=torch.zeros(32, dtype=torch.long),
+            store=tmp_path / "e",
+            shard_rows=16,
+        )

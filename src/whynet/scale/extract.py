@@ -59,6 +59,32 @@ def fingerprint(model: nn.Module, spec: dict[str, Any], data: Any, labels: Any, 
     return h.hexdigest()
 
 
+def _digest(value: Any) -> str:
+    """sha256 of a value's content: tensors by bytes, modules by state, the rest by repr (a
+    store of another target or another fit of the same explainer is then refused)."""
+    h = hashlib.sha256()
+
+    def walk(v: Any) -> None:
+        if isinstance(v, torch.Tensor):
+            t = v.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.numpy().tobytes() if t.numel() else b"")
+        elif isinstance(v, nn.Module):
+            walk(v.state_dict())
+        elif isinstance(v, dict):
+            for k in sorted(v, key=str):
+                h.update(str(k).encode())
+                walk(v[k])
+        elif isinstance(v, list | tuple):
+            for item in v:
+                walk(item)
+        else:
+            h.update(repr(v).encode())
+
+    walk(value)
+    return h.hexdigest()
+
+
 class ExtractWorker:
     """Computes one shard of head inputs (``head``) or reduced layer activations (``layers``).
 
@@ -232,7 +258,14 @@ def explain(
     if isinstance(target, list | tuple):
         target = torch.tensor(list(target), dtype=torch.long)
     model = explainer.model
-    spec = {"explain": explainer.method, "params": repr(explainer.params()), "target": repr(target)}
+    spec = {
+        "explain": explainer.method,
+        "params": repr(explainer.params()),
+        "target": _digest(target),
+        "fitted": _digest(
+            {k: getattr(explainer, k, None) for k in getattr(explainer, "_fitted_state", {})}
+        ),
+    }
     st = ShardedStore.create(
         store,
         fingerprint=fingerprint(model, spec, inputs, None, shard_rows),
