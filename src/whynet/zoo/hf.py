@@ -330,7 +330,7 @@ HF_SPECS: dict[str, dict[str, Any]] = {
     },
     "facenet-onet": {
         "load": load_facenet_onet,
-        "task": "multi-output (bbox, landmarks, face probability)",
+        "task": "multi-output",
         "dataset": "WIDER FACE / CelebA (pretrained upstream)",
         "input": {
             "shape": [3, 48, 48],

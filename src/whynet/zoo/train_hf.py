@@ -394,7 +394,7 @@ TRAINERS: dict[str, Callable[..., Result]] = {
 TASKS = {
     "minilm-sentiment": "classification",
     "canvas-vit": "classification",
-    "facenet-onet": "multi-output (bbox, landmarks, face probability)",
+    "facenet-onet": "multi-output",
 }
 
 
