@@ -64,6 +64,12 @@ def test_representer_fit_through_the_store_equals_one_process(cnn, tmp_path):
     assert torch.equal(top_l.inhibitory, top_s.inhibitory)
     torch.testing.assert_close(top_l.excitatory_values, top_s.excitatory_values, atol=1e-12, rtol=0)
     torch.testing.assert_close(top_l.inhibitory_values, top_s.inhibitory_values, atol=1e-12, rtol=0)
+    al = scale.write_alpha(sharded, st, tmp_path / "alpha")
+    top_a = scale.top_points(sharded, q, k=4, store=st, alpha=al)
+    assert all(torch.equal(a, b) for a, b in zip(top_a, top_s, strict=True))
+    other = RepresenterPoints(cnn, "head", batch_size=16, progress=False).fit(x[:64], labels=y[:64])
+    with pytest.raises(ValueError, match="not fitted on the features"):
+        scale.top_points(other, q, k=4, store=st)
 
 
 def test_sharded_objective_and_gradient_equal_the_solver(cnn, tmp_path):

@@ -8,7 +8,8 @@ checksums, resumable). Install the Ray engine with ``pip install 'whynet[scale]'
 - :func:`fit` -- a RepresenterPoints fit (sharded extraction, then the one solver);
 - :func:`extract` -- head inputs or layer activations into a store;
 - :func:`explain` -- any explainer over a dataset, results per shard;
-- :func:`top_points` -- representer top-k over the training shards (global merge);
+- :func:`top_points` -- representer top-k over the training shards (global merge), with
+  ``alpha`` per shard (:func:`write_alpha`) where it should not be broadcast;
 - :func:`fit_kmeans`, :func:`nearest_points`, :func:`assign_points` -- sharded k-means,
   class tables and queries over stored activations;
 - :func:`influence_dataset` -- class-wide influence as a sum over shards.
@@ -30,7 +31,7 @@ from whynet.scale.fit import (
     influence_dataset,
     representer_objective,
 )
-from whynet.scale.queries import assign_points, nearest_points, top_points
+from whynet.scale.queries import assign_points, nearest_points, top_points, write_alpha
 from whynet.scale.store import ShardedStore, StoreError, write_shard
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "representer_objective",
     "require_ray",
     "top_points",
+    "write_alpha",
     "write_shard",
 ]
 

@@ -9,6 +9,8 @@ equals the single-process top-k (ties aside).
 
 from __future__ import annotations
 
+import hashlib
+import os
 from typing import Any
 
 import torch
@@ -29,10 +31,13 @@ def _merge(parts: list[tuple[torch.Tensor, torch.Tensor]], k: int, largest: bool
 
 
 def _representer_partial(shared: tuple[Any, ...], index: int) -> tuple[torch.Tensor, ...]:
-    _, _, ft, classes, alpha_t, k, dtype, kdt, start = shared
+    _, _, ft, classes, alpha_t, k, dtype, kdt, start, alpha_store = shared
     f = _shard(shared, index)["features"]
     a = start[index]
-    coef = alpha_t[classes, a : a + f.shape[0]]  # (B, n_s)
+    if alpha_store is None:
+        coef = alpha_t[classes, a : a + f.shape[0]]  # (B, n_s)
+    else:  # this shard's coefficients only (no broadcast of the whole alpha)
+        coef = _shard(alpha_store, index)["alpha"].T[classes]
     # the representer terms alpha_ic ([f_i, 1] . [f_t, 1]) (Thm. 3.1), as the explainer's _terms
     v = torch.addcmul(coef, coef, (ft.to(kdt) @ f.to(kdt).T).to(dtype))
     kk = min(k, v.shape[1])
@@ -47,20 +52,27 @@ def top_points(
     target: Any = None,
     *,
     store: ShardedStore,
+    alpha: ShardedStore | None = None,
     engine: str | Engine = "local",
 ) -> TopPoints:
     """``RepresenterPoints.top`` scored over the training shards of ``store`` (fitted on it).
 
     The test features and classes are computed on the driver (one forward); each shard scores
-    its training points against them and returns its top-k; the driver merges.
+    its training points against them and returns its top-k; the driver merges. ``alpha``: the
+    coefficients written per shard by :func:`write_alpha` (each task then reads its own
+    shard of them instead of receiving the whole ``alpha_``).
     """
     explainer.check_is_fitted()
     _need(store, "features")
     n = store.n_rows
-    if explainer.alpha_.shape[0] != n:
-        raise ValueError(
-            f"the explainer was fitted on {explainer.alpha_.shape[0]} points, the store holds {n}"
-        )
+    if explainer.alpha_.shape[0] != n or not torch.equal(
+        store.read_shard(0)["features"], explainer.features_[: store.range(0)[1]].cpu()
+    ):
+        raise ValueError(f"the explainer was not fitted on the features of store {store.folder}")
+    if alpha is not None:
+        _need(alpha, "alpha")
+        if alpha.manifest["fingerprint"] != _alpha_fingerprint(explainer, store):
+            raise ValueError(f"alpha store {alpha.folder} is not this fit's (write_alpha again)")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
         raise ValueError(f"k must be an int in [1, {n}], got {k!r}")
     x = explainer._check_inputs(inputs)
@@ -71,15 +83,41 @@ def top_points(
     classes = explainer._classes(outputs, tgt).cpu()
     dtype = explainer.dtype
     kdt = explainer.kernel_dtype or dtype
-    alpha_t = explainer.alpha_.detach().cpu().T.contiguous()
+    alpha_t = None if alpha is not None else explainer.alpha_.detach().cpu().T.contiguous()
     starts = [store.range(i)[0] for i in range(store.n_shards)]
-    shared = (store.folder, store.manifest, f.cpu(), classes, alpha_t, k, dtype, kdt, starts)
+    alpha_src = None if alpha is None else (alpha.folder, alpha.manifest)
+    shared: tuple[Any, ...] = (store.folder, store.manifest, f.cpu(), classes, alpha_t)
+    shared = (*shared, k, dtype, kdt, starts, alpha_src)
     parts = as_engine(engine).map_tasks(
         _representer_partial, shared, range(store.n_shards), desc="representer top-k"
     )
     hi_i, hi_v = _merge([(p[0], p[1]) for p in parts], k, True)
     lo_i, lo_v = _merge([(p[2], p[3]) for p in parts], k, False)
     return TopPoints(hi_i, hi_v, lo_i, lo_v)
+
+
+def _alpha_fingerprint(explainer: Any, store: ShardedStore) -> str:
+    h = hashlib.sha256(store.manifest["fingerprint"].encode())
+    a = explainer.alpha_.detach().cpu().contiguous()
+    h.update(a.numpy().tobytes())
+    return h.hexdigest()
+
+
+def write_alpha(explainer: Any, store: ShardedStore, folder: Any) -> ShardedStore:
+    """Write the fitted ``alpha_`` (n, C) in the shard layout of ``store`` (the features it was
+    fitted on), for :func:`top_points` at a size where ``alpha`` is not broadcast."""
+    explainer.check_is_fitted()
+    out = ShardedStore.create(
+        folder,
+        fingerprint=_alpha_fingerprint(explainer, store),
+        n_rows=store.n_rows,
+        shard_rows=store.shard_rows,
+        meta={"kind": "alpha", "features": os.fspath(store.folder)},
+    )
+    for i in out.missing():
+        a, b = out.range(i)
+        out.put(i, {"alpha": explainer.alpha_[a:b].detach().cpu()})
+    return out
 
 
 def _nearest_partial(shared: tuple[Any, ...], index: int) -> tuple[torch.Tensor, torch.Tensor]:
