@@ -289,3 +289,15 @@ def test_explanations_of_another_fit_are_not_resumed(cnn, tmp_path):
             store=tmp_path / "e",
             shard_rows=16,
         )
+
+
+def test_one_switch_local_is_the_explainers_own_fit(tmp_path):
+    class Fake:
+        def fit(self, data, labels=None, **kw):  # type: ignore[no-untyped-def]
+            self.got = (data, labels, kw)
+            return self
+
+    f = scale.fit(Fake(), "data", "labels", epochs=3)
+    assert f.got == ("data", "labels", {"epochs": 3})
+    with pytest.raises(TypeError, match="sharded fit"):
+        scale.fit(Fake(), "data", store=tmp_path / "s", engine="ray")

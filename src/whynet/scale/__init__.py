@@ -69,6 +69,7 @@ def fit(
     address: str | None = None,
     workers: int | None = None,
     shard_rows: int | None = None,
+    **fit_params: Any,
 ) -> Any:
     """The one switch for fitting: ``explainer.fit(data, labels)`` locally or through a store.
 
@@ -76,12 +77,12 @@ def fit(
     RepresenterPoints) the head inputs are extracted shard by shard into ``store`` (resumed if
     it exists, refused if it belongs to another model or head) on ``engine``, then solved by
     the explainer's own solver: the fitted state equals ``explainer.fit(data, labels)``
-    bitwise. ``shard_rows`` defaults to 256 batches.
+    bitwise. ``shard_rows`` defaults to 256 batches; ``fit_params`` go to the local ``fit``.
     """
     from whynet.representer import RepresenterPoints
 
     if store is None and engine == "local":
-        return explainer.fit(data, labels)
+        return explainer.fit(data, labels, **fit_params)
     if not isinstance(explainer, RepresenterPoints):
         raise TypeError(
             f"a sharded fit (store= or engine='ray') fits RepresenterPoints; got "
@@ -90,6 +91,8 @@ def fit(
         )
     if store is None:
         raise ValueError("engine='ray' needs store= (a folder every worker can reach)")
+    if fit_params:
+        raise TypeError(f"a sharded fit takes no fit parameters, got {sorted(fit_params)}")
     eng = as_engine(engine, address, workers, explainer.progress)
     st = extract(
         explainer.model,
