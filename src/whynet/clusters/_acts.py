@@ -8,19 +8,28 @@ unpacks tuples and ``PackedSequence`` outputs and reports the sequences' lengths
   autoencoder embeds them);
 - ``(B, F)`` (flat layers) are kept;
 - ``(B, T, H)`` (token sequences, batch first, e.g. a GRU's output) are mean-pooled over the
-  *valid* tokens: those of a ``PackedSequence`` (its lengths), or, when the model's input is
-  integer token ids ``(B, T)``, the positions whose id is not 0 (padding). If the time axis is
-  axis 2 instead (a ``Conv1d`` output ``(B, C, T)`` over token ids) it is pooled there. Other
-  3-D outputs are treated as ``(B, T, H)`` and averaged over axis 1.
+  *valid* tokens: those of a ``PackedSequence`` (its lengths), of the inputs' attention mask
+  (a mapping batch, e.g. an HF ``BatchEncoding``), or, when the model's input is integer token
+  ids ``(B, T)``, the positions whose id is not ``pad_id``. If the time axis is axis 2 instead
+  (a ``Conv1d`` output ``(B, C, T)`` over token ids) it is pooled there. Other 3-D outputs
+  (a ViT's patch tokens) are treated as ``(B, T, H)`` and averaged over axis 1.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+
+from whynet.core import batch_len, valid_tokens
 
 
 def reduce_activation(
-    t: torch.Tensor, lengths: torch.Tensor | None, x: torch.Tensor, layer: str
+    t: torch.Tensor,
+    lengths: torch.Tensor | None,
+    x: Any,
+    layer: str,
+    pad_id: int | None = 0,
 ) -> torch.Tensor:
     """Reduce a layer's output batch to ``(B, C, H, W)`` or ``(B, F)`` float32 (module doc)."""
     if not t.is_floating_point():
@@ -33,10 +42,11 @@ def reduce_activation(
             f"layer {layer!r} gives NaN or infinite activations (NaN or infinite inputs?); "
             "clustering needs finite values"
         )
-    if t.dim() == 0 or t.shape[0] != x.shape[0]:
+    n = batch_len(x)
+    if t.dim() == 0 or t.shape[0] != n:
         raise ValueError(
             f"layer {layer!r} output of shape {tuple(t.shape)} has no batch "
-            f"dimension matching the {x.shape[0]} inputs"
+            f"dimension matching the {n} inputs"
         )
     t = t.detach().float()
     if t.dim() == 1:
@@ -48,11 +58,13 @@ def reduce_activation(
         if lengths is not None:
             steps = torch.arange(t.shape[1], device=t.device)
             mask = steps[None, :] < lengths.to(t.device)[:, None]
-        elif x.dim() == 2 and not x.is_floating_point():
-            if t.shape[1] == x.shape[1]:
-                mask = x != 0
-            elif t.shape[2] == x.shape[1]:
-                axis, mask = 2, x != 0
+        else:
+            valid = valid_tokens(x, pad_id=pad_id)  # attention mask, else ids != pad_id
+            if valid is not None and valid.dim() == 2:
+                if t.shape[1] == valid.shape[1]:
+                    mask = valid.to(t.device)
+                elif t.shape[2] == valid.shape[1]:
+                    axis, mask = 2, valid.to(t.device)
         if mask is None:
             return t.mean(dim=axis)
         m = mask.to(t.dtype).unsqueeze(3 - axis)  # (B, T, 1) or (B, 1, T)

@@ -31,6 +31,8 @@ class SurrogateQueries:
     assignment: str
     batch_size: int
     progress: bool | None
+    output: Any
+    pad_id: int | None
     n_classes_: int
     n_train_: int
     layer_weights_: torch.Tensor
@@ -93,9 +95,14 @@ class SurrogateQueries:
             need_labels=need_labels,
             progress=self.progress if progress is None else progress,
             desc="clusters",
+            output=self.output,
         ):
             zs = [
-                c.transform(reduce_activation(b.acts[c.name], b.lengths[c.name], b.inputs, c.name))
+                c.transform(
+                    reduce_activation(
+                        b.acts[c.name], b.lengths[c.name], b.inputs, c.name, self.pad_id
+                    )
+                )
                 for c in self._clusterers
             ]
             yield zs, b.output, b.labels

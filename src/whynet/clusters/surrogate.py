@@ -49,6 +49,7 @@ from whynet.core import (
     FittedMixin,
     Interval,
     Options,
+    OutputSpec,
     State,
     Target,
     check_classes,
@@ -147,6 +148,11 @@ class ClusterSurrogate(FittedMixin, Explainer, SurrogateQueries):
         points (k-means path) or from the fitting sample (IDEC). Restarts differ a lot in
         fidelity (fashion-cnn's last block: 0.67-0.93 over 30 restarts), and the objective
         does not pick the faithful ones reliably.
+    output : int, str or callable, optional
+        The prediction among a multi-output model's outputs (``whynet.core.select_output``).
+    pad_id : int or None
+        Padding id of plain ``(B, T)`` id inputs (default 0); a mapping's attention mask takes
+        precedence. Token layers are mean-pooled over the real tokens only.
 
     Attributes (after ``fit``)
     --------------------------
@@ -183,6 +189,7 @@ class ClusterSurrogate(FittedMixin, Explainer, SurrogateQueries):
         "memory_limit": _int(0),
         "weight_holdout": constraint(Interval(float, 0, 0.5, "right"), desc="in (0, 0.5]"),
         "restart_selection": constraint(Options(("inertia", "likelihood"))),
+        "pad_id": constraint(int, None, error=TypeError, desc="an int token id or None"),
     }
     _fitted_state: ClassVar[dict[str, State]] = {
         "n_classes_": State("json"),
@@ -238,8 +245,11 @@ class ClusterSurrogate(FittedMixin, Explainer, SurrogateQueries):
         memory_limit: int = 1 << 30,
         weight_holdout: float = 0.1,
         restart_selection: str = "inertia",
+        output: OutputSpec = None,
+        pad_id: int | None = 0,
     ) -> None:
-        super().__init__(model, batch_size=batch_size, progress=progress)
+        super().__init__(model, batch_size=batch_size, progress=progress, output=output)
+        self.pad_id = pad_id
         if isinstance(layers, str):
             layers = [layers]
         layers = list(layers)
@@ -351,9 +361,12 @@ class ClusterSurrogate(FittedMixin, Explainer, SurrogateQueries):
                 device=device,
                 progress=self.progress,
                 desc="clusters: activations",
+                output=self.output,
             ):
                 feats = {
-                    name: reduce_activation(b.acts[name], b.lengths[name], b.inputs, name)
+                    name: reduce_activation(
+                        b.acts[name], b.lengths[name], b.inputs, name, self.pad_id
+                    )
                     for name in self.layers
                 }
                 n_classes = self._check_logits(b.output)

@@ -21,29 +21,39 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset, IterableDataset, Subset
 
 from whynet.core import (
     Explainer,
     FittedMixin,
+    ModelInputs,
+    OutputSpec,
     State,
     Target,
-    as_logits,
+    batch_len,
     blend,
     check_classes,
     data_length,
     frozen_eval,
     intervene,
+    is_mapping,
     iter_batches,
+    main_tensor,
     model_device,
     model_dtype,
     reference,
     resolve_layer,
     train,
+    with_main,
 )
 from whynet.core.params import Interval, Options, constraint
-from whynet.masks.inputs import check_images, check_labels, check_tokens
-from whynet.masks.networks import ImageMaskNet, SequenceMaskNet, build_network, network_config
+from whynet.masks.inputs import check_batch, check_labels, shuffled_batches, token_valid
+from whynet.masks.networks import (
+    ImageMaskNet,
+    SequenceMaskNet,
+    build_network,
+    network_config,
+    total_variation,
+)
 
 __all__ = ["MaskExplainer", "FILLS", "FORMAT", "FORMAT_VERSION"]
 
@@ -59,13 +69,6 @@ FILLS = ("blur", "mean", "zero")
 _NON_NEGATIVE = constraint(Interval(float, 0, None))
 
 
-def _total_variation(m: torch.Tensor) -> torch.Tensor:
-    """Mean absolute difference of neighbouring mask values, per image (B,) for m (B, H, W)."""
-    dh = (m[:, 1:, :] - m[:, :-1, :]).abs().flatten(1).mean(1)
-    dw = (m[:, :, 1:] - m[:, :, :-1]).abs().flatten(1).mean(1)
-    return dh + dw
-
-
 class MaskExplainer(FittedMixin, Explainer):
     """A trained explainer network that outputs explanatory masks in one forward pass.
 
@@ -78,8 +81,10 @@ class MaskExplainer(FittedMixin, Explainer):
         The frozen pre-trained model f; never modified (eval mode, parameters untouched).
     modality : {"image", "sequence"}
         ``"image"``: inputs (B, C, H, W) float, one mask value per pixel. ``"sequence"``: token
-        ids (B, T) int, 0 = padding (trailing), one mask value per token, applied by scaling the
-        output of the model's ``embedding`` layer through a forward hook.
+        ids (B, T) int with trailing padding, one mask value per token, applied by scaling the
+        output of the model's ``embedding`` layer through a forward hook. Either may be a
+        mapping for ``model(**batch)`` (an HF ``BatchEncoding``): its ``pixel_values`` /
+        ``input_ids`` are masked and its attention mask marks the padding.
     explainer : nn.Module, optional
         The network g. Default: :class:`~whynet.masks.networks.ImageMaskNet` for images,
         :class:`~whynet.masks.networks.SequenceMaskNet` (biGRU over the detached embeddings)
@@ -110,6 +115,12 @@ class MaskExplainer(FittedMixin, Explainer):
         Standard deviation (px) of the blur fill.
     progress : bool, optional
         Show a bar during ``fit`` (default: on a terminal).
+    output : int, str or callable, optional
+        The prediction among a multi-output model's outputs (``whynet.core.select_output``).
+    pad_id : int or None
+        Padding id of plain ``(B, T)`` id tensors (default 0, as the bundled models); a
+        mapping's attention mask takes precedence; None: no padding. Masks are exactly 0 on
+        padding, which is excluded from the mask size.
     """
 
     method = "masks"
@@ -126,6 +137,7 @@ class MaskExplainer(FittedMixin, Explainer):
         "lr": _NON_NEGATIVE,
         "seed": constraint(int, error=TypeError),
         "blur_sigma": _NON_NEGATIVE,
+        "pad_id": constraint(int, None, error=TypeError, desc="an int token id or None"),
     }
     _fitted_state: ClassVar = {
         "network_": State("module", config=network_config, build=build_network),
@@ -159,8 +171,10 @@ class MaskExplainer(FittedMixin, Explainer):
         seed: int = 0,
         blur_sigma: float = 4.0,
         progress: bool | None = None,
+        output: OutputSpec = None,
+        pad_id: int | None = 0,
     ) -> None:
-        super().__init__(model, batch_size=batch_size, progress=progress)
+        super().__init__(model, batch_size=batch_size, progress=progress, output=output)
         self.modality = modality
         self.explainer = explainer
         self.sparsity = sparsity
@@ -172,6 +186,7 @@ class MaskExplainer(FittedMixin, Explainer):
         self.lr = lr
         self.seed = seed
         self.blur_sigma = blur_sigma
+        self.pad_id = pad_id
         self._check_params()
 
     def params(self) -> dict[str, Any]:
@@ -181,15 +196,20 @@ class MaskExplainer(FittedMixin, Explainer):
         return p
 
     # ------------------------------------------------------------------ inputs
-    def _check_inputs(self, inputs: Any) -> torch.Tensor:
+    def _check_inputs(self, inputs: Any) -> Any:
         return self._check_x(inputs)
 
-    def _check_x(self, x: object, name: str = "inputs", check_length: bool = True) -> torch.Tensor:
+    def _check_x(self, x: object, name: str = "inputs", check_length: bool = True) -> Any:
         """Validate a batch for this modality (against the fitted channels / lengths)."""
-        if self.modality == "image":
-            return check_images(x, name, getattr(self, "in_channels_", None))
-        max_length = getattr(self, "max_length_", None) if check_length else None
-        return check_tokens(x, name, max_length)
+        return check_batch(
+            x,
+            self.modality,
+            name,
+            self.model,
+            channels=getattr(self, "in_channels_", None),
+            max_length=getattr(self, "max_length_", None) if check_length else None,
+            pad_id=self.pad_id,
+        )
 
     def _embedding_layer(self) -> nn.Embedding:
         layer = resolve_layer(self.model, self.embedding)
@@ -200,20 +220,21 @@ class MaskExplainer(FittedMixin, Explainer):
             )
         return layer
 
-    def _build(self, x: torch.Tensor) -> nn.Module:
+    def _build(self, x: ModelInputs) -> nn.Module:
         """The explainer network for this model and input (a copy of a user-given one)."""
         device, dtype = model_device(self.model), model_dtype(self.model)
         if self.explainer is not None:
             net = copy.deepcopy(self.explainer)
         elif self.modality == "image":
-            net = ImageMaskNet(in_channels=int(x.shape[1]))
+            net = ImageMaskNet(in_channels=int(main_tensor(x).shape[1]))
         else:
             net = SequenceMaskNet(embed_dim=self._embedding_layer().embedding_dim)
         return net.to(device=device, dtype=dtype)
 
     # ------------------------------------------------------------------ mask and masked forward
-    def _mask(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def _mask(self, net: nn.Module, batch: ModelInputs) -> torch.Tensor:
         """m = sigmoid(g(x)) in [0, 1]: (B, H, W) or (B, T) with padding exactly 0."""
+        x = main_tensor(batch)
         if self.modality == "image":
             logits = net(x)
             if logits.shape != (x.shape[0], *x.shape[2:]):
@@ -222,35 +243,36 @@ class MaskExplainer(FittedMixin, Explainer):
                     f"{(x.shape[0], *x.shape[2:])}"
                 )
             return torch.sigmoid(logits)
-        valid = x != 0
+        valid = token_valid(batch, self.pad_id)
         with torch.no_grad():  # g reads the model's embeddings, detached (f stays untouched)
             emb = self._embedding_layer()(x)
         logits = net(emb, valid)
         return torch.sigmoid(logits) * valid.to(logits.dtype)
 
-    def masked_output(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def masked_output(self, x: ModelInputs, mask: torch.Tensor) -> torch.Tensor:
         """The model's output on x masked by ``mask``: f(x*m + b*(1-m)) or f with its embedding
         vectors scaled by m. ``mask`` = 1 reproduces ``model(x)`` exactly.
 
         Call inside :func:`~whynet.core.frozen_eval` to get the model's eval-mode output.
         """
         if self.modality == "image":
+            img = main_tensor(x)
             with torch.no_grad():
-                ref = reference(x, self.fill, self.blur_sigma, name="fill")
-            return as_logits(self.model(blend(x, mask.to(x.dtype), ref)))
+                ref = reference(img, self.fill, self.blur_sigma, name="fill")
+            return self._predict(with_main(x, blend(img, mask.to(img.dtype), ref)))
         scale = mask.unsqueeze(-1)
 
         def scaled(emb: torch.Tensor) -> torch.Tensor:
             return emb * scale.to(emb.dtype)
 
         with intervene(self.model, {self.embedding: scaled}):
-            return as_logits(self.model(x))
+            return self._predict(x)
 
     # ------------------------------------------------------------------ training
     def _loss(
         self,
         net: nn.Module,
-        x: torch.Tensor,
+        x: ModelInputs,
         y: torch.Tensor | None,
         scale: float,
     ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -259,7 +281,7 @@ class MaskExplainer(FittedMixin, Explainer):
         ``scale``: the regression error is divided by it (the output variance, see ``fit``).
         """
         with torch.no_grad():
-            ref_out = as_logits(self.model(x))
+            ref_out = self._predict(x)
         mask = self._mask(net, x)
         out = self.masked_output(x, mask)
         if self.task == "classification":
@@ -278,11 +300,11 @@ class MaskExplainer(FittedMixin, Explainer):
         if self.modality == "image":
             size = mask.flatten(1).mean(1)
         else:
-            valid = (x != 0).to(mask.dtype)
+            valid = token_valid(x, self.pad_id).to(mask.dtype)
             size = mask.sum(1) / valid.sum(1)  # padding excluded from the mean
         loss = fit + self.sparsity * size.mean()
         if self.modality == "image" and self.smoothness > 0:
-            loss = loss + self.smoothness * _total_variation(mask).mean()
+            loss = loss + self.smoothness * total_variation(mask).mean()
         stats = {
             "loss": float(loss.detach()),
             "size": float(size.detach().mean()),
@@ -291,24 +313,10 @@ class MaskExplainer(FittedMixin, Explainer):
         return loss, stats
 
     def _epoch_batches(
-        self,
-        data: Any,
-        labels: torch.Tensor | None,
-        gen: torch.Generator,
-    ) -> Generator[tuple[torch.Tensor, torch.Tensor | None], None, None]:
-        # shuffled, seeded order; every form still goes through iter_batches
-        need = self.target == "label"
-        device = model_device(self.model)
-        if isinstance(data, torch.Tensor):
-            perm = torch.randperm(len(data), generator=gen)
-            data = data[perm]
-            labels = None if labels is None else labels[perm.to(labels.device)]
-        elif isinstance(data, Dataset) and not isinstance(data, IterableDataset):
-            # the same permutation as for a tensor of the same examples
-            n = len(data)  # type: ignore[arg-type]
-            data = Subset(data, torch.randperm(n, generator=gen).tolist())
-        yield from iter_batches(
-            data, labels, batch_size=self.batch_size, need_labels=need, device=device
+        self, data: Any, labels: torch.Tensor | None, gen: torch.Generator
+    ) -> Generator[tuple[ModelInputs, torch.Tensor | None], None, None]:
+        return shuffled_batches(
+            data, labels, gen, self.batch_size, self.target == "label", model_device(self.model)
         )
 
     def _evaluate(
@@ -332,15 +340,13 @@ class MaskExplainer(FittedMixin, Explainer):
                 x = self._check_x(x, "val_data", check_length=False)
                 _, stats = self._loss(net, x, y, scale)
                 for k, v in stats.items():
-                    totals[k] = totals.get(k, 0.0) + v * len(x)
-                n += len(x)
+                    totals[k] = totals.get(k, 0.0) + v * batch_len(x)
+                n += batch_len(x)
         if n == 0:
             raise ValueError("val_data is empty")
         return {k: v / n for k, v in totals.items()}
 
-    def _first_batch(
-        self, data: Any, labels: torch.Tensor | None
-    ) -> tuple[nn.Module, torch.Tensor]:
+    def _first_batch(self, data: Any, labels: torch.Tensor | None) -> tuple[nn.Module, ModelInputs]:
         """Peek at the first training batch (the one :func:`~whynet.core.train` will see
         first: same seed, same generator) and build the network g from it, initialised under
         ``fork_rng`` seeded with ``seed`` (reproducible, the global RNG untouched)."""
@@ -389,7 +395,8 @@ class MaskExplainer(FittedMixin, Explainer):
         self
         """
         self._reset_fitted()
-        if self.target == "label" and labels is None and isinstance(train_data, torch.Tensor):
+        bare = isinstance(train_data, torch.Tensor) or is_mapping(train_data)
+        if self.target == "label" and labels is None and bare:
             raise ValueError(
                 f"target='label' needs labels, but train_data is a bare tensor and "
                 f"labels=None (a {self.task} model's prediction can be kept with "
@@ -407,16 +414,16 @@ class MaskExplainer(FittedMixin, Explainer):
                 # the variance of f's outputs on the first training batch: `sparsity` then
                 # means the same whatever the output's units
                 with torch.no_grad():
-                    ref = as_logits(self.model(x0))
+                    ref = self._predict(x0)
                 scale = max(float(ref.double().var()), 1e-12) if ref.numel() > 1 else 1.0
 
-            def loss(batch: tuple[torch.Tensor, torch.Tensor | None]) -> Any:
+            def loss(batch: tuple[ModelInputs, torch.Tensor | None]) -> Any:
                 nonlocal max_len
                 x = self._check_x(batch[0], "train_data", check_length=False)
                 if self.modality == "sequence":
-                    max_len = max(max_len, int((x != 0).sum(1).max()))
+                    max_len = max(max_len, int(token_valid(x, self.pad_id).sum(1).max()))
                 value, stats = self._loss(net, x, batch[1], scale)
-                return value, stats, len(x)
+                return value, stats, batch_len(x)
 
             validate = None
             if val_data is not None:
@@ -439,7 +446,7 @@ class MaskExplainer(FittedMixin, Explainer):
         state: dict[str, Any] = {
             "network_": net,
             "history_": result.history,
-            "in_channels_": int(x0.shape[1]),
+            "in_channels_": int(main_tensor(x0).shape[1]),
             "output_scale_": scale,
         }
         if self.modality == "sequence":
@@ -448,7 +455,7 @@ class MaskExplainer(FittedMixin, Explainer):
         return self
 
     # ------------------------------------------------------------------ explaining
-    def _explain_batch(self, x: torch.Tensor, target: Target) -> dict[str, torch.Tensor | None]:
+    def _explain_batch(self, x: ModelInputs, target: Target) -> dict[str, torch.Tensor | None]:
         """Masks from one forward pass of the trained network g: (B, H, W) or (B, T), padding 0.
 
         g explains what it was trained on (the model's prediction, or the label), so only

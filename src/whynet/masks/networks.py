@@ -169,3 +169,10 @@ def build_network(config: dict[str, Any]) -> nn.Module:
         net = config.pop("net", "gru")
         return SequenceMaskNet(kind=net, **config)
     raise ValueError(f"unknown explainer network config kind {kind!r}")
+
+
+def total_variation(m: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of neighbouring mask values, per image (B,) for m (B, H, W)."""
+    dh = (m[:, 1:, :] - m[:, :-1, :]).abs().flatten(1).mean(1)
+    dw = (m[:, :, 1:] - m[:, :, :-1]).abs().flatten(1).mean(1)
+    return dh + dw

@@ -353,7 +353,12 @@ def _from_factory(spec: str) -> Data:
         raise RunError(f"{spec}: {e}") from None
     if not parts:
         raise RunError(f"{spec}: the data factory returned no examples")
-    x = torch.cat([p[0] for p in parts])
+    if not all(isinstance(p[0], torch.Tensor) for p in parts):
+        raise RunError(
+            f"{spec}: the data factory yields dict batches; whynet run reads tensor inputs "
+            "(dict / BatchEncoding inputs work from the Python API: explain(batch), fit(loader))"
+        )
+    x = torch.cat([p[0] for p in parts])  # type: ignore[misc]
     ys = [p[1] for p in parts]
     labels = torch.cat([t for t in ys if t is not None]) if all(t is not None for t in ys) else None
     kind = "image" if x.dim() == 4 and x.is_floating_point() else "vector"
