@@ -288,7 +288,7 @@ def load_facenet_onet(meta: dict[str, Any], wdir: Path) -> tuple[nn.Module, dict
     return model, {"preprocess": onet_preprocess}
 
 
-_VIT_BLOCKS = [f"vit.encoder.layer.{i}" for i in range(4)]
+_VIT_BLOCKS = [f"vit.layers.{i}" for i in range(4)]  # transformers 5.x names
 
 #: specs in the format of ``whynet.zoo._SPECS`` (``load`` replaces ``build``)
 HF_SPECS: dict[str, dict[str, Any]] = {
