@@ -68,18 +68,23 @@ VIT_CONFIG: dict[str, Any] = {
 }
 
 
+_RESUME: list[Path | None] = [None]
+
+
 def train_canvas_vit(log: Log, quick: bool = False) -> Result:
     from whynet.data import canvas
 
     hp: dict[str, Any] = {
         "seed": 0,
-        "epochs": 1 if quick else 3,
+        "stages": [
+            {"epochs": 1 if quick else 3, "lr": 2e-3, "seed": 0},
+            {"epochs": 1 if quick else 2, "lr": 1e-3, "seed": 1},
+        ],
         "batch_size": 128,
-        "lr": 2e-3,
         "weight_decay": 0.05,
         "label_smoothing": 0.05,
         "clip": 1.0,
-        "optimizer": "AdamW + OneCycle (20% warm-up)",
+        "optimizer": "AdamW + OneCycle (20% warm-up) per stage; stage 2 restarts from stage 1",
         "augmentation": "random shift <= 4 px (zero fill), horizontal flip",
         "data": "canvas('train', size=64, n=30000, seed=0) (as canvas-cnn)",
     }
@@ -89,9 +94,7 @@ def train_canvas_vit(log: Log, quick: bool = False) -> Result:
     xt, yt = canvas("test", size=64, seed=0).tensors()
     log(f"canvas data generated in {time.time() - t0:.0f} s")
     model = hf.build_canvas_vit(VIT_CONFIG)
-    opt = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
     steps = math.ceil(len(x) / hp["batch_size"])
-    sched = onecycle(opt, hp["lr"], hp["epochs"] * steps)
     clock, step = [time.time()], [0]
 
     def batches(epoch: int, gen: torch.Generator) -> Any:
@@ -104,34 +107,40 @@ def train_canvas_vit(log: Log, quick: bool = False) -> Result:
         value = F.cross_entropy(out, yb, label_smoothing=hp["label_smoothing"])
         step[0] += 1
         if step[0] % 50 == 0:
-            log(
-                f"step {step[0]}/{hp['epochs'] * steps}: loss {float(value):.3f} "
-                f"({time.time() - t0:.0f} s)"
-            )
+            log(f"step {step[0]}: loss {float(value.detach()):.3f} ({time.time() - t0:.0f} s)")
         return value, {"loss": float(value.detach())}, len(xb)
 
     def on_epoch(epoch: int, record: dict[str, float]) -> None:
         acc = _acc(_logits(model, xt[:1000]), yt[:1000])
         model.train()
         log(
-            f"epoch {epoch}/{hp['epochs']}: loss {record['loss']:.4f} test[:1000] {acc:.3f} "
+            f"epoch {epoch}: loss {record['loss']:.4f} test[:1000] {acc:.3f} "
             f"({time.time() - clock[0]:.0f} s)"
         )
         clock[0] = time.time()
 
-    train_module(
-        model,
-        batches,
-        loss,
-        epochs=hp["epochs"],
-        optimizer=opt,
-        scheduler=sched,
-        clip_grad_norm=hp["clip"],
-        seed=hp["seed"],
-        progress=False,
-        desc="canvas-vit",
-        on_epoch=on_epoch,
-    )
+    for k, stage in enumerate(hp["stages"]):
+        if k == 0 and _RESUME[0] is not None:
+            # development aid: stage 1 is deterministic, so its saved result can be reused
+            from safetensors.torch import load_file
+
+            model.load_state_dict(load_file(str(_RESUME[0])), strict=True)
+            log(f"stage 1 weights from {_RESUME[0]}")
+            continue
+        opt = torch.optim.AdamW(model.parameters(), lr=stage["lr"], weight_decay=hp["weight_decay"])
+        train_module(
+            model,
+            batches,
+            loss,
+            epochs=stage["epochs"],
+            optimizer=opt,
+            scheduler=onecycle(opt, stage["lr"], stage["epochs"] * steps),
+            clip_grad_norm=hp["clip"],
+            seed=stage["seed"],
+            progress=False,
+            desc=f"canvas-vit stage {k + 1}",
+            on_epoch=on_epoch,
+        )
     lt = _logits(model, xt)
     metrics = {
         "test_accuracy": _acc(lt, yt),
@@ -463,8 +472,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (not for release)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--cache", default=None, help="cache folder for frozen features")
+    parser.add_argument(
+        "--resume-stage1", default=None, help="canvas-vit: reuse a stage-1 safetensors file"
+    )
     args = parser.parse_args(argv)
     _CACHE[0] = Path(args.cache) if args.cache else None
+    _RESUME[0] = Path(args.resume_stage1) if args.resume_stage1 else None
     train(args.name, args.out, args.quick, lambda s: print(s, flush=True), args.threads)
 
 
