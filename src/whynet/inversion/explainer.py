@@ -22,18 +22,25 @@ from torch import nn
 from whynet.core import (
     Explainer,
     Interval,
+    ModelInputs,
     Options,
+    OutputSpec,
     Target,
-    as_logits,
+    batch_len,
     blend,
     capture,
+    concat,
     constraint,
+    forward,
+    main_tensor,
     predict_logits,
     reference,
     resolve_layer,
     run_model,
+    with_main,
 )
 from whynet.core.image import REFERENCES
+from whynet.core.layout import tokens_to_grid
 from whynet.core.params import CALLABLE
 from whynet.inversion.masks import basis_mask, phi_bg
 
@@ -81,7 +88,8 @@ class GuidedFeatureInversion(Explainer):
         before the classifier, VGG-19 pool5).
     basis_layer : str
         Layer ``l1`` whose channels span the mask, hooked on its (post-ReLU) output; must have
-        spatial dimensions (B, K, h, w) (the paper: conv5_4 after its ReLU).
+        spatial dimensions (B, K, h, w) (the paper: conv5_4 after its ReLU), or be a vision
+        transformer's patch tokens (B, 1 + h*w, K), laid out on their grid (CLS dropped).
     background : "blur", "zero", float or tensor
         The reference ``p`` of ``Phi`` (the paper: a Gaussian-blurred copy of the input, in the
         model's input space).
@@ -109,6 +117,11 @@ class GuidedFeatureInversion(Explainer):
         Images optimised jointly.
     progress : bool, optional
         Progress bar over batches (default: on a terminal).
+    output : int, str or callable, optional
+        The class scores among a multi-output model's outputs (``whynet.core.select_output``).
+
+    Inputs may be a mapping for ``model(**batch)`` (an HF ``BatchEncoding``); its
+    ``pixel_values`` are masked, its other entries passed on unchanged.
     """
 
     method = "inversion"
@@ -158,8 +171,9 @@ class GuidedFeatureInversion(Explainer):
         basis_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         batch_size: int = 16,
         progress: bool | None = None,
+        output: OutputSpec = None,
     ) -> None:
-        super().__init__(model, batch_size=batch_size, progress=progress)
+        super().__init__(model, batch_size=batch_size, progress=progress, output=output)
         self.inversion_layer = inversion_layer
         self.basis_layer = basis_layer
         self.background = background
@@ -178,28 +192,48 @@ class GuidedFeatureInversion(Explainer):
 
     # -- the two stages ------------------------------------------------------------------------
 
-    def _reference(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _reference(self, x: ModelInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits, detached basis activations and inversion features of the original images."""
         (b,) = run_model(
-            self.model, x, layers=[self.basis_layer, self.inversion_layer], batch_size=len(x)
+            self.model,
+            x,
+            layers=[self.basis_layer, self.inversion_layer],
+            batch_size=batch_len(x),
+            output=self.output,
         )
         logits, basis, feats = b.output, b.acts[self.basis_layer], b.acts[self.inversion_layer]
         if self.basis_transform is not None:
             basis = self.basis_transform(basis)
+        if basis.dim() == 3:  # ViT patch tokens (B, 1 + h*w, K) -> (B, K, h, w)
+            try:
+                basis = tokens_to_grid(basis)
+            except ValueError as e:
+                raise ValueError(
+                    f"basis layer {self.basis_layer!r} outputs tokens {tuple(basis.shape)}: {e}"
+                ) from None
         if basis.dim() != 4:
             raise ValueError(
                 f"basis layer {self.basis_layer!r} must have spatial dimensions "
-                f"(B, K, h, w); its output has shape {tuple(basis.shape)}"
+                f"(B, K, h, w) or be patch tokens (B, 1 + h*w, K); its output has shape "
+                f"{tuple(basis.shape)} (pass basis_transform= to reshape it)"
             )
         return logits, basis, feats
+
+    def _on(self, x: ModelInputs, images: torch.Tensor) -> ModelInputs:
+        """The model's inputs with these images (the other entries of a mapping repeated for a
+        batch of foreground + background copies)."""
+        n = batch_len(x)
+        if images.shape[0] != n:
+            x = concat([x] * (images.shape[0] // n))
+        return with_main(x, images)
 
     def _background(self, x: torch.Tensor) -> torch.Tensor:
         sigma = self.blur_sigma if self.blur_sigma is not None else max(x.shape[-2:]) / 16.0
         return reference(x, self.background, sigma, name="background")
 
-    def _inverted_features(self, inputs: torch.Tensor) -> torch.Tensor:
+    def _inverted_features(self, inputs: ModelInputs) -> torch.Tensor:
         with capture(self.model, self.inversion_layer, keep_graph=True) as cap:
-            self.model(inputs)
+            forward(self.model, inputs)
         return cap[self.inversion_layer]
 
     def _optimise(
@@ -226,25 +260,30 @@ class GuidedFeatureInversion(Explainer):
         return omega.detach(), history
 
     def stage1(
-        self, x: torch.Tensor, basis: torch.Tensor, feats: torch.Tensor, background: torch.Tensor
+        self,
+        inputs: ModelInputs,
+        basis: torch.Tensor,
+        feats: torch.Tensor,
+        background: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Class-agnostic inversion (Eq. 5): ``||f(Phi) - f(x)||^2 + gamma ||omega||_1``.
 
         Takes no target: the class is unknown to this stage by construction.
         """
+        x = main_tensor(inputs)
         size = (x.shape[-2], x.shape[-1])
         omega0 = torch.full(basis.shape[:2], self.omega_init, dtype=basis.dtype, device=x.device)
 
         def loss(omega: torch.Tensor) -> torch.Tensor:
             m = basis_mask(omega, basis, size, self.eps)
-            diff = self._inverted_features(blend(x, m, background)) - feats
+            diff = self._inverted_features(self._on(inputs, blend(x, m, background))) - feats
             return diff.flatten(1).pow(2).sum(1) + self.gamma * omega.abs().sum(1)
 
         return self._optimise(omega0, self.stage1_steps, False, loss)
 
     def stage2(
         self,
-        x: torch.Tensor,
+        inputs: ModelInputs,
         basis: torch.Tensor,
         background: torch.Tensor,
         omega: torch.Tensor,
@@ -252,6 +291,7 @@ class GuidedFeatureInversion(Explainer):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Class-discriminative refinement (Eq. 6):
         ``-P_c(Phi) + lam P_c(Phi_bg) + delta ||omega||_1`` with softmax probabilities."""
+        x = main_tensor(inputs)
         size = (x.shape[-2], x.shape[-1])
         b = x.shape[0]
         idx = target.view(-1, 1)
@@ -259,7 +299,7 @@ class GuidedFeatureInversion(Explainer):
         def loss(omega: torch.Tensor) -> torch.Tensor:
             m = basis_mask(omega, basis, size, self.eps)
             both = torch.cat([blend(x, m, background), phi_bg(x, m, background)])
-            prob = as_logits(self.model(both)).softmax(-1)
+            prob = self._predict(self._on(inputs, both)).softmax(-1)
             p_fg = prob[:b].gather(1, idx).squeeze(1)
             p_bg = prob[b:].gather(1, idx).squeeze(1)
             return -p_fg + self.lam * p_bg + self.delta * omega.abs().sum(1)
@@ -268,13 +308,13 @@ class GuidedFeatureInversion(Explainer):
 
     # -- the template's hooks -----------------------------------------------------------------
 
-    def _check_inputs(self, inputs: Any) -> torch.Tensor:
+    def _check_inputs(self, inputs: Any) -> Any:
         x = super()._check_inputs(inputs)  # a floating (B, C, H, W) batch
         resolve_layer(self.model, self.inversion_layer)
         resolve_layer(self.model, self.basis_layer)
         return x
 
-    def _explain_batch(self, x: torch.Tensor, target: Target) -> dict[str, Any]:
+    def _explain_batch(self, inputs: ModelInputs, target: Target) -> dict[str, Any]:
         """Masks explaining ``target`` (default: the predicted class) for a chunk of images.
 
         Returns ``values``: (B, H, W) stage-2 masks in [0, 1]; ``target``: the classes
@@ -283,17 +323,20 @@ class GuidedFeatureInversion(Explainer):
         (B, stage2_steps) per-image losses before each step, ``prob_kept`` / ``prob_removed``
         (B,) target probabilities of ``Phi`` and ``Phi_bg`` with the final mask.
         """
+        x = main_tensor(inputs)
         size = (x.shape[-2], x.shape[-1])
-        logits, basis, feats = self._reference(x)
+        logits, basis, feats = self._reference(inputs)
         tb = target.classes_for(logits)
         bg = self._background(x)
-        omega1, loss1 = self.stage1(x, basis, feats, bg)
-        omega2, loss2 = self.stage2(x, basis, bg, omega1, tb)
+        omega1, loss1 = self.stage1(inputs, basis, feats, bg)
+        omega2, loss2 = self.stage2(inputs, basis, bg, omega1, tb)
         m1 = basis_mask(omega1, basis, size, self.eps)
         m2 = basis_mask(omega2, basis, size, self.eps)
         b = x.shape[0]
         both = torch.cat([blend(x, m2, bg), phi_bg(x, m2, bg)]).detach()
-        prob = predict_logits(self.model, both, batch_size=len(both)).softmax(-1)
+        prob = predict_logits(
+            self.model, self._on(inputs, both), batch_size=len(both), output=self.output
+        ).softmax(-1)
         prob = prob.gather(1, tb.repeat(2).view(-1, 1)).squeeze(1)
         return {
             "values": m2,

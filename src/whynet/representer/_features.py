@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from whynet.core import Accumulator, StoreCache, resolve_layer, run_model
+from whynet.core import Accumulator, OutputSpec, StoreCache, resolve_layer, run_model
 
 
 def linear_head(model: nn.Module, head: str) -> nn.Linear:
@@ -47,6 +47,7 @@ def iter_features(
     batch_size: int,
     need_labels: bool = False,
     progress: bool | None = False,
+    output: OutputSpec = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
     """Stream ``(features (B, D) float32, model output (B, C), labels)`` over ``data``.
 
@@ -63,6 +64,7 @@ def iter_features(
         need_labels=need_labels,
         progress=progress,
         desc="representer features",
+        output=output,
     ):
         f = b.layer_inputs[head]
         if f.dim() != 2 or f.shape[0] != len(b):
@@ -74,11 +76,11 @@ def iter_features(
 
 
 def forward_features(
-    model: nn.Module, head: str, x: torch.Tensor, batch_size: int
+    model: nn.Module, head: str, x: Any, batch_size: int, output: OutputSpec = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Head inputs (B, D) float32 and model outputs (B, C) of a batch of inputs ``x``."""
     acc = Accumulator()
-    for f, out, _ in iter_features(model, head, x, batch_size=batch_size):
+    for f, out, _ in iter_features(model, head, x, batch_size=batch_size, output=output):
         acc.update(features=f, outputs=out)
     parts = acc.compute()
     return parts["features"], parts["outputs"]
@@ -105,6 +107,7 @@ def training_features(
     need_labels: bool,
     progress: bool | None,
     cache: StoreCache | None,
+    output: OutputSpec = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``(features (n, D) float32, outputs (n, C) float64, labels or None)`` of the training data.
 
@@ -134,6 +137,7 @@ def training_features(
         batch_size=batch_size,
         need_labels=need_labels,
         progress=progress,
+        output=output,
     ):
         # targets: keep the logits at full precision
         acc.update(features=f, outputs=out.double(), labels=yb)

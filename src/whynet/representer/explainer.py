@@ -29,9 +29,11 @@ from whynet.core import (
     FittedMixin,
     Interval,
     Options,
+    OutputSpec,
     State,
     StoreCache,
     Target,
+    batch_len,
     check_classes,
     check_inputs,
     constraint,
@@ -111,6 +113,8 @@ class RepresenterPoints(FittedMixin, Explainer):
         reuse them, memory-mapped, when the same model and data come back.
     progress : bool, optional
         Progress bars (default: on a terminal).
+    output : int, str or callable, optional
+        The head's logits among a multi-output model's outputs (``whynet.core.select_output``).
 
     Attributes (after ``fit``)
     --------------------------
@@ -187,8 +191,9 @@ class RepresenterPoints(FittedMixin, Explainer):
         lje_damping: float = 1e-3,
         cache_dir: str | os.PathLike[str] | None = None,
         progress: bool | None = None,
+        output: OutputSpec = None,
     ) -> None:
-        super().__init__(model, batch_size=batch_size, progress=progress)
+        super().__init__(model, batch_size=batch_size, progress=progress, output=output)
         self.head = head
         self.l2 = l2
         self.targets = targets
@@ -232,7 +237,9 @@ class RepresenterPoints(FittedMixin, Explainer):
         if self.cache_dir is not None:
             key = hashlib.sha256(
                 (
-                    self._fingerprint() + data_fingerprint(train_data, labels, self.batch_size)
+                    self._fingerprint()
+                    + data_fingerprint(train_data, labels, self.batch_size)
+                    + repr(self.output)
                 ).encode()
             ).hexdigest()
             cache = StoreCache(self.cache_dir, key, what="representer feature")
@@ -245,6 +252,7 @@ class RepresenterPoints(FittedMixin, Explainer):
             need_labels=need,
             progress=self.progress,
             cache=cache,
+            output=self.output,
         )
         return self.fit_features(features, outputs=outputs, labels=y)
 
@@ -340,7 +348,7 @@ class RepresenterPoints(FittedMixin, Explainer):
     # ---- explaining ----------------------------------------------------------------------
 
     def _features_of(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f, out = feat.forward_features(self.model, self.head, x, self.batch_size)
+        f, out = feat.forward_features(self.model, self.head, x, self.batch_size, self.output)
         feat.check_finite(f, "test")
         return f, out
 
@@ -467,7 +475,7 @@ class RepresenterPoints(FittedMixin, Explainer):
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
             raise ValueError(f"k must be an int in [1, {n}], got {k!r}")
         x = self._check_inputs(inputs)
-        tgt = parse_target(target, len(x))
+        tgt = parse_target(target, batch_len(x))
         self._check_target(x, tgt)
         f, outputs = self._features_of(x)
         classes = self._classes(outputs, tgt)
