@@ -36,11 +36,13 @@ with the class's rows of ``H^{-1}`` and one with the training features.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from whynet.representer._solver import loss_grad_phi
+from whynet.representer._solver import augment, loss_grad_phi
 
 #: largest head (C x (D+1) parameters) whose Hessian is formed explicitly (P^2 float64 entries:
 #: 8192 parameters = 512 MB). Beyond it RPS-LJE is refused with the size in the message.
@@ -207,3 +209,20 @@ def fitted_state(
         "n_iter_": 1,
         "objective_": res.objective,
     }
+
+
+def parts(rp: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A fitted RPS-LJE explainer's augmented training features, alpha, Theta_0 and H^{-1}."""
+    assert rp.lje_hinv_ is not None and rp.lje_weight0_ is not None
+    fa = augment(rp.features_.to(rp.alpha_.device), rp.dtype)
+    return fa, rp.alpha_, rp.lje_weight0_, rp.lje_hinv_
+
+
+def blocks(
+    rp: Any, test: torch.Tensor, classes: torch.Tensor
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(start, values (B, nb))`` over blocks of ``rp.block_size`` training points."""
+    fa, alpha, w0, hinv = parts(rp)
+    ft, n, bs = augment(test, rp.dtype), fa.shape[0], rp.block_size
+    for a in range(0, n, bs):
+        yield a, values(fa[a : a + bs], alpha[a : a + bs], w0, hinv, ft, classes, n)

@@ -390,10 +390,7 @@ class RepresenterPoints(FittedMixin, Explainer):
         """Yield ``(start, values (B, nb))`` over blocks of training points (Thm. 3.1 terms):
         one product ``F_block f_t`` and one fused ``alpha * (k + 1)`` per block."""
         if self.lje_hinv_ is not None:  # RPS-LJE: (W_i f_t)_c, block by block
-            fa, alpha, w0, hinv = self._lje_parts()
-            ft, n, bs = augment(test, self.dtype), fa.shape[0], self.block_size
-            for a in range(0, n, bs):
-                yield a, lje.values(fa[a : a + bs], alpha[a : a + bs], w0, hinv, ft, classes, n)
+            yield from lje.blocks(self, test, classes)
             return
         kdt = self.kernel_dtype or self.dtype
         whole, alpha_t = self._kernel_parts()
@@ -407,12 +404,6 @@ class RepresenterPoints(FittedMixin, Explainer):
         for a in range(0, n, self.block_size):
             fb = self.features_[a : a + self.block_size].to(dev, kdt)
             yield a, self._terms(ft @ fb.T, coef[:, a : a + fb.shape[0]])
-
-    def _lje_parts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        assert self.lje_hinv_ is not None and self.lje_weight0_ is not None
-        dev = self.alpha_.device
-        fa = augment(self.features_.to(dev), self.dtype)
-        return fa, self.alpha_, self.lje_weight0_, self.lje_hinv_
 
     def _terms(self, k: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
         """``alpha_ic ([f_i, 1] . [f_t, 1]) = alpha + alpha * (f_i . f_t)`` in ``dtype``."""
@@ -500,7 +491,7 @@ class RepresenterPoints(FittedMixin, Explainer):
             )
         labels = self.labels_.to(self.alpha_.device)
         if self.lje_hinv_ is not None:  # RPS-LJE: |(W_i f_i)_{y_i}|, the authors' score
-            return lje.self_values(*self._lje_parts(), labels).abs()
+            return lje.self_values(*lje.parts(self), labels).abs()
         return self.alpha_.gather(1, labels[:, None])[:, 0].abs()
 
     def mislabel_ranking(self) -> torch.Tensor:
