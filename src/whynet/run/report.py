@@ -52,8 +52,18 @@ def header(cfg: RunConfig, ctx: Any, results: list[Any], total: float) -> Sectio
     )
 
 
-def _maps(values: torch.Tensor) -> torch.Tensor | None:
-    v = values.detach().float()
+def _maps(e: Any) -> torch.Tensor | None:
+    """(B, h, w) maps to draw over the images: channels summed; a token layer's values (a
+    ViT's (B, 1 + h*w, D) patch tokens) summed over hidden units and laid on the patch grid."""
+    from whynet.core.layout import grid_side
+
+    v = e.values.detach().float()
+    if v.dim() == 3 and e.meta.get("neuron_dim") == 2:
+        try:
+            extra, side = grid_side(v.shape[1])
+        except ValueError:
+            return None  # tokens that are not patches: nothing to draw on an image
+        return v[:, extra:].abs().sum(-1).reshape(v.shape[0], side, side)
     if v.dim() == 4:
         return v.abs().sum(1)
     return v if v.dim() == 3 else None
@@ -62,7 +72,7 @@ def _maps(values: torch.Tensor) -> torch.Tensor | None:
 def _image_figures(e: Any, data: Data, label: str) -> list[Figure]:
     from whynet.viz import grid_png, overlay
 
-    maps = _maps(e.values)
+    maps = _maps(e)
     if maps is None or data.raw is None or len(maps) != len(data):
         return []
     n = min(len(maps), MAX_FIGURES)
