@@ -4,7 +4,9 @@ Every function returns one value per input (float64) so that results stream over
 (:mod:`.streaming`); aggregate with ``.mean()``.
 
 - Faithfulness (:mod:`.faithfulness`): :func:`deletion_auc`, :func:`insertion_auc` and their
-  curves (Petsiuk et al. 2018), :func:`mask_fidelity` (preservation/deletion of a soft mask).
+  curves (Petsiuk et al. 2018), :func:`mask_fidelity` (preservation/deletion of a soft mask);
+  ROAD (:mod:`.road`, Rong et al. 2022): :func:`road_curve`, :func:`road_auc`,
+  :func:`noisy_linear_imputation`.
 - Localisation (:mod:`.localisation`): :func:`pointing_game` (Zhang et al. 2016),
   :func:`localisation_error` with :func:`saliency_boxes` and :func:`box_iou`.
 - Training-data attribution (:mod:`.attribution`): :func:`lds` (linear datamodeling score),
@@ -37,6 +39,7 @@ from whynet.metrics.localisation import (
     pointing_game,
     saliency_boxes,
 )
+from whynet.metrics.road import noisy_linear_imputation, road_auc, road_curve
 from whynet.metrics.streaming import (
     DeletionAUC,
     InsertionAUC,
@@ -64,10 +67,13 @@ __all__ = [
     "localisation_error",
     "mask_fidelity",
     "noisy_label_auc",
+    "noisy_linear_imputation",
     "max_points",
     "perturbation_curve",
     "pointing_game",
     "random_subsets",
+    "road_auc",
+    "road_curve",
     "roc_auc",
     "saliency_boxes",
     "saliency_ranks",
