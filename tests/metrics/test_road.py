@@ -63,7 +63,8 @@ def test_imputed_pixels_are_the_mean_of_their_neighbours() -> None:
             if not removed[r, c]:
                 assert (out[:, r, c] == img[:, r, c]).all()  # known pixels untouched
                 continue
-            num, den = 0.0, 0.0
+            num: Any = 0.0
+            den = 0.0
             for dr, dc, wt in NEIGHBOURS:
                 if 0 <= r + dr < h and 0 <= c + dc < w:
                     num = num + wt * out[:, r + dr, c + dc]
