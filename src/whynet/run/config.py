@@ -30,7 +30,10 @@ SCHEMA: dict[str, tuple[str, ...]] = {
     "data": ("train", "explain", "labels", "train_labels", "size", "channels"),
     "methods": (),  # one table per method (see MethodSpec)
     "output": ("dir", "title", "metric_steps"),
+    "engine": ("name", "address", "workers", "store"),
 }
+#: the engines of ``whynet.scale`` (``[engine] name``)
+ENGINES = ("local", "ray")
 #: keys of a method table that are not constructor parameters
 RESERVED = ("method", "target")
 #: parameters naming layers of the model (checked with core.resolve_layer once it is built)
@@ -68,6 +71,12 @@ class RunConfig:
     out: Path = Path("whynet-run")
     title: str = ""
     metric_steps: int = 20
+    #: ``[engine]``: where fits and explanations run (``whynet.scale``'s one switch)
+    engine: str = "local"
+    address: str | None = None
+    workers: int | None = None
+    #: the Ray engine's sharded stores (None: ``scale/`` in the output folder)
+    store: Path | None = None
 
     @property
     def root(self) -> Path:
@@ -94,6 +103,32 @@ def _path_spec(root: Path, spec: str) -> str:
 def _resolve(root: Path, p: str) -> Path:
     path = Path(p).expanduser()
     return path if path.is_absolute() else root / path
+
+
+def engine_settings(
+    table: dict[str, Any], root: Path, where: str
+) -> tuple[str, str | None, int | None, Path | None]:
+    """``[engine]``: (name, address, workers, store), each checked with one clear error."""
+    name = table.get("name", "local")
+    if name not in ENGINES:
+        raise RunError(
+            f"{where}: [engine] name must be one of {', '.join(map(repr, ENGINES))}, got {name!r}"
+        )
+    address = table.get("address")
+    if address is not None and (not isinstance(address, str) or not address.strip()):
+        raise RunError(
+            f'{where}: [engine] address must be a Ray address string ("HOST:PORT", "auto"), '
+            f"got {address!r}"
+        )
+    workers = table.get("workers")
+    if workers is not None and (
+        isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
+    ):
+        raise RunError(f"{where}: [engine] workers must be an integer >= 1, got {workers!r}")
+    store = table.get("store")
+    if store is not None and (not isinstance(store, str) or not store.strip()):
+        raise RunError(f"{where}: [engine] store must be a folder path, got {store!r}")
+    return name, address, workers, None if store is None else _resolve(root, store)
 
 
 def method_parameters(cls: type) -> tuple[list[str], list[str]]:
@@ -226,6 +261,7 @@ def load_config(path: str | Path, out: str | Path | None = None) -> RunConfig:
             raise RunError(f"{where}: [data] size must be N or [H, W], got {data['size']!r}")
     opt = {k: _resolve(root, data[k]) for k in ("labels", "train_labels") if k in data}
     dest = Path(out) if out is not None else _resolve(root, output.get("dir", "whynet-run"))
+    engine, address, workers, store = engine_settings(doc.get("engine", {}), root, where)
     return RunConfig(
         path=path,
         text=text,
@@ -241,4 +277,8 @@ def load_config(path: str | Path, out: str | Path | None = None) -> RunConfig:
         out=dest,
         title=str(output.get("title", "")),
         metric_steps=int(output.get("metric_steps", 20)),
+        engine=engine,
+        address=address,
+        workers=workers,
+        store=store,
     )

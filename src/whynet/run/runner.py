@@ -20,6 +20,11 @@ from whynet.run.readers import Data, checksums, load_model, read_data
 
 FITTED = "fitted"
 INDEX = "index.json"
+#: the default folder of the Ray engine's sharded stores, inside the output folder
+SCALE = "scale"
+#: the fitted methods whose fit the Ray engine shards (``whynet.scale.fit``); the others are
+#: fitted in this process (same result) and only their explanations go to Ray
+RAY_FITS = ("representer",)
 
 
 @dataclass
@@ -34,6 +39,8 @@ class MethodResult:
     seconds: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     explainer: Any = None
+    #: where each step ran ("fit"/"explain" -> "local" or "ray"); empty for the local engine
+    engines: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -153,23 +160,76 @@ def build_explainer(spec: MethodSpec, model: nn.Module, where: str) -> Any:
         raise RunError(f"{where}: [methods.{spec.label}]: {e}") from None
 
 
-def fit_explainer(spec: MethodSpec, ctx: RunContext, where: str) -> Any:
+def make_engine(cfg: RunConfig) -> Any:
+    """The ``[engine]`` of a run: ``"local"``, or a started :class:`whynet.scale.Engine` (Ray
+    imported, the cluster reached) so that a missing Ray or a wrong address fails before any
+    work, as one RunError."""
+    if cfg.engine == "local":
+        return "local"
+    from whynet.scale import Engine
+
+    try:
+        return Engine(cfg.engine, address=cfg.address, workers=cfg.workers)
+    except ImportError as e:
+        raise RunError(f'{cfg.path}: [engine] name = "{cfg.engine}": {e}') from None
+    except ConnectionError as e:
+        raise RunError(f"{cfg.path}: [engine] address: {e}") from None
+    except ValueError as e:
+        raise RunError(f"{cfg.path}: [engine]: {e}") from None
+
+
+def fit_explainer(
+    spec: MethodSpec,
+    ctx: RunContext,
+    where: str,
+    *,
+    engine: Any = "local",
+    store: Path | None = None,
+) -> Any:
+    """Build and fit one method: ``whynet.scale.fit``, i.e. ``explainer.fit`` for the local
+    engine, the sharded extraction into ``store`` and the same solver on Ray."""
+    from whynet import scale
+
     if ctx.train is None:
         raise RunError(
             f"{where}: [methods.{spec.label}] {spec.method} must be fitted: set [data] train"
         )
     explainer = build_explainer(spec, ctx.model, where)
     try:
-        explainer.fit(ctx.train.x, ctx.train.labels, **spec.fit_params)
+        scale.fit(
+            explainer,
+            ctx.train.x,
+            ctx.train.labels,
+            store=None if engine == "local" else store,
+            engine=engine,
+            **spec.fit_params,
+        )
     except (ValueError, TypeError) as e:
         raise RunError(f"{where}: [methods.{spec.label}] fit failed: {e}") from None
     return explainer
 
 
-def explain_data(explainer: Any, spec: MethodSpec, data: Data, where: str) -> Any:
-    """Explain ``data`` and attach what the report needs (file names, classes, raw images)."""
+def explain_data(
+    explainer: Any,
+    spec: MethodSpec,
+    data: Data,
+    where: str,
+    *,
+    engine: Any = "local",
+    store: Path | None = None,
+) -> Any:
+    """Explain ``data`` (``whynet.scale.explain_all``: ``explainer.explain`` locally, per shard
+    through ``store`` on Ray) and attach what the report needs (file names, classes, images)."""
+    from whynet import scale
+
     try:
-        e = explainer.explain(data.x, target=spec.target)
+        e = scale.explain_all(
+            explainer,
+            data.x,
+            spec.target,
+            store=None if engine == "local" else store,
+            engine=engine,
+        )
     except (ValueError, TypeError) as err:
         raise RunError(f"{where}: [methods.{spec.label}] explain failed: {err}") from None
     e.meta["files"] = data.names
@@ -196,15 +256,37 @@ def _reuse(old_dir: Path, name: str, tmp: Path) -> Path | None:
     return dst
 
 
+def _explain_key(spec: MethodSpec, ctx: RunContext) -> str:
+    """The explanation store's folder key: the fit key plus every data file and the target."""
+    doc = {"fit": fit_key(spec, ctx), "files": ctx.checksums, "target": repr(spec.target)}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
 def run_method(
-    spec: MethodSpec, cfg: RunConfig, ctx: RunContext, tmp: Path, force: bool
+    spec: MethodSpec,
+    cfg: RunConfig,
+    ctx: RunContext,
+    tmp: Path,
+    force: bool,
+    engine: Any = "local",
 ) -> MethodResult:
     from whynet.registry import get_explainer, method_info
 
     where = str(cfg.path)
     seconds: dict[str, float] = {}
+    engines: dict[str, str] = {}
     fitted_file = None
     reused = False
+    # the Ray engine's stores, one folder per content key (a rerun with the same model, data
+    # and settings resumes it; anything else gets a new folder, never a fingerprint clash)
+    stores = cfg.store if cfg.store is not None else tmp / SCALE
+    fit_engine = engine
+    if engine != "local" and method_info(spec.method).fitted and spec.method not in RAY_FITS:
+        fit_engine = "local"
+        _say(
+            f"[run] note: {spec.label} ({spec.method}) is fitted in this process: the Ray "
+            f"engine shards the fit of {', '.join(RAY_FITS)} only; its explanations run on Ray"
+        )
     if method_info(spec.method).fitted:
         key = fit_key(spec, ctx)
         name = f"{spec.label}-{key[:16]}.safetensors"
@@ -218,18 +300,31 @@ def run_method(
                 cached.unlink()
                 cached = None
         if cached is None:
-            explainer = fit_explainer(spec, ctx, where)
+            explainer = fit_explainer(
+                spec, ctx, where, engine=fit_engine, store=stores / f"fit-{spec.label}-{key[:16]}"
+            )
             explainer.save(tmp / FITTED / name)
+            if engine != "local":
+                engines["fit"] = "local" if fit_engine == "local" else "ray"
         seconds["reuse" if reused else "fit"] = time.perf_counter() - t0
         fitted_file = tmp / FITTED / name
     else:
         explainer = build_explainer(spec, ctx.model, where)
     assert ctx.explain is not None
     t0 = time.perf_counter()
-    e = explain_data(explainer, spec, ctx.explain, where)
+    estore = (
+        None
+        if engine == "local"
+        else stores / f"explain-{spec.label}-{_explain_key(spec, ctx)[:16]}"
+    )
+    e = explain_data(explainer, spec, ctx.explain, where, engine=engine, store=estore)
     seconds["explain"] = time.perf_counter() - t0
+    if engine != "local":
+        engines["explain"] = "ray"
     efile = e.save(tmp / f"{spec.label}.safetensors")
-    result = MethodResult(spec, e, efile, fitted_file, reused, seconds, explainer=explainer)
+    result = MethodResult(
+        spec, e, efile, fitted_file, reused, seconds, explainer=explainer, engines=engines
+    )
     t0 = time.perf_counter()
     result.metrics = method_metrics(result, ctx, cfg.metric_steps)
     seconds["metrics"] = time.perf_counter() - t0
@@ -287,6 +382,7 @@ def run_config(
 
     start = time.perf_counter()
     cfg = load_config(config, out)
+    engine = make_engine(cfg)
     ctx = prepare(
         cfg.factory,
         cfg.weights,
@@ -307,7 +403,7 @@ def run_config(
         results = []
         for spec in cfg.methods:
             _say(f"[run] {spec.label} ({spec.method}) ...")
-            results.append(run_method(spec, cfg, ctx, tmp, force))
+            results.append(run_method(spec, cfg, ctx, tmp, force, engine))
         index = {
             r.fitted_file.name: {"method": r.spec.method, "label": r.spec.label}
             for r in results
@@ -330,9 +426,11 @@ def run_config(
                             "seconds": r.seconds,
                             "metrics": r.metrics,
                             "reused": r.reused,
+                            **({"engines": r.engines} if r.engines else {}),
                         }
                         for r in results
                     },
+                    **(_engine_doc(cfg) if cfg.engine != "local" else {}),
                 },
                 indent=1,
             )
@@ -354,6 +452,12 @@ def run_config(
     return RunResult(
         cfg.out / "report.html", cfg.out, results, time.perf_counter() - start, ctx.timings
     )
+
+
+def _engine_doc(cfg: RunConfig) -> dict[str, Any]:
+    store = str(cfg.store) if cfg.store is not None else str(cfg.out / SCALE)
+    doc = {"name": cfg.engine, "address": cfg.address, "workers": cfg.workers, "store": store}
+    return {"engine": doc}
 
 
 def summary(result: RunResult) -> list[str]:
