@@ -1,11 +1,11 @@
-"""ROAD: RemOve And Debias (Rong, Leemann, Nguyen, Fiedler, Haghighi, Kasneci, "A Consistent
+"""ROAD: RemOve And Debias (Rong, Leemann, Borisov, Kasneci & Kasneci, "A Consistent
 and Efficient Evaluation Strategy for Attribution Methods", ICML 2022).
 
 Removing pixels by a fixed baseline (deletion, :mod:`.faithfulness`) leaks the removal mask's
 *shape* to the model: the score then drops because of the mask, not only because of the
-information removed (the paper's "class information leakage", Sec. 3). ROAD replaces every
+information removed (the paper's "class information leakage"). ROAD replaces every
 removed pixel by the weighted mean of its 8 neighbours (direct neighbours weight 1/6, diagonal
-ones 1/12, Sec. 4.2 "noisy linear imputation"), solved jointly for all removed pixels as one
+ones 1/12: the paper's "noisy linear imputation"), solved jointly for all removed pixels as one
 sparse linear system (removed neighbours are unknowns themselves), and adds Gaussian noise
 (std ``noise``) so that the imputed values do not reveal the mask either. The model is *not*
 retrained (ROAD vs ROAR). Pixels are removed in MoRF order (most relevant first: a faithful map
@@ -36,7 +36,7 @@ from whynet.metrics.faithfulness import saliency_ranks
 Order = Literal["morf", "lerf"]
 RoadScore = Literal["accuracy", "softmax", "logit"]
 
-# (row offset, column offset, weight) of the 8 neighbours (Rong et al. 2022, Sec. 4.2)
+# (row offset, column offset, weight) of the 8 neighbours (Rong et al. 2022)
 NEIGHBOURS = (
     (-1, 0, 1 / 6),
     (1, 0, 1 / 6),
@@ -117,7 +117,7 @@ def noisy_linear_imputation(
     noise: float = 0.01,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """ROAD's noisy linear imputation of a batch (Rong et al. 2022, Sec. 4.2).
+    """ROAD's noisy linear imputation of a batch (Rong et al. 2022).
 
     Parameters
     ----------
