@@ -18,6 +18,7 @@ chunking, ``frozen_eval`` and assembly; the one gradient utility
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -110,6 +111,16 @@ class GradCAM(Explainer):
                 f"Grad-CAM needs a convolutional layer with (B, K, h, w) output; layer "
                 f"{self.layer!r} outputs shape {tuple(g.at.shape)} (a vision transformer's "
                 "(B, T, K) patch tokens work too)"
+            )
+        if not bool(grads.any()):
+            # an all-zero map is not an explanation: the class does not depend on this output
+            # (a ViT's last block: only its CLS token reaches the head, not the patch tokens)
+            warnings.warn(
+                f"Grad-CAM: the class scores do not depend on layer {self.layer!r}'s output "
+                "(all gradients are zero), so the maps are all zero; for a vision transformer "
+                "use a block before the last (the last block's patch tokens never reach the "
+                "CLS-token head)",
+                stacklevel=4,
             )
         alpha = grads.mean((2, 3), keepdim=True)  # Eq. 1: global-average-pooled gradients
         cam = (alpha * at).sum(1)  # Eq. 2, before the ReLU
