@@ -143,6 +143,7 @@ def ray_cluster() -> Iterator[None]:
         ray.shutdown()
 
 
+@pytest.mark.slow
 def test_ray_representer_run_equals_the_local_run(ray_cluster, tmp_path, capsys):
     from whynet import Explanation
 
@@ -172,6 +173,7 @@ def test_ray_representer_run_equals_the_local_run(ray_cluster, tmp_path, capsys)
     )
 
 
+@pytest.mark.slow
 def test_ray_fits_other_methods_here_with_a_note(ray_cluster, tmp_path, capsys, monkeypatch):
     """clusters: fitted in this process (the Ray engine shards representer fits only), with a
     printed note; its explanation goes through ``scale.explain_all`` on the Ray engine (stubbed
