@@ -369,8 +369,13 @@ def write_table(result: dict) -> str:
     lines += [
         "",
         f"Command: `{result['command']}` ({result['seconds_total']:.0f} s, {result['machine']}).",
-        END,
     ]
+    photos = OUT.with_name("road_photos.json")
+    if photos.exists():
+        from bench_road_photos import photo_table  # the RGB part's rows
+
+        lines += photo_table(json.loads(photos.read_text()))
+    lines.append(END)
     section = "\n".join(lines) + "\n"
     text = DOC.read_text()
     if BEGIN in text:
