@@ -215,3 +215,20 @@ def test_dict_dataloaders_work_in_dataset_influence(bert):
     torch.testing.assert_close(from_loader.values, from_tensors.values)
     per_input = ex.explain(b, target=0).values.mean(0, keepdim=True)
     torch.testing.assert_close(from_loader.values, per_input)
+
+
+def test_inputs_the_model_cannot_take_are_named(bert):
+    b = batch()
+    b["input_ids"][0, 0] = 99  # vocabulary of 40
+    with pytest.raises(
+        IndexError,
+        match=r"running BertForSequenceClassification on these inputs "
+        r"failed \(per input: input_ids \(7,\) int64 max 99.*outside the vocab",
+    ):
+        InternalInfluence(bert, LAYER).explain(b)
+    m = ThreeHeads().double()
+    with pytest.raises(RuntimeError, match=r"per input: inputs \(2, 8, 8\) float64\): .*channels"):
+        InternalInfluence(m, "body.1", output=2).explain(
+            torch.randn(2, 2, 8, 8, dtype=torch.float64)
+        )
+    assert not m.body[1]._forward_hooks

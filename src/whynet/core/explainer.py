@@ -220,8 +220,34 @@ class Explainer:
                 starts, total=len(starts), desc=self.method, enabled=self.progress
             ):
                 rows = slice(s, s + self.batch_size)
-                acc.update(**self._explain_batch(take(x, rows), tgt.take(rows)))
+                try:
+                    acc.update(**self._explain_batch(take(x, rows), tgt.take(rows)))
+                except (RuntimeError, IndexError) as e:  # torch's own errors, not whynet's
+                    raise self._failed_on(x, e) from e
         return self._explanation(acc.compute(), tgt)
+
+    def _failed_on(self, x: Any, e: BaseException) -> BaseException:
+        """The error for a torch failure while running the model: the same exception type
+        (callers catching ``RuntimeError`` still do), its message prefixed with the inputs (a
+        wrong channel count, token ids outside the vocabulary, integer ids into an image
+        model...) instead of a bare message from deep inside the model."""
+        parts: list[tuple[str, torch.Tensor]] = (
+            list(x.items()) if isinstance(x, dict) else [("inputs", x)]
+        )
+        desc = ", ".join(
+            f"{k} {tuple(t.shape[1:])} {str(t.dtype).replace('torch.', '')}"
+            + ("" if t.is_floating_point() or not t.numel() else f" max {int(t.max())}")
+            for k, t in parts
+        )
+        hint = " (token ids outside the vocabulary?)" if isinstance(e, IndexError) else ""
+        msg = (
+            f"{self.method}: running {type(self.model).__name__} on these inputs failed "
+            f"(per input: {desc}){hint}: {e}"
+        )
+        try:
+            return type(e)(msg)
+        except Exception:  # an exception type that takes other arguments: keep it as it is
+            return e
 
     def _check_ready(self) -> None:
         """Raise if the explainer cannot explain yet (fitted explainers: not fitted)."""
