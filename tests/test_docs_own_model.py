@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -19,4 +20,6 @@ def blocks() -> list[str]:
 
 @pytest.mark.parametrize("i", range(len(blocks())))
 def test_block_runs(i: int, capsys: pytest.CaptureFixture[str]) -> None:
-    exec(compile(blocks()[i], f"{DOC.name}[{i}]", "exec"), {"__name__": "__docs__"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an example that warns is a wrong example
+        exec(compile(blocks()[i], f"{DOC.name}[{i}]", "exec"), {"__name__": "__docs__"})

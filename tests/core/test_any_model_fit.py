@@ -136,8 +136,8 @@ def vit() -> nn.Module:
         patch_size=4,
         num_channels=3,
         hidden_size=8,
-        num_hidden_layers=2,
-        num_attention_heads=2,
+        num_hidden_layers=3,  # vit.layers.1 is not the last block (whose patch tokens never
+        num_attention_heads=2,  # reach the CLS head: Grad-CAM there is all zero)
         intermediate_size=16,
         num_labels=3,
     )
@@ -169,6 +169,7 @@ def test_vit_influence_gradcam_and_gfi_on_patch_tokens(vit):
     grid = lambda t: t[:, 1:].transpose(1, 2).reshape(4, 8, 4, 4)  # noqa: E731
     ref = torch.relu((grid(g).mean((2, 3), keepdim=True) * grid(acts[0])).sum(1))
     torch.testing.assert_close(cam.extras["cam"], ref, rtol=1e-8, atol=1e-10)
+    assert bool(cam.extras["cam"].flatten(1).amax(1).gt(0).all())  # a real map, not all zero
     gfi = GuidedFeatureInversion(
         vit, "vit.layernorm", block, stage1_steps=2, stage2_steps=2, batch_size=4
     ).explain(x)
