@@ -52,6 +52,8 @@ def test_a_doi_downstream_of_the_explained_layer_is_refused() -> None:
     late = InternalInfluence(model, layer="features.0", doi=LinearPath(steps=2, at="features.2"))
     with pytest.raises(ValueError, match=r"features\.2.*after.*features\.0"):
         late.explain(x, target=0)
+    with pytest.raises(ValueError, match=r"features\.2.*after.*features\.0"):
+        late.explain_dataset(x, target=0)  # the class-wide path checks it too
     early = InternalInfluence(model, layer="features.2", doi=LinearPath(steps=2, at="features.0"))
     assert early.explain(x, target=0).values.abs().sum() > 0
     on_input = InternalInfluence(model, layer=None, doi=LinearPath(steps=2, at="features.0"))

@@ -188,6 +188,8 @@ class InternalInfluence(Explainer):
             enabled=self.progress,
         ):
             xb = self._check_inputs(xb)
+            if dtype is None:  # first batch: the DoI's layer must run before the explained one
+                self._check_doi_order(xb)
             dtype = self._dtype(xb)
             acc.update(values=self._influence(xb, qoi).values)
         if acc.n == 0 or dtype is None:
