@@ -239,6 +239,7 @@ def test_explain_per_shard_equals_one_call(cnn, tmp_path):
     one = scale.explain_all(infl, x, 2, store=tmp_path / "e2", shard_rows=32)
     assert torch.equal(one.values, whole.values) and one.params == whole.params
     assert (one.method, one.layer) == (whole.method, whole.layer)
+    assert one.meta == {**whole.meta, "shards": 2}  # the method's own meta is kept
 
 
 def test_ray_engine_without_ray_says_how_to_install(monkeypatch):

@@ -224,7 +224,12 @@ class ExplainWorker:
         tensors.update({f"extras.{k}": v for k, v in e.extras.items()})
         record = write_shard(self.folder, index, a, tensors)
         # what the Explanation says besides its tensors (the same for every shard)
-        record["explanation"] = {"method": e.method, "layer": e.layer, "params": e.params}
+        record["explanation"] = {
+            "method": e.method,
+            "layer": e.layer,
+            "params": e.params,
+            "meta": e.meta,
+        }
         return record
 
 
@@ -301,5 +306,5 @@ def explanation_from(store: ShardedStore) -> Explanation:
         layer=head.get("layer"),
         params=dict(head.get("params", {})),
         extras={k.removeprefix("extras."): store.gather(k) for k in extras},
-        meta={"shards": store.n_shards},
+        meta={**dict(head.get("meta", {})), "shards": store.n_shards},
     )
