@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from whynet.core.inputs import batch_len
 from whynet.run.config import RunError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -38,7 +39,7 @@ class Data:
     ``file:line``); ``texts``/``tokens`` the examples' text and token strings.
     """
 
-    x: torch.Tensor
+    x: Any  # a tensor, or {"input_ids", "attention_mask"} for an HF tokenizer's text
     kind: str  # "image" | "tokens" | "vector"
     names: list[str]
     labels: torch.Tensor | None = None
@@ -49,7 +50,7 @@ class Data:
     files: list[Path] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return int(self.x.shape[0])
+        return batch_len(self.x)
 
 
 def sha256(path: Path) -> str:
@@ -207,6 +208,9 @@ def _token_strings(info: dict[str, Any], text: str, ids: list[int]) -> list[str]
     """Token strings for display: ``info["tokens"](text)``, a vocab, or whitespace words."""
     if callable(info.get("tokens")):
         return [str(t) for t in info["tokens"](text)]
+    convert = getattr(info.get("tokenizer"), "convert_ids_to_tokens", None)
+    if callable(convert):  # an HF tokenizer
+        return [str(t) for t in convert(ids)]
     vocab = info.get("vocab")
     if isinstance(vocab, dict):
         inv = {v: k for k, v in vocab.items()}
@@ -222,22 +226,30 @@ def _texts(path: Path, rows: list[tuple[int, str, str | None]], info: dict[str, 
     if not callable(tok):
         raise RunError(f"{path}: text data needs info['tokenizer'] from the model factory")
     ids: list[list[int]] = []
+    with_mask = False  # an HF tokenizer: the model is called with input_ids + attention_mask
     for i, text, _ in rows:
         try:
             out = tok(text)
         except Exception as e:
             raise RunError(f"{path}:{i}: the tokenizer raised {type(e).__name__}: {e}") from None
         if isinstance(out, dict) or hasattr(out, "keys"):
+            with_mask = with_mask or "attention_mask" in out
             out = out["input_ids"]
         seq = torch.as_tensor(out).flatten().tolist()
         if not seq:
             raise RunError(f"{path}:{i}: the tokenizer returned no ids")
         ids.append([int(v) for v in seq])
-    pad = int(info.get("pad_id", 0))
+    pad_default = getattr(tok, "pad_token_id", None)
+    pad = int(info.get("pad_id", 0 if pad_default is None else pad_default))
     width = max(len(s) for s in ids)
-    x = torch.full((len(ids), width), pad, dtype=torch.long)
+    ids_t = torch.full((len(ids), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
     for r, s in enumerate(ids):
-        x[r, : len(s)] = torch.tensor(s)
+        ids_t[r, : len(s)] = torch.tensor(s)
+        mask[r, : len(s)] = 1
+    # with an attention mask the batch is a mapping: explainers call model(**x) and take
+    # padding from the mask (whynet.core.inputs)
+    x: Any = {"input_ids": ids_t, "attention_mask": mask} if with_mask else ids_t
     classes = list(info["classes"]) if info.get("classes") else None
     data = Data(
         x=x,

@@ -15,8 +15,15 @@ from typing import Any
 
 from torch import nn
 
+from whynet.core.inputs import take
 from whynet.run.config import LAYER_PARAMS, MethodSpec, RunConfig, RunError, load_config
 from whynet.run.readers import Data, checksums, load_model, read_data
+
+
+def _shape(x: Any) -> Any:
+    """A batch's shape for messages (a mapping: each entry's)."""
+    return {k: tuple(v.shape) for k, v in x.items()} if isinstance(x, dict) else tuple(x.shape)
+
 
 FITTED = "fitted"
 INDEX = "index.json"
@@ -109,7 +116,7 @@ def prepare(
     for d in (ex, tr):
         if d is not None:
             files += d.files
-    probe = (ex or tr).x[:1] if (ex or tr) is not None else None  # type: ignore[union-attr]
+    probe = take((ex or tr).x, slice(0, 1)) if (ex or tr) is not None else None  # type: ignore[union-attr]
     n_out = 0
     if probe is not None:
         from whynet.core import predict_logits
@@ -120,7 +127,7 @@ def prepare(
             src = (ex or tr).files[0] if (ex or tr).files else explain  # type: ignore[union-attr]
             raise RunError(
                 f"{src}: the model cannot run on these inputs of shape "
-                f"{tuple(probe.shape)}: {type(e).__name__}: {e}"
+                f"{_shape(probe)}: {type(e).__name__}: {e}"
             ) from None
         for d, spec in ((ex, explain), (tr, train)):
             if d is not None and d.labels is not None and len(d.labels):
