@@ -255,9 +255,6 @@ class Linear(QoI):
         # each term sees what it reads: the prediction tensor, or the raw output for callables
         return sum(w * q(output, rows, raw=raw) for w, q in self.terms)  # type: ignore[return-value]
 
-    def value(self, output, rows=None, activation=None):  # type: ignore[no-untyped-def]
-        return sum(w * q(output, rows) for w, q in self.terms)  # type: ignore[return-value]
-
     def __repr__(self) -> str:
         return " + ".join(f"{w:g}*{q!r}" for w, q in self.terms)
 

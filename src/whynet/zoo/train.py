@@ -47,14 +47,53 @@ def save_weights(model: nn.Module, meta: dict[str, Any], out_dir: str | Path, na
     meta["weights_file"] = weights.name
     meta["sha256"] = file_sha256(weights)
     meta["size_bytes"] = weights.stat().st_size
+    write_meta(out / f"{name}.json", meta)
+    return weights
 
-    def _write_json(p: str) -> None:
+
+def write_meta(path: str | Path, meta: dict[str, Any]) -> None:
+    """Write a model's JSON metadata atomically (the one writer of zoo ``NAME.json`` files)."""
+
+    def write(p: str) -> None:
         with open(p, "w") as fh:
             json.dump(meta, fh, indent=1, sort_keys=False)
             fh.write("\n")
 
-    atomic_write(out / f"{name}.json", _write_json)
-    return weights
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, write)
+
+
+def training_meta(
+    name: str,
+    task: str,
+    model: nn.Module,
+    metrics: dict[str, Any],
+    hp: dict[str, Any],
+    extra: dict[str, Any],
+    elapsed: float,
+    cpu: float,
+    quick: bool,
+    versions: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The metadata every zoo training run records (metrics, times, settings, versions)."""
+    return {
+        "name": name,
+        "task": task,
+        "metrics": {k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items()},
+        "training_time_s": round(elapsed, 1),
+        "training_cpu_time_s": round(cpu, 1),
+        "params": sum(p.numel() for p in model.parameters()),
+        "hyperparameters": hp,
+        "trained_with": {
+            "torch": torch.__version__,
+            **(versions or {}),
+            "python": platform.python_version(),
+            "threads": torch.get_num_threads(),
+            "device": "cpu",
+            "quick": quick,
+        },
+        **extra,
+    }
 
 
 _THREADS = [1]
@@ -349,23 +388,7 @@ def train(
     model, metrics, hp, extra = TRAINERS[name](log=log, quick=quick)
     elapsed, cpu = time.time() - t0, time.process_time() - c0
     model.eval()
-    meta: dict[str, Any] = {
-        "name": name,
-        "task": TASKS[name],
-        "metrics": {k: round(v, 5) for k, v in metrics.items()},
-        "training_time_s": round(elapsed, 1),
-        "training_cpu_time_s": round(cpu, 1),
-        "params": sum(p.numel() for p in model.parameters()),
-        "hyperparameters": hp,
-        "trained_with": {
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "threads": torch.get_num_threads(),
-            "device": "cpu",
-            "quick": quick,
-        },
-        **extra,
-    }
+    meta = training_meta(name, TASKS[name], model, metrics, hp, extra, elapsed, cpu, quick)
     path = save_weights(model, meta, out_dir, name)
     log(f"{name}: {meta['metrics']} in {elapsed:.0f} s -> {path}")
     return json.loads((Path(out_dir) / f"{name}.json").read_text())

