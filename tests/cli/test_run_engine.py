@@ -1,13 +1,13 @@
 """``whynet run`` with ``[engine]`` (issue 19, "one switch"): the local key changes nothing, bad
 settings are one clear line each, and the same representer config on Ray gives the local
-run's numbers (one local Ray cluster for the module)."""
+run's numbers (on the one local Ray cluster of the test run, ``ray_cluster`` in
+tests/conftest.py)."""
 
 from __future__ import annotations
 
 import json
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -131,16 +131,6 @@ def test_unreachable_address_is_one_line(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- on Ray
-
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[None]:
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 @pytest.mark.slow

@@ -1,10 +1,10 @@
-"""The Ray engine on a local cluster started once for the module: the same answers as the local
+"""The Ray engine on the local cluster started once for the test run (``ray_cluster`` in
+tests/conftest.py, ``cluster`` in tests/scale/conftest.py): the same answers as the local
 engine, a worker killed mid-shard, bad addresses."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,15 +18,6 @@ from whynet.representer import RepresenterPoints
 from whynet.scale.store import ShardedStore
 
 ray = pytest.importorskip("ray")
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[scale.Engine]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        yield scale.Engine("ray", workers=2)
-    finally:
-        ray.shutdown()
 
 
 class DiesOnce(nn.Module):
