@@ -19,7 +19,6 @@ from collections.abc import Generator
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from whynet.core import (
@@ -31,7 +30,6 @@ from whynet.core import (
     Target,
     batch_len,
     blend,
-    check_classes,
     data_length,
     frozen_eval,
     intervene,
@@ -52,8 +50,8 @@ from whynet.masks.networks import (
     SequenceMaskNet,
     build_network,
     network_config,
-    total_variation,
 )
+from whynet.masks.objective import mask_loss
 
 __all__ = ["MaskExplainer", "FILLS", "FORMAT", "FORMAT_VERSION"]
 
@@ -276,41 +274,8 @@ class MaskExplainer(FittedMixin, Explainer):
         y: torch.Tensor | None,
         scale: float,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Objective (1) on one batch, with the batch's mean mask size and fidelity.
-
-        ``scale``: the regression error is divided by it (the output variance, see ``fit``).
-        """
-        with torch.no_grad():
-            ref_out = self._predict(x)
-        mask = self._mask(net, x)
-        out = self.masked_output(x, mask)
-        if self.task == "classification":
-            goal = ref_out.argmax(1) if self.target == "prediction" else y
-            assert goal is not None
-            check_classes(goal, ref_out.shape[-1], name="label")
-            fit = F.cross_entropy(out, goal.to(out.device).long())
-            fidelity = float((out.argmax(1) == ref_out.argmax(1)).double().mean())
-        else:
-            goal = ref_out if self.target == "prediction" else y
-            assert goal is not None
-            goal = goal.to(out).reshape(out.shape)
-            fit = F.mse_loss(out, goal) / scale
-            # fidelity for regression: 1 - MSE(masked, unmasked) / var (an R^2 against f)
-            fidelity = 1.0 - float(F.mse_loss(out.detach(), ref_out)) / scale
-        if self.modality == "image":
-            size = mask.flatten(1).mean(1)
-        else:
-            valid = token_valid(x, self.pad_id).to(mask.dtype)
-            size = mask.sum(1) / valid.sum(1)  # padding excluded from the mean
-        loss = fit + self.sparsity * size.mean()
-        if self.modality == "image" and self.smoothness > 0:
-            loss = loss + self.smoothness * total_variation(mask).mean()
-        stats = {
-            "loss": float(loss.detach()),
-            "size": float(size.detach().mean()),
-            "fidelity": fidelity,
-        }
-        return loss, stats
+        """Objective (1) on one batch (:func:`whynet.masks.objective.mask_loss`)."""
+        return mask_loss(self, net, x, y, scale)
 
     def _epoch_batches(
         self, data: Any, labels: torch.Tensor | None, gen: torch.Generator
