@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from whynet.core import ModelInputs
 from whynet.scale.engine import INSTALL, Engine, as_engine, require_ray
 from whynet.scale.extract import explain, explanation_from, extract
 from whynet.scale.fit import (
@@ -103,13 +104,14 @@ def fit(
         shard_rows=shard_rows or 256 * explainer.batch_size,
         batch_size=explainer.batch_size,
         engine=eng,
+        output=explainer.output,
     )
     return fit_representer(explainer, st)
 
 
 def explain_all(
     explainer: Any,
-    inputs: torch.Tensor,
+    inputs: ModelInputs,
     target: Any = None,
     *,
     store: str | os.PathLike[str] | None = None,

@@ -21,7 +21,19 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from whynet.clusters._acts import reduce_activation
-from whynet.core import Explanation, data_fingerprint, model_fingerprint, parse_target, run_model
+from whynet.core import (
+    Explanation,
+    ModelInputs,
+    OutputSpec,
+    as_inputs,
+    batch_len,
+    data_fingerprint,
+    is_mapping,
+    model_fingerprint,
+    parse_target,
+    run_model,
+    take,
+)
 from whynet.core.data import data_length
 from whynet.representer import _features as feat
 from whynet.scale.engine import Engine, as_engine
@@ -29,14 +41,18 @@ from whynet.scale.store import ShardedStore, StoreError, shard_range, write_shar
 
 
 def take_rows(data: Any, labels: torch.Tensor | None, a: int, b: int) -> tuple[Any, Any]:
-    """Rows ``[a, b)`` of a tensor (and its labels) or of a map-style dataset."""
-    if isinstance(data, torch.Tensor):
-        return data[a:b], None if labels is None else labels[a:b]
+    """Rows ``[a, b)`` of a tensor or a mapping batch (``{input_ids, attention_mask}``, every
+    tensor sliced alike; :func:`whynet.core.take`) and of its labels, or of a map-style
+    dataset."""
+    if isinstance(data, torch.Tensor) or is_mapping(data):
+        x = take(as_inputs(data, "data"), slice(a, b))
+        return x, None if labels is None else labels[a:b]
     if isinstance(data, Dataset) and hasattr(data, "__len__"):
         return Subset(data, range(a, b)), None
     raise TypeError(
-        "sharded work needs random access to the data: a tensor (with labels=) or a map-style "
-        f"Dataset, got {type(data).__name__} (pass loader.dataset for a DataLoader)"
+        "sharded work needs random access to the data: a tensor or a mapping of tensors (with "
+        f"labels=) or a map-style Dataset, got {type(data).__name__} (pass loader.dataset for "
+        "a DataLoader)"
     )
 
 
@@ -104,10 +120,13 @@ class ExtractWorker:
         batch_size: int,
         head: str | None,
         layers: Sequence[str],
+        output: OutputSpec = None,
+        pad_id: int | None = 0,
     ) -> None:
         self.model, self.data, self.labels = model, data, labels
         self.folder, self.n_rows, self.shard_rows = folder, n_rows, shard_rows
         self.batch_size, self.head, self.layers = batch_size, head, list(layers)
+        self.output, self.pad_id = output, pad_id
 
     def compute(self, index: int) -> dict[str, torch.Tensor]:
         a, b = shard_range(index, self.n_rows, self.shard_rows)
@@ -120,21 +139,25 @@ class ExtractWorker:
 
         if self.head is not None:
             for f, out, yb in feat.iter_features(
-                self.model, self.head, x, y, batch_size=self.batch_size
+                self.model, self.head, x, y, batch_size=self.batch_size, output=self.output
             ):
                 add("features", f)
                 add("outputs", out.double())
                 add("labels", None if yb is None else yb.long())
         else:
             for batch in run_model(
-                self.model, x, y, layers=self.layers, batch_size=self.batch_size
+                self.model,
+                x,
+                y,
+                layers=self.layers,
+                batch_size=self.batch_size,
+                output=self.output,
             ):
-                inputs = batch.inputs
-                if not isinstance(inputs, torch.Tensor):
-                    raise TypeError("sharded activations take tensor inputs (not a mapping)")
                 for name in self.layers:
-                    act = batch.acts[name]
-                    add(f"acts.{name}", reduce_activation(act, batch.lengths[name], inputs, name))
+                    act = reduce_activation(
+                        batch.acts[name], batch.lengths[name], batch.inputs, name, self.pad_id
+                    )
+                    add(f"acts.{name}", act)
                 add("outputs", batch.output.double())
                 add("labels", None if batch.labels is None else batch.labels.long())
         return {k: torch.cat(v) for k, v in parts.items()}
@@ -158,9 +181,15 @@ def extract(
     address: str | None = None,
     workers: int | None = None,
     progress: bool | None = False,
+    output: OutputSpec = None,
+    pad_id: int | None = 0,
 ) -> ShardedStore:
     """Extract head inputs (``head=``) or layer activations (``layers=``) into a sharded store.
 
+    ``data``: a tensor or a mapping of tensors (an HF ``{input_ids, attention_mask}`` batch,
+    passed as ``model(**batch)``) with ``labels``, or a map-style Dataset. ``output``: the
+    prediction among a multi-output model's outputs; ``pad_id``: padding id of plain token-id
+    inputs (token layers are mean-pooled over real tokens, as ``ClusterSurrogate`` does).
     Resumable: an existing store of the same model, layers and data keeps its verified shards
     and only the missing ones are computed (``store.computed`` counts them).
     """
@@ -172,6 +201,8 @@ def extract(
     n = check_shards(data_length(data), shard_rows, batch_size)
     take_rows(data, labels, 0, 1)  # refuse data without random access before any work
     spec = {"head": head, "layers": list(layers), "shard_rows": shard_rows, "n": n}
+    if output is not None or (layers and pad_id != 0):  # the stores of before keep their key
+        spec.update(output=_digest(output), pad_id=pad_id)
     st = ShardedStore.create(
         store,
         fingerprint=fingerprint(model, spec, data, labels, batch_size),
@@ -189,6 +220,8 @@ def extract(
         "batch_size": batch_size,
         "head": head,
         "layers": list(layers),
+        "output": output,
+        "pad_id": pad_id,
     }
     eng.map_actors(ExtractWorker, kwargs, st.missing(), st.commit, desc="extract shards")
     st.check_complete()
@@ -235,7 +268,7 @@ class ExplainWorker:
 
 def explain(
     explainer: Any,
-    inputs: torch.Tensor,
+    inputs: ModelInputs,
     target: Any = None,
     *,
     store: str | os.PathLike[str],
@@ -247,7 +280,8 @@ def explain(
 ) -> ShardedStore:
     """Explain every input with ``explainer.explain``, results written per shard to ``store``.
 
-    Any registered explainer (fitted ones must be fitted). ``target`` follows the one target
+    Any registered explainer (fitted ones must be fitted); ``inputs`` a tensor or a mapping of
+    tensors (sliced together per shard). ``target`` follows the one target
     policy; a per-input tensor is sliced per shard. Per-input explanations are independent, so
     the shards hold bitwise the values of one ``explain`` call over all inputs (with
     ``shard_rows`` a multiple of the explainer's ``batch_size``).
@@ -256,9 +290,8 @@ def explain(
     check = getattr(explainer, "check_is_fitted", None)
     if check is not None and getattr(explainer, "_fitted_state", None):
         check()
-    if not isinstance(inputs, torch.Tensor):
-        raise TypeError(f"inputs must be a tensor, got {type(inputs).__name__}")
-    n = check_shards(len(inputs), shard_rows, int(getattr(explainer, "batch_size", 1)))
+    inputs = as_inputs(inputs)
+    n = check_shards(batch_len(inputs), shard_rows, int(getattr(explainer, "batch_size", 1)))
     parse_target(target, n)  # refuse a bad target before any work
     if isinstance(target, list | tuple):
         target = torch.tensor(list(target), dtype=torch.long)
