@@ -5,24 +5,30 @@ exactly into one term per training point: ``Phi(x_t) = sum_i alpha_i [f_i, 1] . 
 """
 
 from whynet.representer._solver import (
+    LbfgsInfo,
     SolveResult,
     alpha_from,
     augment,
     gradient,
+    lbfgs,
     objective,
+    objective_and_gradient,
     solve,
     solve_lbfgs,
 )
 from whynet.representer.explainer import RepresenterPoints, TopPoints
 
 __all__ = [
+    "LbfgsInfo",
     "RepresenterPoints",
     "SolveResult",
     "TopPoints",
     "alpha_from",
     "augment",
     "gradient",
+    "lbfgs",
     "objective",
+    "objective_and_gradient",
     "solve",
     "solve_lbfgs",
 ]

@@ -19,6 +19,7 @@ no hooks) so that it can run per shard.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -267,6 +268,169 @@ def _preconditioner(features_t: torch.Tensor, phi: torch.Tensor, l2: float) -> A
     return apply
 
 
+#: ``fun_and_grad(x) -> (f, g)``: a float64 objective and its gradient (shape of ``x``)
+Oracle = Callable[[torch.Tensor], tuple[float, torch.Tensor]]
+
+
+@dataclass
+class LbfgsInfo:
+    """How an :func:`lbfgs` run went; ``f`` and ``g`` are at the returned ``x``."""
+
+    f: float  # objective at x
+    g: torch.Tensor  # gradient at x
+    grad_mean: float  # mean |g| at x (the smallest over the iterates)
+    grad_mean0: float  # mean |g| at x0
+    n_iter: int  # accepted steps
+    n_eval: int  # oracle calls (one per line-search trial, plus one at x0)
+    converged: bool  # a stopping test held
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.vdot(a.reshape(-1), b.reshape(-1)))
+
+
+def lbfgs(
+    fun_and_grad: Oracle,
+    x0: torch.Tensor,
+    *,
+    tol: float | None,
+    max_iter: int,
+    stop: Callable[[torch.Tensor], bool] | None = None,
+    precondition: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    memory: int = 100,
+    min_step: float = 1e-10,
+) -> tuple[torch.Tensor, LbfgsInfo]:
+    """L-BFGS (Nocedal & Wright, Alg. 7.4) with Armijo backtracking on a ``(f, grad)`` oracle.
+
+    ``fun_and_grad(x) -> (f, g)`` is the only access to the problem, so a map/reduce caller can
+    sum the objective and gradient over shards (:mod:`whynet.scale`); the in-memory
+    :func:`solve_lbfgs` calls it with the products over the whole ``F``. One oracle call per
+    line-search trial; steps start at 1 and halve. Where ``|f(x - t d) - f(x)|`` is below
+    float64 rounding (1e-12 relative) a step is also accepted when the slope
+    ``d/dt f(x - t d) = -g(x - t d) . d <= 0`` (Hager & Zhang's approximate Armijo), which lets
+    the gradient keep shrinking to rounding.
+
+    Parameters
+    ----------
+    fun_and_grad : callable
+        ``x -> (f, g)``, ``f`` a float, ``g`` a tensor of ``x``'s shape (float64 for exactness).
+    x0 : the start (any shape; its dtype is the working dtype).
+    tol : float or None
+        Stop when ``mean|g| < tol * mean|g(x0)|`` (the relative rule); None: only ``stop``.
+    max_iter : accepted steps at most.
+    stop : callable, optional
+        ``g -> bool``, an extra stopping test (e.g. :func:`residual_bound` ``<= atol``).
+    precondition : callable, optional
+        ``g -> H0 g``, the initial inverse Hessian (else the scalar ``s.y / y.y``).
+    memory : curvature pairs kept.
+    min_step : a line search ending below this step stops the run (the precision floor).
+
+    Returns
+    -------
+    ``(x, info)``: the iterate with the smallest ``mean|g|`` and :class:`LbfgsInfo`.
+    """
+    if tol is None and stop is None:
+        raise ValueError("give tol (relative gradient rule) or stop (an absolute test)")
+    x = x0.clone()
+    f, g = fun_and_grad(x)
+    n_eval = 1
+    gmean0 = float(g.abs().mean())
+
+    def done(g: torch.Tensor, gmean: float) -> bool:
+        if tol is not None and gmean < tol * gmean0:
+            return True
+        return stop is not None and bool(stop(g))
+
+    best = (gmean0, x, f, g)
+    converged = gmean0 == 0.0 or done(g, gmean0)
+    s_hist: list[torch.Tensor] = []
+    y_hist: list[torch.Tensor] = []
+    rho_hist: list[float] = []
+    n_iter = 0
+    for it in range(1, max_iter + 1):
+        if converged:
+            break
+        # two-loop recursion: d = H g, H0 = the preconditioner (else the scalar s.y / y.y)
+        q = g.clone()
+        coef = []
+        for s_k, y_k, rho in zip(
+            reversed(s_hist), reversed(y_hist), reversed(rho_hist), strict=True
+        ):
+            a = rho * _dot(s_k, q)
+            q.add_(y_k, alpha=-a)
+            coef.append(a)
+        if precondition is not None:
+            q = precondition(q)
+        elif s_hist:
+            q *= 1.0 / (rho_hist[-1] * _dot(y_hist[-1], y_hist[-1]))
+        for s_k, y_k, rho, a in zip(s_hist, y_hist, rho_hist, reversed(coef), strict=True):
+            q.add_(s_k, alpha=a - rho * _dot(y_k, q))
+        d = q  # minus the search direction
+        gd = _dot(g, d)
+        if gd <= 0:  # not a descent direction (numerical trouble): restart from the gradient
+            s_hist.clear()
+            y_hist.clear()
+            rho_hist.clear()
+            d, gd = g, _dot(g, g)
+        t = 1.0
+        while True:  # backtracking: Armijo, or the approximate Armijo below rounding
+            x_t = x - t * d
+            f_t, g_t = fun_and_grad(x_t)
+            n_eval += 1
+            if math.isfinite(f_t) and f_t - f + 1e-4 * t * gd < 0.0:
+                break
+            if abs(f_t - f) <= 1e-12 * max(1.0, abs(f)) and _dot(g_t, d) >= 0.0:
+                break
+            t /= 2.0
+            if t < min_step:
+                break
+        if t < min_step:  # the precision floor: no step decreases f any more
+            break
+        s_k, y_k = x_t - x, g_t - g
+        sy = _dot(s_k, y_k)
+        if sy > 1e-16:  # keep the update positive definite
+            s_hist.append(s_k)
+            y_hist.append(y_k)
+            rho_hist.append(1.0 / sy)
+            if len(s_hist) > memory:
+                del s_hist[0], y_hist[0], rho_hist[0]
+        x, f, g, n_iter = x_t, f_t, g_t, it
+        gmean = float(g.abs().mean())
+        if gmean < best[0]:
+            best = (gmean, x, f, g)
+        converged = done(g, gmean)
+    gmean, x, f, g = best
+    return x, LbfgsInfo(f, g, gmean, gmean0, n_iter, n_eval, converged)
+
+
+def objective_and_gradient(
+    features: torch.Tensor,
+    targets: torch.Tensor,
+    l2: float,
+    features_t: torch.Tensor | None = None,
+) -> Oracle:
+    """The in-memory oracle of Eq. 2: ``W -> (J(W), grad J(W))``, two products with ``F``.
+
+    ``softmax = exp(Phi - logsumexp(Phi))`` reuses the loss's reduction. ``features_t``
+    (``F^T`` contiguous): ``F^T G`` is then a plain GEMM (faster than ``G^T F``).
+    """
+    n = features.shape[0]
+    tsum = targets.sum(1)
+    unit = bool(torch.allclose(tsum, torch.ones_like(tsum)))
+    ft = features.T if features_t is None else features_t
+
+    def fun_and_grad(w: torch.Tensor) -> tuple[float, torch.Tensor]:
+        phi = features @ w.T
+        lse = torch.logsumexp(phi, dim=1)
+        data = lse.sum() if unit else (lse * tsum).sum()
+        f = float(data - (targets * phi).sum()) / n + l2 * _dot(w, w)
+        p = torch.exp(phi.sub_(lse[:, None]))  # softmax, in place of phi
+        dphi = p.sub_(targets) if unit else p.mul_(tsum[:, None]).sub_(targets)
+        return f, (ft @ dphi).T / n + 2.0 * l2 * w
+
+    return fun_and_grad
+
+
 def solve_lbfgs(
     features: torch.Tensor,
     weight0: torch.Tensor,
@@ -280,7 +444,7 @@ def solve_lbfgs(
     precondition: bool = True,
     min_step: float = 1e-10,
 ) -> SolveResult:
-    """Preconditioned L-BFGS (Nocedal & Wright, Alg. 7.4) with Armijo backtracking.
+    """Preconditioned L-BFGS on Eq. 2: :func:`lbfgs` on :func:`objective_and_gradient`.
 
     Not the authors' procedure (:func:`solve` is) but the same objective, which is strongly
     convex for ``l2 > 0``: both reach the same unique minimiser. Stops when
@@ -288,91 +452,33 @@ def solve_lbfgs(
     :func:`residual_bound` ``<= atol`` (the decomposition holds to ``atol`` on the training
     points: the exact default of :class:`~whynet.representer.RepresenterPoints`), whichever is
     given and met first. The initial inverse Hessian is :func:`_preconditioner` (``C (D+1)`` is
-    small, so ``memory`` pairs cost nothing next to the two products with ``F`` per step); steps
-    start at 1 and halve. ``F^T`` is kept contiguous: ``F^T G`` is then a plain GEMM.
+    small, so ``memory`` pairs cost nothing next to the two products with ``F`` per step).
     """
     if l2 <= 0:
         raise ValueError(f"l2 (lambda) must be > 0 for the representer theorem, got {l2}")
     if tol is None and atol is None:
         raise ValueError("give tol (relative gradient rule) or atol (decomposition residual)")
     n = features.shape[0]
-    tsum = targets.sum(1)
-    unit = bool(torch.allclose(tsum, torch.ones_like(tsum)))
     ft = features.T.contiguous()
     fmax = float(features.abs().max()) if n else 1.0
-
-    def grad(phi: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return (ft @ loss_grad_phi(phi, targets)).T / n + 2.0 * l2 * w
-
-    def done(g: torch.Tensor, gmean: float) -> bool:
-        if tol is not None and gmean < tol * gmean0:
-            return True
-        return atol is not None and residual_bound(g, fmax, l2) <= atol
-
-    w = weight0.clone()
-    phi = features @ w.T
-    g = grad(phi, w)
-    gmean0 = float(g.abs().mean())
-    pre = _preconditioner(ft, phi, l2) if precondition else None
-    best = (gmean0, w)
-    converged = gmean0 == 0.0 or done(g, gmean0)
-    s_hist: list[torch.Tensor] = []
-    y_hist: list[torch.Tensor] = []
-    n_iter = 0
-    for it in range(1, max_iter + 1):
-        if converged:
-            break
-        # two-loop recursion: d = H g, H0 = the preconditioner (else the scalar s.y / y.y)
-        q = g.clone()
-        coef = []
-        for s_k, y_k in zip(reversed(s_hist), reversed(y_hist), strict=True):
-            rho = 1.0 / float((y_k * s_k).sum())
-            a = rho * float((s_k * q).sum())
-            q -= a * y_k
-            coef.append((rho, a))
-        if pre is not None:
-            q = pre(q)
-        elif s_hist:
-            q *= float((s_hist[-1] * y_hist[-1]).sum()) / float((y_hist[-1] ** 2).sum())
-        for (s_k, y_k), (rho, a) in zip(
-            zip(s_hist, y_hist, strict=True), reversed(coef), strict=True
-        ):
-            q += (a - rho * float((y_k * q).sum())) * s_k
-        d = q  # minus the search direction
-        gd = float((g * d).sum())
-        if gd <= 0:  # not a descent direction (numerical trouble): restart from the gradient
-            s_hist.clear()
-            y_hist.clear()
-            d, gd = g, float((g * g).sum())
-        p = features @ d.T
-        line = _line(phi, p, w, d, targets, l2, None if unit else tsum)
-        t, phi_t = _backtrack(line, p, w, d, targets, l2, 1.0, 1e-4 * gd, min_step)
-        if t < min_step:  # the precision floor: no step decreases J any more
-            break
-        w_new = w - t * d
-        phi = features @ w_new.T if it % 50 == 0 else phi_t
-        g_new = grad(phi, w_new)
-        s_k, y_k = w_new - w, g_new - g
-        if float((s_k * y_k).sum()) > 1e-16:  # keep the update positive definite
-            s_hist.append(s_k)
-            y_hist.append(y_k)
-            if len(s_hist) > memory:
-                s_hist.pop(0)
-                y_hist.pop(0)
-        w, g, n_iter = w_new, g_new, it
-        gmean = float(g.abs().mean())
-        if gmean < best[0]:
-            best = (gmean, w)
-        converged = done(g, gmean)
-    gmean, w = best
-    phi = features @ w.T
+    pre = _preconditioner(ft, features @ weight0.T, l2) if precondition else None
+    w, info = lbfgs(
+        objective_and_gradient(features, targets, l2, ft),
+        weight0,
+        tol=tol,
+        max_iter=max_iter,
+        stop=None if atol is None else (lambda g: residual_bound(g, fmax, l2) <= atol),
+        precondition=pre,
+        memory=memory,
+        min_step=min_step,
+    )
     return SolveResult(
         weight=w,
-        phi=phi,
-        grad_mean=gmean,
-        grad_mean0=gmean0,
-        n_iter=n_iter,
-        converged=converged,
-        objective=float(objective(phi, w, targets, l2)),
-        residual=residual_bound(gradient(features, w, targets, l2, phi), fmax, l2),
+        phi=features @ w.T,
+        grad_mean=info.grad_mean,
+        grad_mean0=info.grad_mean0,
+        n_iter=info.n_iter,
+        converged=info.converged,
+        objective=info.f,
+        residual=residual_bound(info.g, fmax, l2),
     )
