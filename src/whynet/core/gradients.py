@@ -4,7 +4,9 @@ Every gradient-based explainer calls :func:`qoi_gradients`; the variants (input 
 layer gradients, gradients at replaced activations, Channel QoIs) are arguments, not copies.
 
 Taking the gradient at a layer makes the layer's output a fresh leaf (detached from the layers
-below), so backward stops there: nothing below the layer is differentiated.
+below), so backward stops there: nothing below the layer is differentiated. Points in a layer's
+space with a :class:`~whynet.core.cut.Cut` at that layer skip the layers below entirely: only
+the rest of the network runs, from the points.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from whynet.core.cut import Cut
 from whynet.core.hooks import Registration, hooked, primary, ran_twice, replace_hook
 from whynet.core.inputs import ModelInputs, forward, main_tensor, with_main
 from whynet.core.layers import resolve_layer
@@ -75,6 +78,7 @@ def qoi_gradients(
     rows: torch.Tensor | None = None,
     forward_kwargs: dict[str, Any] | None = None,
     output: OutputSpec = None,
+    cut: Cut | None = None,
 ) -> Gradients:
     """Gradient of ``qoi`` w.r.t. the inputs or the activation of ``layer``.
 
@@ -95,6 +99,10 @@ def qoi_gradients(
     points, points_at : torch.Tensor, str, optional
         Replace the output of layer ``points_at`` by ``points`` (interpolation in activation
         space). When ``points_at == layer`` the gradient is taken at the points themselves.
+    cut : Cut, optional
+        The network above ``points_at`` (:func:`~whynet.core.cut.cut_for`): the pass runs
+        ``cut(points)`` instead of the whole model with the output replaced (the same numbers;
+        ``inputs`` are not used). ``layer`` and the QoI's layer must run inside it.
     """
     kwargs = forward_kwargs or {}
     regs: list[Registration] = []
@@ -102,12 +110,24 @@ def qoi_gradients(
     qoi_acts: list[torch.Tensor] = []
     if points is not None and points_at is None:
         raise ValueError("points_at must name the layer whose output the points replace")
-    if points is not None and points_at != layer:
+    if cut is not None and (points is None or points_at != cut.layer or layer is None):
+        raise ValueError(
+            f"a cut at {cut.layer!r} needs points at that layer (points_at=) and a layer at or "
+            "above it to differentiate"
+        )
+    if cut is not None and layer == points_at:  # the points themselves are the leaf
+        assert points is not None
+        leaf.append(points.detach().requires_grad_(True))
+        layer_hook = False
+    else:
+        layer_hook = layer is not None
+    if points is not None and points_at != layer and cut is None:
         assert points_at is not None
         regs.append(
             (resolve_layer(model, points_at), "forward", replace_hook(points_at, points, []))
         )
-    if layer is not None:
+    if layer_hook:
+        assert layer is not None
         rep = points if (points is not None and points_at == layer) else None
         regs.append((resolve_layer(model, layer), "forward", _leaf_hook(layer, leaf, rep)))
     if qoi.layer is not None:
@@ -123,7 +143,11 @@ def qoi_gradients(
             )
         x = with_main(inputs, main.detach().requires_grad_(True))
     with torch.enable_grad(), hooked(regs):
-        raw = forward(model, x, **kwargs)
+        if cut is None:
+            raw = forward(model, x, **kwargs)
+        else:  # only the layers above the points; in-place ops downstream hit the clone
+            assert points is not None
+            raw = cut(leaf[0].clone() if leaf else points.detach())
     out = _prediction(raw, output, qoi)
     if layer is not None and not leaf:
         raise ValueError(f"layer {layer!r} did not run in the forward pass")

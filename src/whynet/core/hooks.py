@@ -290,3 +290,17 @@ def intervene(
     ]
     with hooked(regs):
         yield
+
+
+@contextmanager
+def record_outputs(model: nn.Module, layer: str) -> Iterator[list[Any]]:
+    """Keep ``layer``'s raw outputs (as the module returned them, one entry per call) during
+    forwards run inside the block; the cut (:mod:`whynet.core.cut`) checks with it that the
+    layer runs once and returns a plain tensor."""
+    seen: list[Any] = []
+
+    def hook(module: nn.Module, args: Any, output: Any) -> None:
+        seen.append(output)
+
+    with hooked([(resolve_layer(model, layer), "forward", hook)]):
+        yield seen

@@ -52,6 +52,7 @@ from whynet.core import (
     constraint,
     data_length,
     expand,
+    frozen_eval,
     main_tensor,
     model_device,
     parse_target,
@@ -63,6 +64,7 @@ from whynet.core import (
     valid_tokens,
     with_main,
 )
+from whynet.core.cut import Cut, cut_for
 from whynet.core.layout import neuron_dim
 from whynet.influence._parts import _Block, _BoundOnForward, _take_doi, _take_qoi
 from whynet.influence.ranking import REDUCE, top_neurons
@@ -105,6 +107,7 @@ class InternalInfluence(Explainer):
 
     method = "influence"
     _point_fast = True  # False: a Point through the general path (the tests compare both)
+    _use_cut = True  # False: points at a layer always run the full forward (tests, benchmark)
     _parameter_constraints = {
         "layer": constraint(str, None, error=TypeError, desc="a dotted layer name or None"),
         "doi": constraint(
@@ -142,6 +145,7 @@ class InternalInfluence(Explainer):
         self._doi = Point() if doi is None else doi
         if self._doi.at is not None:
             resolve_layer(model, self._doi.at)
+        self._path: str | None = None  # which per-point pass the last explanation ran
 
     # ------------------------------------------------------------------ public API
     def explain_dataset(
@@ -191,7 +195,8 @@ class InternalInfluence(Explainer):
             if dtype is None:  # first batch: the DoI's layer must run before the explained one
                 self._check_doi_order(xb)
             dtype = self._dtype(xb)
-            acc.update(values=self._influence(xb, qoi).values)
+            with frozen_eval(self.model):  # the gradient passes too: BatchNorm's running stats
+                acc.update(values=self._influence(xb, qoi).values)
         if acc.n == 0 or dtype is None:
             which = "" if cls is None else f" of class {cls}"
             raise ValueError(f"the data has no examples{which}")
@@ -206,7 +211,11 @@ class InternalInfluence(Explainer):
             method=self.method,
             layer=self.layer,
             params=params,
-            meta={"n_examples": acc.n, "neuron_dim": self._neuron_dim(len(shape) + 1)},
+            meta={
+                "n_examples": acc.n,
+                "neuron_dim": self._neuron_dim(len(shape) + 1),
+                **self._meta(),
+            },
         )
 
     def top_neurons(
@@ -284,6 +293,11 @@ class InternalInfluence(Explainer):
         e.meta["neuron_dim"] = self._neuron_dim(e.values.dim())
         return e
 
+    def _meta(self) -> dict[str, Any]:
+        """``path``: for points at a layer, whether each point ran only the layers above it
+        (a :class:`~whynet.core.cut.Cut`) or the full forward with the output replaced."""
+        return {} if self._path is None else {"path": self._path}
+
     def _neuron_dim(self, ndim: int) -> int:
         return neuron_dim(self.model, self.layer, ndim, self.channel_dim)
 
@@ -339,6 +353,7 @@ class InternalInfluence(Explainer):
         per sample index, not per batch), so the result does not depend on ``batch_size``.
         ``rows`` / ``n``: where the block lies in an ``n``-input call (batch baselines)."""
         layer, at = self.layer, self._doi.at
+        self._path = None
         point = isinstance(self._doi, Point) and at is None and batch_len(x) <= self.batch_size
         if point and self._point_fast:
             return self._point(x, qoi)
@@ -350,6 +365,7 @@ class InternalInfluence(Explainer):
             bound = qoi.bind(out)
             q0 = bound(out, activation=acts[qoi.layer] if qoi.layer else None).detach()
         space = main_tensor(x) if at is None else acts[at]  # where the DoI's points live
+        cut = None if at is None else self._cut(x, at, space, qoi)
         doi = self._doi if rows is None else _take_doi(self._doi, rows, n, space)
         z = main_tensor(x) if layer is None else acts[layer]
         total = torch.zeros(z.shape, dtype=torch.float64, device=z.device)
@@ -367,19 +383,31 @@ class InternalInfluence(Explainer):
             else:
                 g = qoi_gradients(
                     self.model,
-                    take(x, crow),
+                    x if cut is not None else take(x, crow),  # a cut starts from the points
                     bound,
                     layer=layer,
                     points=chunk.points,
                     points_at=at,
                     rows=crow,
                     output=self.output,
+                    cut=cut,
                 )
             w = chunk.weights.to(z.device).reshape(-1, *([1] * (z.dim() - 1)))
             total.index_add_(0, crow, g.grads.to(torch.float64) * w)
         if self.multiply_activation:
             total = total * (z.to(torch.float64) - self._layer_baseline(doi, x, space, z))
         return _Block(values=total, qoi=q0, target=self._target_of(bound, batch_len(x), z.device))
+
+    def _cut(self, x: ModelInputs, at: str, z: torch.Tensor, qoi: QoI) -> Cut | None:
+        """The network above ``at`` when the model can be cut there (checked), so that each
+        point runs only those layers: the layers below computed ``z`` once per input."""
+        if not self._use_cut:
+            self._path = f"full forward per point, {at!r} replaced (cut disabled)"
+            return None
+        reads = [n for n in (self.layer,) if n is not None and n != at]
+        reads += [qoi.layer] if qoi.layer is not None else []  # at `at` itself: not in the rest
+        cut, self._path = cut_for(self.model, at, x, z, reads)
+        return cut
 
     def _point(self, x: ModelInputs, qoi: QoI) -> _Block:
         """A :class:`Point` DoI: one forward + one partial backward, the QoI bound inside it;
