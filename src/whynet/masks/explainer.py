@@ -6,9 +6,12 @@ sequences, its embedding vectors scaled by m. g is trained so that f(x~) keeps f
 while the mask stays small:
 
     L = l(f(x~), y) + sparsity * mean(m) [+ smoothness * TV(m)]                         (1)
+    [+ deletion * L_del(f(x~_bar))]                                                   (2)
 
 with l the cross-entropy to f's predicted class (or the label), or the squared error to f's
-unmasked output (regression). Explaining a new input is then one forward pass of g.
+unmasked output (regression). The optional deletion term (2) (:mod:`whynet.masks.objective`)
+asks the model given the complement 1 - m to lose the prediction. Explaining a new input is
+then one forward pass of g.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from whynet.masks.networks import (
     build_network,
     network_config,
 )
-from whynet.masks.objective import mask_loss
+from whynet.masks.objective import mask_loss, objective_name
 
 __all__ = ["MaskExplainer", "FILLS", "FORMAT", "FORMAT_VERSION"]
 
@@ -98,6 +101,11 @@ class MaskExplainer(FittedMixin, Explainer):
         Preserve the model's own prediction (explains f) or fit the label.
     smoothness : float
         Weight of the total-variation term (images).
+    deletion : float
+        Weight of the deletion term (2): the model given the complement 1 - m must lose the
+        prediction (its class probability, or for regression its output moves to the output
+        on the fully removed input). 0 (default): the paper's preservation-only loss (1),
+        which finds what is *enough*; > 0 also asks the mask to hold what is *necessary*.
     embedding : str
         Dotted name of the model's embedding layer (sequences).
     task : {"classification", "regression"}
@@ -130,6 +138,7 @@ class MaskExplainer(FittedMixin, Explainer):
         "fill": constraint(Options(FILLS)),
         "target": constraint(Options(TARGETS)),
         "smoothness": _NON_NEGATIVE,
+        "deletion": _NON_NEGATIVE,
         "embedding": constraint(str, error=TypeError),
         "task": constraint(Options(TASKS)),
         "lr": _NON_NEGATIVE,
@@ -162,6 +171,7 @@ class MaskExplainer(FittedMixin, Explainer):
         fill: str = "blur",
         target: str = "prediction",
         smoothness: float = 0.0,
+        deletion: float = 0.0,
         embedding: str = "embedding",
         task: str = "classification",
         lr: float = 3e-3,
@@ -179,6 +189,7 @@ class MaskExplainer(FittedMixin, Explainer):
         self.fill = fill
         self.target = target
         self.smoothness = smoothness
+        self.deletion = deletion
         self.embedding = embedding
         self.task = task
         self.lr = lr
@@ -274,7 +285,7 @@ class MaskExplainer(FittedMixin, Explainer):
         y: torch.Tensor | None,
         scale: float,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Objective (1) on one batch (:func:`whynet.masks.objective.mask_loss`)."""
+        """Objective (1) [+ (2)] on one batch (:func:`whynet.masks.objective.mask_loss`)."""
         return mask_loss(self, net, x, y, scale)
 
     def _epoch_batches(
@@ -430,7 +441,12 @@ class MaskExplainer(FittedMixin, Explainer):
             return {"values": self._mask(self.network_, x)}
 
     def _meta(self) -> dict[str, Any]:
-        return {"modality": self.modality, "trained_target": self.target}
+        return {
+            "modality": self.modality,
+            "trained_target": self.target,
+            "objective": objective_name(self.deletion),  # which loss g was trained with
+            "deletion": self.deletion,
+        }
 
     # ------------------------------------------------------------------ files
     @classmethod
