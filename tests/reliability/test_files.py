@@ -243,3 +243,50 @@ def test_a_store_cache_write_killed_before_its_sidecar_leaves_the_old_cache(tmp_
     assert meta["v"] == 1 and torch.equal(arrays["a"], torch.ones(12))
     assert len(list(tmp_path.glob("*.npy"))) == 1
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def _cache_writer(folder: str, k: int, rounds: int) -> None:
+    from whynet.core import StoreCache
+
+    torch.set_num_threads(1)
+    cache = StoreCache(folder, "k" * 24)
+    for _ in range(rounds):
+        cache.write(
+            {"a": torch.full((2000 + k,), float(k)), "b": torch.full((3,), float(k))}, {"v": k}
+        )
+
+
+def test_two_processes_writing_one_store_cache_key_leave_one_whole_version(tmp_path):
+    """Two writers of the same key at once, a reader in a loop: each read is one whole version
+    (both arrays and the sidecar agree), and the cache left at the end is whole with no stray
+    files (a writer's cleanup used to delete the other writer's fresh arrays)."""
+    from whynet.core import StoreCache
+
+    ctx = mp.get_context("spawn")
+    writers = [ctx.Process(target=_cache_writer, args=(str(tmp_path), k, 60)) for k in (0, 1)]
+    for w in writers:
+        w.start()
+    cache, reads, errors = StoreCache(tmp_path, "k" * 24), 0, []
+    while any(w.is_alive() for w in writers):
+        if not cache.exists():
+            continue
+        try:
+            arrays, meta = cache.read()
+        except ValueError as e:
+            errors.append(str(e))
+            continue
+        k = meta["v"]
+        reads += 1
+        assert torch.equal(arrays["a"], torch.full((2000 + k,), float(k)))
+        assert torch.equal(arrays["b"], torch.full((3,), float(k)))
+    for w in writers:
+        w.join()
+        assert w.exitcode == 0
+    assert errors == [] and reads > 0
+    arrays, meta = cache.read()
+    assert torch.equal(arrays["b"], torch.full((3,), float(meta["v"])))
+    assert sorted(p.suffix for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
+        ".json",
+        ".npy",
+        ".npy",
+    ]

@@ -6,7 +6,10 @@ the reduced layer activations. A 60k-point set of conv feature maps never has to
 twice, and a cache of 1M feature rows is read back memory-mapped, not into RAM.
 
 Cache files: ``NAME-KEY.npy`` per array and ``store-KEY.json`` with each file's sha256, shape
-and dtype; every file is written atomically and every checksum is verified on read.
+and dtype; every file is written atomically and every checksum is verified on read. Writers and
+readers of one key take the key's file lock (``.store-KEY.lock``, threads and processes alike):
+two writers at once used to delete each other's fresh arrays in their cleanup, and a reader could
+open an array a writer had just replaced.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock
 
 from whynet.core.explanation import atomic_write, file_sha256
 
@@ -177,6 +181,10 @@ class StoreCache:
         self.key = key[:24]
         self.what = what
         self.meta_path = self.folder / f"store-{self.key}.json"
+        self._lock_path = self.folder / f".store-{self.key}.lock"
+
+    def _lock(self) -> FileLock:
+        return FileLock(self._lock_path)
 
     def path(self, name: str) -> Path:
         """The file holding ``name`` now (the one the sidecar names; the old layout's
@@ -198,6 +206,12 @@ class StoreCache:
         """Write the arrays, then the sidecar naming them (the commit point): each write gets
         new file names (``NAME-KEY.<token>.npy``), so a write killed at any point leaves the
         previous cache whole; files no sidecar names are removed after the commit."""
+        with self._lock():
+            self._write(arrays, extra)
+
+    def _write(
+        self, arrays: dict[str, torch.Tensor | np.ndarray | None], extra: dict[str, Any]
+    ) -> None:
         meta: dict[str, Any] = {"version": CACHE_VERSION, "key": self.key, "files": {}, **extra}
         token = uuid.uuid4().hex[:12]
         for name, value in arrays.items():
@@ -225,6 +239,17 @@ class StoreCache:
 
     def read(self, mmap: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Verified arrays by name and the sidecar metadata."""
+        lock = self._lock()
+        try:
+            lock.acquire()
+        except OSError:  # a read-only folder: nobody can be writing into it
+            return self._read(mmap)
+        try:
+            return self._read(mmap)
+        finally:
+            lock.release()
+
+    def _read(self, mmap: tuple[str, ...]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         where = f"{self.what} cache"
         try:
             meta = json.loads(self.meta_path.read_text())
