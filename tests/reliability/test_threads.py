@@ -66,3 +66,35 @@ def test_frozen_eval_is_reentrant_and_restores_after_threads() -> None:
     assert seen == [False] * 8  # every block saw the frozen model, none a half-restored one
     assert model.training and {n: p.requires_grad for n, p in model.named_parameters()} == flags
     assert torch.is_grad_enabled()
+
+
+def test_frozen_eval_of_a_submodule_and_its_parent_from_two_threads_do_not_interleave() -> None:
+    """An explainer of ``model`` and one of ``model.features`` share modules: the submodule's
+    block must not restore train mode / ``requires_grad`` under the parent's running block."""
+    import time
+
+    model = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Dropout()))
+    model.train()
+    child_in, seen = threading.Event(), []
+
+    def child() -> None:
+        with frozen_eval(model[0]):
+            child_in.set()
+            time.sleep(0.2)
+
+    def parent() -> None:
+        child_in.wait()
+        with frozen_eval(model):
+            for _ in range(20):
+                seen.append(any(m.training for m in model.modules()))
+                seen.append(any(p.requires_grad for p in model.parameters()))
+                time.sleep(0.02)
+
+    threads = [threading.Thread(target=child), threading.Thread(target=parent)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen and not any(seen)
+    assert all(m.training for m in model.modules())
+    assert all(p.requires_grad for p in model.parameters())

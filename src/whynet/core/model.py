@@ -17,12 +17,33 @@ _LOCKS_GUARD = threading.Lock()
 
 
 def model_lock(model: nn.Module) -> threading.RLock:
-    """The re-entrant lock :func:`frozen_eval` holds for ``model`` (one per model object)."""
+    """The re-entrant lock of one module object (see :func:`frozen_eval`)."""
     with _LOCKS_GUARD:
         lock = _LOCKS.get(model)
         if lock is None:
             lock = _LOCKS[model] = threading.RLock()
         return lock
+
+
+@contextmanager
+def _locked(model: nn.Module) -> Iterator[None]:
+    """Hold the lock of every module in ``model`` (itself and all submodules).
+
+    Locking every module, not only the one passed, is what keeps an explainer of ``model`` and
+    one of ``model.features`` apart: they share modules, and either block's restore would
+    otherwise flip train mode / ``requires_grad`` under the other's forward. The locks are taken
+    in one global order (by ``id``), so two blocks over overlapping module sets never deadlock.
+    """
+    locks = [model_lock(m) for m in sorted(set(model.modules()), key=id)]
+    taken: list[threading.RLock] = []
+    try:
+        for lock in locks:
+            lock.acquire()
+            taken.append(lock)
+        yield
+    finally:
+        for lock in reversed(taken):
+            lock.release()
 
 
 @contextmanager
@@ -34,13 +55,13 @@ def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
     matters for correctness, not only speed: batch-summed quantities are only per-sample
     separable when BatchNorm uses running statistics (METHODS.md, Influence).
 
-    Threads: the block holds the model's re-entrant lock (:func:`model_lock`), so explains of
-    one model from several threads run one after the other and give the sequential results
-    (their hooks never see each other's forward passes, and the model is restored only after
-    the last of them). Nested blocks on one thread do not deadlock. Different models run in
-    parallel.
+    Threads: the block holds the re-entrant lock of every module in ``model``, so explains of
+    one model (or of a model and one of its submodules) from several threads run one after the
+    other and give the sequential results (their hooks never see each other's forward passes,
+    and the model is restored only after the last of them). Nested blocks on one thread do not
+    deadlock. Models that share no module run in parallel.
     """
-    with model_lock(model):
+    with _locked(model):
         modes = [(m, m.training) for m in model.modules()]
         grads = [(p, p.requires_grad) for p in model.parameters()]
         try:
