@@ -4,6 +4,7 @@ Which training examples does a prediction rest on? The fine-tuned last layer's l
 exactly into one term per training point: ``Phi(x_t) = sum_i alpha_i [f_i, 1] . [f_t, 1]``.
 """
 
+from whynet.representer._gd import solve
 from whynet.representer._solver import (
     LbfgsInfo,
     SolveResult,
@@ -13,7 +14,6 @@ from whynet.representer._solver import (
     lbfgs,
     objective,
     objective_and_gradient,
-    solve,
     solve_lbfgs,
 )
 from whynet.representer.explainer import RepresenterPoints, TopPoints

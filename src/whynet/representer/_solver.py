@@ -31,9 +31,11 @@ def augment(features: torch.Tensor, dtype: torch.dtype | None = None) -> torch.T
 
     Dropping it makes the decomposition miss ``sum_i alpha_i`` (METHODS.md, Representer points).
     """
-    dtype = dtype or features.dtype
-    ones = torch.ones(features.shape[0], 1, dtype=dtype, device=features.device)
-    return torch.cat([features.to(dtype), ones], dim=1)
+    n, d = features.shape
+    out = torch.empty(n, d + 1, dtype=dtype or features.dtype, device=features.device)
+    out[:, :d] = features  # converted while copied: one pass, no intermediate
+    out[:, d] = 1.0
+    return out
 
 
 def loss_grad_phi(phi: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -75,29 +77,6 @@ def alpha_from(phi: torch.Tensor, targets: torch.Tensor, l2: float) -> torch.Ten
     return -loss_grad_phi(phi, targets) / (2.0 * l2 * phi.shape[0])
 
 
-def _line(
-    phi: torch.Tensor,
-    p: torch.Tensor,
-    w: torch.Tensor,
-    g: torch.Tensor,
-    targets: torch.Tensor,
-    l2: float,
-    tsum: torch.Tensor | None,
-) -> Any:
-    """``t -> (J(W - t g), Phi - t p)`` from a few scalars: one logsumexp, O(nC), per trial."""
-    n = phi.shape[0]
-    tphi, tp = float((targets * phi).sum()), float((targets * p).sum())
-    ww, wg, gg = float((w * w).sum()), float((w * g).sum()), float((g * g).sum())
-
-    def line(t: float) -> tuple[float, torch.Tensor]:
-        phi_t = phi - t * p
-        lse = torch.logsumexp(phi_t, dim=1)
-        data = float(lse.sum() if tsum is None else (lse * tsum).sum())
-        return (data - tphi + t * tp) / n + l2 * (ww - 2 * t * wg + t * t * gg), phi_t
-
-    return line
-
-
 @dataclass
 class SolveResult:
     """Outcome of :func:`solve`: the best iterate and how the run went."""
@@ -110,117 +89,6 @@ class SolveResult:
     converged: bool  # the stopping test held
     objective: float  # J at ``weight``
     residual: float = float("nan")  # residual_bound at ``weight`` (decomposition error bound)
-
-
-def _backtrack(
-    line: Any,
-    p: torch.Tensor,
-    w: torch.Tensor,
-    d: torch.Tensor,
-    targets: torch.Tensor,
-    l2: float,
-    t: float,
-    decrease: float,
-    min_step: float,
-) -> tuple[float, torch.Tensor]:
-    """Backtracking line search on ``t -> J(W - t d)`` shared by both solvers.
-
-    Halves ``t`` until the Armijo test ``J(W - t d) < J(W) - decrease * t`` holds; where the
-    change in ``J`` is below its rounding error, accepts a step whose slope
-    ``d/dt J(W - t d) <= 0`` instead (see :func:`solve`). Returns ``(t, Phi(W - t d))``;
-    ``t < min_step`` means no step was found.
-    """
-    n = p.shape[0]
-    wd, dd = float((w * d).sum()), float((d * d).sum())
-    f0, _ = line(0.0)
-    while True:
-        f_t, phi_t = line(t)
-        if math.isfinite(f_t) and f_t - f0 + decrease * t < 0.0:
-            return t, phi_t
-        if abs(f_t - f0) <= 1e-12 * max(1.0, abs(f0)):
-            # J differences are below rounding: the derivative form of the test
-            slope = float((loss_grad_phi(phi_t, targets) * p).sum()) / n + 2.0 * l2 * (wd - t * dd)
-            if slope >= 0.0:  # d/dt J(W - t d) = -slope
-                return t, phi_t
-        t /= 2.0
-        if t < min_step:
-            return t, phi_t
-
-
-def solve(
-    features: torch.Tensor,
-    weight0: torch.Tensor,
-    targets: torch.Tensor,
-    l2: float,
-    *,
-    max_iter: int = 3000,
-    tol: float = 1.0 / 200,
-    step0: float = 10.0,
-    min_step: float = 1e-10,
-) -> SolveResult:
-    """Full-batch gradient descent with backtracking Armijo line search (the authors' procedure).
-
-    Each step starts at ``step0`` and halves until ``J(W - t g) <= J(W) - t/2 ||g||^2``; below
-    ``min_step`` it gives up. Near the optimum the decrease ``t/2 ||g||^2`` falls below the
-    rounding error of ``J`` and the test can no longer pass; there (``|J(W-tg) - J(W)|`` within
-    1e-12 relative) a step is also accepted when the slope ``d/dt J(W - t g) <= 0``, which is the
-    Armijo test with constant 1/2 written for the local quadratic (Hager & Zhang's
-    "approximate Armijo"). It lets float64 reach ``mean|grad|`` ~1e-12 instead of ~1e-9. Stops when
-    ``mean|grad| < tol * mean|grad at step 0|`` and returns the iterate with the smallest
-    ``mean|grad|``. Logits are updated as ``Phi - t F g^T`` so each step costs two products with
-    ``F`` (the line search itself is O(nC)); they are recomputed exactly every 50 steps.
-
-    Parameters
-    ----------
-    features : (n, D+1) augmented features, in the working dtype.
-    weight0 : (C, D+1) starting head (the pre-trained weights with the bias as last column).
-    targets : (n, C) soft or one-hot targets.
-    l2 : lambda of Eq. 2.
-    """
-    if l2 <= 0:
-        raise ValueError(f"l2 (lambda) must be > 0 for the representer theorem, got {l2}")
-    tsum = targets.sum(1)
-    unit = bool(torch.allclose(tsum, torch.ones_like(tsum)))
-    w = weight0.clone()
-    phi = features @ w.T
-    g = gradient(features, w, targets, l2, phi)
-    gmean0 = float(g.abs().mean())
-    best = (gmean0, w, 0)
-    converged = gmean0 == 0.0
-    n_iter = 0
-    for it in range(1, max_iter + 1):
-        if converged:
-            break
-        p = features @ g.T  # Phi(W - t g) = Phi - t p
-        line = _line(phi, p, w, g, targets, l2, None if unit else tsum)
-        t, phi_t = _backtrack(
-            line, p, w, g, targets, l2, step0, float((g * g).sum()) / 2.0, min_step
-        )
-        if t < min_step:  # no step satisfies Armijo: we are at the precision floor
-            break
-        w, phi, n_iter = w - t * g, phi_t, it
-        if it % 50 == 0:
-            phi = features @ w.T
-        g = gradient(features, w, targets, l2, phi)
-        gmean = float(g.abs().mean())
-        if gmean < best[0]:
-            best = (gmean, w, it)
-        if gmean < tol * gmean0:
-            converged = True
-    gmean, w, _ = best
-    phi = features @ w.T  # exact logits of the returned iterate
-    return SolveResult(
-        weight=w,
-        phi=phi,
-        grad_mean=gmean,
-        grad_mean0=gmean0,
-        n_iter=n_iter,
-        converged=converged,
-        objective=float(objective(phi, w, targets, l2)),
-        residual=residual_bound(
-            gradient(features, w, targets, l2, phi), float(features.abs().max()), l2
-        ),
-    )
 
 
 #: default decomposition tolerance of the exact solver: a bound on
@@ -403,32 +271,56 @@ def lbfgs(
     return x, LbfgsInfo(f, g, gmean, gmean0, n_iter, n_eval, converged)
 
 
-def objective_and_gradient(
-    features: torch.Tensor,
-    targets: torch.Tensor,
-    l2: float,
-    features_t: torch.Tensor | None = None,
-) -> Oracle:
-    """The in-memory oracle of Eq. 2: ``W -> (J(W), grad J(W))``, two products with ``F``.
+def augment_t(features: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``[F, 1]^T`` (D+1, n), contiguous, in ``dtype``: one pass over ``features``."""
+    n, d = features.shape
+    out = torch.empty(d + 1, n, dtype=dtype, device=features.device)
+    out[:d] = features.T
+    out[d] = 1.0
+    return out
 
-    ``softmax = exp(Phi - logsumexp(Phi))`` reuses the loss's reduction. ``features_t``
-    (``F^T`` contiguous): ``F^T G`` is then a plain GEMM (faster than ``G^T F``).
+
+#: training points per block of the oracle: Phi and dL/dPhi of a block stay in cache
+ORACLE_BLOCK = 4096
+
+
+def oracle_t(
+    features_t: torch.Tensor, targets_t: torch.Tensor, l2: float, block: int = ORACLE_BLOCK
+) -> Oracle:
+    """The in-memory oracle of Eq. 2, ``W -> (J(W), grad J(W))``, on ``F^T`` (D+1, n).
+
+    Block by block of training points: ``Phi_b^T = W F_b^T`` (C, nb), its logsumexp, the
+    softmax as ``exp(Phi - logsumexp)`` (the loss's reduction reused), and
+    ``grad += dL/dPhi_b^T F_b``; the block's (C, nb) arrays stay in cache, so the cost is the
+    two products with ``F``. ``targets_t`` (C, n).
     """
-    n = features.shape[0]
-    tsum = targets.sum(1)
+    n = features_t.shape[1]
+    tsum = targets_t.sum(0)
     unit = bool(torch.allclose(tsum, torch.ones_like(tsum)))
-    ft = features.T if features_t is None else features_t
 
     def fun_and_grad(w: torch.Tensor) -> tuple[float, torch.Tensor]:
-        phi = features @ w.T
-        lse = torch.logsumexp(phi, dim=1)
-        data = lse.sum() if unit else (lse * tsum).sum()
-        f = float(data - (targets * phi).sum()) / n + l2 * _dot(w, w)
-        p = torch.exp(phi.sub_(lse[:, None]))  # softmax, in place of phi
-        dphi = p.sub_(targets) if unit else p.mul_(tsum[:, None]).sub_(targets)
-        return f, (ft @ dphi).T / n + 2.0 * l2 * w
+        grad = torch.zeros_like(w)
+        data = 0.0
+        for a in range(0, n, block):
+            fb, tb = features_t[:, a : a + block], targets_t[:, a : a + block]
+            phi = w @ fb
+            lse = torch.logsumexp(phi, dim=0)
+            if unit:
+                data += float(lse.sum() - (tb * phi).sum())
+                dphi = torch.exp(phi.sub_(lse)).sub_(tb)
+            else:
+                ts = tsum[a : a + block]
+                data += float((lse * ts).sum() - (tb * phi).sum())
+                dphi = torch.exp(phi.sub_(lse)).mul_(ts).sub_(tb)
+            grad.addmm_(dphi, fb.T)
+        return data / n + l2 * _dot(w, w), grad.div_(n).add_(w, alpha=2.0 * l2)
 
     return fun_and_grad
+
+
+def objective_and_gradient(features: torch.Tensor, targets: torch.Tensor, l2: float) -> Oracle:
+    """:func:`oracle_t` from augmented ``features`` (n, D+1) and ``targets`` (n, C)."""
+    return oracle_t(features.T.contiguous(), targets.T.contiguous(), l2)
 
 
 def solve_lbfgs(
@@ -454,16 +346,44 @@ def solve_lbfgs(
     given and met first. The initial inverse Hessian is :func:`_preconditioner` (``C (D+1)`` is
     small, so ``memory`` pairs cost nothing next to the two products with ``F`` per step).
     """
+    return solve_lbfgs_t(
+        features.T.contiguous(),
+        weight0,
+        targets,
+        l2,
+        max_iter=max_iter,
+        tol=tol,
+        atol=atol,
+        memory=memory,
+        precondition=precondition,
+        min_step=min_step,
+    )
+
+
+def solve_lbfgs_t(
+    features_t: torch.Tensor,
+    weight0: torch.Tensor,
+    targets: torch.Tensor,
+    l2: float,
+    *,
+    max_iter: int = 3000,
+    tol: float | None = 1.0 / 200,
+    atol: float | None = None,
+    memory: int = 100,
+    precondition: bool = True,
+    min_step: float = 1e-10,
+) -> SolveResult:
+    """:func:`solve_lbfgs` on ``F^T`` (D+1, n) (:func:`augment_t`): no (n, D+1) copy needed."""
     if l2 <= 0:
         raise ValueError(f"l2 (lambda) must be > 0 for the representer theorem, got {l2}")
     if tol is None and atol is None:
         raise ValueError("give tol (relative gradient rule) or atol (decomposition residual)")
-    n = features.shape[0]
-    ft = features.T.contiguous()
-    fmax = float(features.abs().max()) if n else 1.0
-    pre = _preconditioner(ft, features @ weight0.T, l2) if precondition else None
+    n = features_t.shape[1]
+    lo, hi = torch.aminmax(features_t) if n else (torch.tensor(1.0), torch.tensor(1.0))
+    fmax = max(float(hi), -float(lo))
+    pre = _preconditioner(features_t, (weight0 @ features_t).T, l2) if precondition else None
     w, info = lbfgs(
-        objective_and_gradient(features, targets, l2, ft),
+        oracle_t(features_t, targets.T.contiguous(), l2),
         weight0,
         tol=tol,
         max_iter=max_iter,
@@ -474,7 +394,7 @@ def solve_lbfgs(
     )
     return SolveResult(
         weight=w,
-        phi=features @ w.T,
+        phi=(w @ features_t).T.contiguous(),
         grad_mean=info.grad_mean,
         grad_mean0=info.grad_mean0,
         n_iter=info.n_iter,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 from collections.abc import Iterator
 from typing import Any, ClassVar, NamedTuple
 
@@ -35,25 +34,17 @@ from whynet.core import (
     Target,
     batch_len,
     check_classes,
-    check_inputs,
     constraint,
     data_fingerprint,
-    model_device,
     model_fingerprint,
     parse_target,
 )
 from whynet.core.params import DTYPE
 from whynet.representer import _features as feat
 from whynet.representer import _lje as lje
-from whynet.representer._solver import (
-    EXACT_ATOL,
-    alpha_from,
-    augment,
-    check_kernel,
-    solve,
-    solve_lbfgs,
-)
-from whynet.representer._topk import running_topk
+from whynet.representer import _scoring as scoring
+from whynet.representer._fit import fitted_state
+from whynet.representer._solver import augment, check_kernel
 
 
 class TopPoints(NamedTuple):
@@ -167,7 +158,7 @@ class RepresenterPoints(FittedMixin, Explainer):
     objective_: float
     lje_weight0_: torch.Tensor | None
     lje_hinv_: torch.Tensor | None
-    # derived from the state after fit, made once (see _kernel_parts)
+    # derived from the state after fit, made once (see _scoring.kernel_parts)
     _kcache: tuple[Any, ...]
     _format = "whynet.representer"
     _format_version = 2  # 1: the representer's own file layout before the core persistence
@@ -269,76 +260,7 @@ class RepresenterPoints(FittedMixin, Explainer):
         (n,) are needed for ``targets="labels"`` and for :meth:`global_importance`.
         """
         self._reset_fitted()
-        head = feat.linear_head(self.model, self.head)
-        features = check_inputs(features, name="features", ndim=2, finite=False)
-        feat.check_finite(features)
-        n, d = features.shape
-        c = head.out_features
-        if d != head.in_features:
-            raise ValueError(
-                f"features have {d} columns but head {self.head!r} takes {head.in_features}"
-            )
-        device = model_device(self.model)
-        if labels is not None:
-            labels = torch.as_tensor(labels).long().reshape(-1).to(device)
-            if labels.shape[0] != n:
-                raise ValueError(f"{labels.shape[0]} labels for {n} training points")
-            check_classes(labels, c, name="label")
-        fa = augment(features.to(device), self.dtype)
-        w0 = feat.head_weight(head).to(device, self.dtype)
-        if self.targets == "labels":
-            if labels is None:
-                raise ValueError(
-                    "targets='labels' needs training labels: pass (inputs, labels) "
-                    "pairs or labels=..."
-                )
-            t = torch.nn.functional.one_hot(labels, c).to(self.dtype)
-        else:
-            if outputs is None:
-                outputs = fa @ w0.T
-            if outputs.shape != (n, c):
-                raise ValueError(
-                    f"model outputs have shape {tuple(outputs.shape)}, expected "
-                    f"({n}, {c}) = (training points, head outputs); targets='model' "
-                    "needs a classifier whose output is the head's output"
-                )
-            t = torch.softmax(outputs.to(device, self.dtype), dim=1)
-        self._check_kernel()
-        if self.solver == "lje":
-            self._set_fitted(
-                **lje.fitted_state(fa, w0, t, self.lje_step, self.lje_damping),
-                features_=features if features.dtype == torch.float32 else features.float(),
-                labels_=labels,
-            )
-            return self
-        if self.solver == "gd":
-            # tol=None: the authors' 1/200 rule (this solver is for reproducing the paper)
-            tol = 1.0 / 200 if self.tol is None else self.tol
-            res = solve(fa, w0, t, self.l2, max_iter=self.max_iter, tol=tol)
-        else:
-            atol = EXACT_ATOL if self.tol is None else None
-            res = solve_lbfgs(fa, w0, t, self.l2, max_iter=self.max_iter, tol=self.tol, atol=atol)
-        if not res.converged:
-            hint = ", or solver='lbfgs'" if self.solver == "gd" else ""
-            warnings.warn(
-                f"representer fit ended unconverged after {res.n_iter} {self.solver} steps: "
-                f"decomposition residual up to {res.residual:.3g} (mean|grad J| {res.grad_mean:.3g}"
-                f"); values.sum(1) differs from the logits by up to that much. Pass a larger "
-                f"max_iter (now {self.max_iter}){hint}{', or tol=None' if self.tol else ''}",
-                UserWarning,
-                stacklevel=2,
-            )
-        self._set_fitted(
-            alpha_=alpha_from(res.phi, t, self.l2),
-            weight_=res.weight,
-            features_=features if features.dtype == torch.float32 else features.float(),
-            labels_=labels,
-            converged_=bool(res.converged),
-            grad_norm_=float(res.grad_mean),
-            grad_norm0_=float(res.grad_mean0),
-            n_iter_=int(res.n_iter),
-            objective_=float(res.objective),
-        )
+        self._set_fitted(**fitted_state(self, features, outputs, labels))
         return self
 
     def _check_loaded(self, where: str) -> None:
@@ -366,48 +288,11 @@ class RepresenterPoints(FittedMixin, Explainer):
         self.check_is_fitted()
         return self.logits_features(self._forward(x)[0])
 
-    def _kernel_parts(self) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """What is fixed after fit, made once: ``alpha^T`` (C, n) contiguous (a class's
-        coefficients are one row) and, when the features fit in one block, the features in
-        the kernel dtype on the coefficients' device (no conversion per query). ``None``:
-        convert block by block (memory-mapped / larger than ``block_size``)."""
-        kdt = self.kernel_dtype or self.dtype
-        feats, alpha = self.features_, self.alpha_
-        key = (id(feats), id(alpha), kdt, self.block_size)
-        got = vars(self).get("_kcache")
-        if got is None or got[0] != key or got[1] is not feats or got[2] is not alpha:
-            dev = alpha.device
-            whole = None
-            if feats.shape[0] <= self.block_size:
-                whole = feats.to(dev, kdt).contiguous()
-            got = (key, feats, alpha, whole, alpha.T.contiguous())
-            self._kcache = got
-        return got[3], got[4]
-
     def _blocks(
         self, test: torch.Tensor, classes: torch.Tensor
     ) -> Iterator[tuple[int, torch.Tensor]]:
-        """Yield ``(start, values (B, nb))`` over blocks of training points (Thm. 3.1 terms):
-        one product ``F_block f_t`` and one fused ``alpha * (k + 1)`` per block."""
-        if self.lje_hinv_ is not None:  # RPS-LJE: (W_i f_t)_c, block by block
-            yield from lje.blocks(self, test, classes)
-            return
-        kdt = self.kernel_dtype or self.dtype
-        whole, alpha_t = self._kernel_parts()
-        dev = alpha_t.device
-        ft = test.to(dev, kdt)
-        coef = alpha_t[classes]  # (B, n)
-        if whole is not None:
-            yield 0, self._terms(ft @ whole.T, coef)
-            return
-        n = self.features_.shape[0]
-        for a in range(0, n, self.block_size):
-            fb = self.features_[a : a + self.block_size].to(dev, kdt)
-            yield a, self._terms(ft @ fb.T, coef[:, a : a + fb.shape[0]])
-
-    def _terms(self, k: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
-        """``alpha_ic ([f_i, 1] . [f_t, 1]) = alpha + alpha * (f_i . f_t)`` in ``dtype``."""
-        return torch.addcmul(coef, coef, k.to(self.dtype))
+        """``(start, values (B, nb))`` over blocks of training points (:func:`._scoring.blocks`)."""
+        return scoring.blocks(self, test, classes)
 
     def values_features(self, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """Representer values (B, n) of head inputs ``features`` for ``classes`` (B,).
@@ -415,15 +300,7 @@ class RepresenterPoints(FittedMixin, Explainer):
         Queries go ``batch_size`` at a time through one matrix product per block of training
         points (no per-query loop)."""
         self.check_is_fitted()
-        b, n = features.shape[0], self.features_.shape[0]
-        if b <= self.batch_size and n <= self.block_size:  # the common case: one product
-            return next(self._blocks(features, classes))[1]
-        out = torch.empty(b, n, dtype=self.dtype, device=self.alpha_.device)
-        for i in range(0, b, self.batch_size):
-            rows = slice(i, i + self.batch_size)
-            for a, v in self._blocks(features[rows], classes[rows]):
-                out[rows, a : a + v.shape[1]] = v
-        return out
+        return scoring.values(self, features, classes)
 
     def _classes(self, outputs: torch.Tensor, target: Target) -> torch.Tensor:
         """The class per input (the given ones, else the original model's argmax)."""
@@ -459,7 +336,7 @@ class RepresenterPoints(FittedMixin, Explainer):
 
         ``target`` follows the one policy of :meth:`explain` (None / "predicted": the model's
         prediction). Computed block by block with a running top-k, so memory stays
-        O(B x (block + k)) even for millions of training points.
+        O(B x (block + k)) even for millions of training points (:func:`._scoring.top`).
         """
         self.check_is_fitted()
         n = self.features_.shape[0]
@@ -470,12 +347,7 @@ class RepresenterPoints(FittedMixin, Explainer):
         self._check_target(x, tgt)
         f, outputs = self._features_of(x)
         classes = self._classes(outputs, tgt)
-        bs = self.batch_size
-        parts = [
-            running_topk(self._blocks(f[r : r + bs], classes[r : r + bs]), k)
-            for r in range(0, f.shape[0], bs)
-        ]
-        return TopPoints(*(torch.cat([p[i] for p in parts]) for i in range(4)))
+        return TopPoints(*scoring.top(self, f, classes, k))
 
     # ---- dataset debugging ---------------------------------------------------------------
 
