@@ -149,15 +149,22 @@ def canvas_methods(
     }
 
 
-def part_canvas(quick: bool) -> dict[str, Any]:
+def canvas_heldout(n: int) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """``(x, y, boxes)`` of canvas test images 1000..1000+n (never used to train or validate
+    the shipped explainers)."""
     from whynet.data.canvas import canvas
+
+    ds = canvas("test", n=1000 + n)
+    x, y = ds.tensors()
+    return x[1000:], y[1000:], ds.boxes[1000:]
+
+
+def part_canvas(quick: bool) -> dict[str, Any]:
     from whynet.metrics import deletion_auc, insertion_auc, mask_fidelity, pointing_game
 
     me, model, _ = load_pretrained("canvas-cnn", **DIRS)
     n = N_IMAGES.get("canvas") or (16 if quick else 64)
-    ds = canvas("test", n=1000 + n)
-    x, y = ds.tensors()
-    x, y, boxes = x[1000:], y[1000:], ds.boxes[1000:]
+    x, y, boxes = canvas_heldout(n)
     pred = predict_logits(model, x).argmax(1)
     repeats = 2 if quick else 5
     rows = {}
@@ -218,12 +225,21 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def part_tpsa(quick: bool) -> dict[str, Any]:
+    me, model, _ = load_pretrained("tpsa-smiles", **DIRS)
+    return tpsa_ground_truth(me, model, stop=100 if quick else None)
+
+
+def tpsa_ground_truth(
+    me: Any, model: torch.nn.Module, start: int = 0, stop: int | None = None
+) -> dict[str, Any]:
+    """Per-atom scores of explainer ``me`` (and the baselines) against RDKit's per-atom TPSA
+    on NCI test molecules ``start:stop`` (see the module docstring)."""
     from whynet.data.molecules import atom_token_mask, nci_molecules
 
-    me, model, _ = load_pretrained("tpsa-smiles", **DIRS)
     ds = nci_molecules("test")
-    n = 100 if quick else len(ds)
-    ids = ds.x[:n]
+    stop = len(ds) if stop is None else min(stop, len(ds))
+    ids = ds.x[start:stop]
+    n = len(ids)
     keep = (ids != 0).sum(1) <= me.max_length_
     t0 = time.perf_counter()
     masks = me.explain(ids[keep]).values.double()
@@ -247,8 +263,8 @@ def part_tpsa(quick: bool) -> dict[str, Any]:
     }
     rows = [i for i in range(n) if bool(keep[i])]
     for j, i in enumerate(rows):
-        smi = ds.smiles[i]
-        contrib = np.asarray(ds.atom_contribs[i])
+        smi = ds.smiles[start + i]
+        contrib = np.asarray(ds.atom_contribs[start + i])
         mt = atom_token_mask(smi).numpy().astype(np.float64)
         per = mt / mt.sum(1, keepdims=True)  # mean over an atom's characters
         label = contrib > 0
@@ -273,6 +289,9 @@ def part_tpsa(quick: bool) -> dict[str, Any]:
         kept = me.masked_output(ids[keep], me.explain(ids[keep]).values).double()[:, 0]
     summary["masked_output_mae_A2"] = float((ref - kept).abs().mean())
     summary["output_std_A2"] = float(ref.std())
+    # the fidelity the explainer is trained and validated on: 1 - MSE(masked, unmasked) / var
+    summary["fidelity"] = float(1 - ((ref - kept) ** 2).mean() / ref.var())
+    summary["molecule_range"] = [start, stop]
     return summary
 
 

@@ -2,13 +2,16 @@
 
 Usage::
 
-    python -m whynet.zoo.masks_train NAME [--sparsity S] [--epochs E] [--n N] [--out DIR]
+    python -m whynet.zoo.masks_train NAME [--sparsity S] [--deletion D] [--epochs E] [--n N]
+        [--out DIR] [--file STEM]
     python -m whynet.zoo.masks_train NAME --sweep 0.1,0.3,1,3 [--json results.json]
 
 NAME is one of :data:`TASKS`. Training writes ``NAME.safetensors`` (the explainer, see
 :meth:`MaskExplainer.save`) and ``NAME.json`` (settings, data, timing and validation mask size /
-fidelity) into ``whynet/zoo/weights/masks``. A sweep trains one explainer per sparsity on the same
-data and reports validation mask size against fidelity (METHODS.md: always report the sweep).
+fidelity) into ``whynet/zoo/weights/masks`` (``--file STEM`` writes ``STEM.*`` instead, e.g. a
+second explainer trained with the deletion term next to the paper-loss one). A sweep trains one
+explainer per sparsity on the same data and reports validation mask size against fidelity
+(METHODS.md: always report the sweep).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 import torch
 
 from whynet.masks import ImageMaskNet, MaskExplainer, SequenceMaskNet
+from whynet.masks.objective import objective_name
 from whynet.zoo import load_model
 from whynet.zoo.masks_pretrained import WEIGHTS_DIR
 
@@ -45,6 +49,7 @@ class Task:
     batch_size: int = 64
     fill: str = "blur"
     smoothness: float = 0.0
+    deletion: float = 0.0  # weight of the deletion term (2); 0 = the paper's loss
     network: dict[str, Any] = field(default_factory=dict)
 
 
@@ -169,13 +174,19 @@ def train_explainer(
     seed: int = 0,
     progress: bool | None = None,
     zoo_dir: str | Path | None = None,
+    deletion: float | None = None,
 ) -> tuple[MaskExplainer, dict[str, Any]]:
-    """Fit the explainer for zoo model ``name``; returns it with a JSON-able record."""
+    """Fit the explainer for zoo model ``name``; returns it with a JSON-able record.
+
+    ``deletion``: weight of the deletion term (:mod:`whynet.masks.objective`, default the
+    task's, 0 = the paper's preservation-only loss).
+    """
     spec = TASKS[name]
     model, info = load_model(spec.model, weights_dir=zoo_dir)
     x, y, xv, yv = load_task_data(name, n_train, n_val, zoo_dir)
     sparsity = spec.sparsity if sparsity is None else sparsity
     epochs = spec.epochs if epochs is None else epochs
+    deletion = spec.deletion if deletion is None else deletion
     me = MaskExplainer(
         model,
         spec.modality,
@@ -183,6 +194,7 @@ def train_explainer(
         sparsity=sparsity,
         fill=spec.fill,
         smoothness=spec.smoothness,
+        deletion=deletion,
         task=spec.task,
         lr=spec.lr,
         batch_size=spec.batch_size,
@@ -200,6 +212,8 @@ def train_explainer(
         "task": spec.task,
         "model_sha256": info.get("meta", {}).get("sha256"),
         "sparsity": sparsity,
+        "deletion": deletion,
+        "objective": objective_name(deletion),
         "epochs_max": epochs,
         "epochs_run": len(me.history_),
         "n_train": len(x),
@@ -221,7 +235,7 @@ def train_explainer(
             "threads": torch.get_num_threads(),
         },
         "command": f"python -m whynet.zoo.masks_train {name} --sparsity {sparsity} "
-        f"--epochs {epochs} --n {len(x)}",
+        f"--deletion {deletion} --epochs {epochs} --n {len(x)}",
     }
     return me, record
 
@@ -265,10 +279,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("name", choices=sorted(TASKS))
     parser.add_argument("--sparsity", type=float, default=None)
+    parser.add_argument("--deletion", type=float, default=None, help="deletion-term weight")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--n", type=int, default=None, help="training examples")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=str(WEIGHTS_DIR))
+    parser.add_argument("--file", default=None, help="file stem (default: NAME)")
     parser.add_argument("--sweep", default=None, help="comma-separated sparsities")
     parser.add_argument("--json", default=None, help="write sweep rows here")
     parser.add_argument("--zoo-dir", default=None, help="read the zoo model from here")
@@ -293,11 +309,18 @@ def main(argv: list[str] | None = None) -> None:
             record_path.write_text(json.dumps(record, indent=1) + "\n")
         return
     me, record = train_explainer(
-        args.name, args.sparsity, args.epochs, args.n, zoo_dir=args.zoo_dir
+        args.name,
+        args.sparsity,
+        args.epochs,
+        args.n,
+        zoo_dir=args.zoo_dir,
+        deletion=args.deletion,
     )
-    out = Path(args.out)
-    me.save(out / f"{args.name}.safetensors")
-    (out / f"{args.name}.json").write_text(json.dumps(record, indent=1) + "\n")
+    out, stem = Path(args.out), args.file or args.name
+    if args.file:
+        record["command"] += f" --file {stem}"
+    me.save(out / f"{stem}.safetensors")
+    (out / f"{stem}.json").write_text(json.dumps(record, indent=1) + "\n")
     print(json.dumps({k: v for k, v in record.items() if k != "history"}), flush=True)
 
 
