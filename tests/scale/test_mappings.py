@@ -12,6 +12,9 @@ from whynet.clusters._acts import reduce_activation
 from whynet.core import run_model
 from whynet.representer import RepresenterPoints
 
+# tiny ops: one intra-op thread (OpenMP spin on a loaded machine made them ~25x slower)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 class TinyTokens(nn.Module):
     """Embedding -> tanh layer over tokens -> mean over the real tokens -> linear head."""

@@ -15,6 +15,9 @@ from whynet.influence import InternalInfluence
 from whynet.representer import RepresenterPoints
 from whynet.scale.store import ShardedStore, StoreError, write_shard
 
+# tiny ops: one intra-op thread (OpenMP spin on a loaded machine made them ~25x slower)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _data(n: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1)

@@ -287,6 +287,19 @@ def encode_all(ae: Any, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor
     return torch.cat([ae.encode(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
+def encode_rows(
+    embedder: Any, standardised: Callable[[Any], torch.Tensor], start: int, stop: int
+) -> torch.Tensor:
+    """Embeddings of rows ``[start, stop)`` (``standardised(slice)`` gives them), in chunks at
+    global multiples of 4096 rows and products of 1024 rows (:func:`encode_all`): the products
+    of the one-process fit, so a shard whose rows start at a multiple of 1024 gets bitwise the
+    same embeddings (BLAS may round a product of a few rows differently)."""
+    edges = [start, *range((start // 4096 + 1) * 4096, stop, 4096), stop]
+    return torch.cat(
+        [encode_all(embedder, standardised(slice(a, b))) for a, b in zip(edges[:-1], edges[1:])]
+    )
+
+
 def fit_idec(
     ae: nn.Module,
     x: torch.Tensor,
@@ -412,4 +425,8 @@ class PCAEmbed(nn.Module):
         return cls(mean.view(x.shape[1:]), v[:, :dim].float().contiguous())
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean).flatten(1) @ self.components
+        # the product in float64, rounded to x's dtype: the same embedding whatever the
+        # thread count or the number of rows per product (float32 BLAS rounds those apart),
+        # so shards embedded on workers equal the one-process embedding
+        z = (x - self.mean).flatten(1).double() @ self.components.double()
+        return z.to(x.dtype)

@@ -31,10 +31,12 @@ from whynet.clusters.embedding import (
     build_embedder,
     embedder_config,
     encode_all,
+    encode_rows,
     fit_idec,
     kmeans,
     soft_assign,
 )
+from whynet.clusters.lloyd import check_init, lloyd, lloyd_step
 from whynet.core.state import FittedState, State
 
 
@@ -46,16 +48,33 @@ class Moments:
     sums: list[torch.Tensor] = field(default_factory=list)
 
     def update(self, a: torch.Tensor) -> None:
+        self.add(*self.batch_sums(a))
+
+    @staticmethod
+    def batch_sums(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """One batch's sums, squared sums and count, in float64: the same numbers to float64
+        rounding whatever the thread count (a float32 reduction depends on how it is split),
+        so a shard's moments on a one-thread worker equal those of a multi-thread process."""
         dims = (0, 2, 3) if a.dim() == 4 else (0,)
         per = a.shape[0] * (a.shape[2] * a.shape[3] if a.dim() == 4 else 1)
-        # per-batch sums in float32 (cheap), accumulated across batches in float64
-        s, sq = a.sum(dims).double().cpu(), (a * a).sum(dims).double().cpu()
+        a = a.double()
+        return a.sum(dims).cpu(), (a * a).sum(dims).cpu(), float(per)
+
+    def add(self, s: torch.Tensor, sq: torch.Tensor, per: float) -> None:
+        """Accumulate one batch's :meth:`batch_sums` in float64 (batches added in data order
+        give the same moments wherever each batch's sums were computed)."""
         if not self.sums:
-            self.sums = [s, sq, torch.tensor(float(per), dtype=torch.float64)]
+            self.sums = [s.clone(), sq.clone(), torch.tensor(per, dtype=torch.float64)]
         else:
             self.sums[0] += s
             self.sums[1] += sq
             self.sums[2] += per
+
+    def standardiser(self, shape: Sequence[int], device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std as float32 tensors that broadcast over activations of ``shape``."""
+        mean, std = self.mean_std()
+        view = (-1, 1, 1) if len(shape) == 3 else (-1,)
+        return mean.float().view(view).to(device), std.float().view(view).to(device)
 
     def mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and standard deviation (a constant channel gets std 1), float64."""
@@ -187,6 +206,7 @@ class LayerClusterer(FittedState):
         holdout: np.ndarray | None = None,
         pool: np.ndarray | None = None,
         device: torch.device | str = "cpu",
+        init: torch.Tensor | None = None,
     ) -> LayerClusterer:
         """Embed and cluster ``acts`` (``(N, ...)`` float32, possibly memory-mapped) and count
         the ``targets`` (``(N,)`` int64) per cluster.
@@ -195,14 +215,14 @@ class LayerClusterer(FittedState):
         the embedder and the clustering are fitted on (None = all; every row gets an embedding,
         an assignment and enters the table). ``holdout`` / ``pool``: with
         ``restart_selection="likelihood"``, the held-out rows that score the k-means restarts
-        and the rows whose assignments give their tables.
+        and the rows whose assignments give their tables. ``init``: initial centres
+        ``(n_clusters, embedding dim)`` instead of k-means restarts: the k-means path runs
+        Lloyd's iterations from them in float64 (:func:`whynet.clusters.lloyd.lloyd`, the steps
+        ``whynet.scale`` sums over shards), IDEC starts its refinement from them.
         """
         self._reset_fitted()
         n, shape = len(acts), acts.shape[1:]
-        mean, std = moments.mean_std()
-        view = (-1, 1, 1) if len(shape) == 3 else (-1,)
-        mean_t = mean.float().view(view).to(device)
-        std_t = std.float().view(view).to(device)
+        mean_t, std_t = moments.standardiser(shape, device)
 
         def standardised(rows: Any) -> torch.Tensor:
             return torch.from_numpy(np.array(acts[rows])).to(device).sub_(mean_t).div_(std_t)
@@ -215,18 +235,26 @@ class LayerClusterer(FittedState):
         embedder: nn.Module
         if self.algorithm == "idec":
             embedder = self._autoencoder(shape).to(device)
-            init = None
+            start: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
             init_hist: dict[str, list[float]] = {}
-            if select:
+            if init is not None:
+                given = self.check_init(init, self.idec.embed_dim).float()
+
+                def start(ae: nn.Module, z: torch.Tensor) -> torch.Tensor:
+                    return given
+
+            elif select:
                 assert holdout is not None
-                init, init_hist = self._idec_init(standardised, holdout, sample, targets, n_classes)
+                start, init_hist = self._idec_init(
+                    standardised, holdout, sample, targets, n_classes
+                )
             res = fit_idec(
                 embedder,
                 x_fit,
                 self.n_clusters,
                 self.idec,
                 seed=self.seed,
-                init=init,
+                init=start,
                 progress=self.progress,
             )
             centres, history = res.centres.to(device), res.history
@@ -235,40 +263,84 @@ class LayerClusterer(FittedState):
             embedder = PCAEmbed.fit(x_fit, self.embed_dim, seed=self.seed).to(device)
         del x_fit
         embedder.eval()
-        emb = torch.cat(
-            [encode_all(embedder, standardised(slice(i, i + 4096))) for i in range(0, n, 4096)]
-        )
+        emb = encode_rows(embedder, standardised, 0, n)
         if centres is None:
-            z_fit = emb[torch.from_numpy(sample)].cpu().numpy()
-            if select:
-                assert pool is not None and holdout is not None  # both or neither
-                tab, ho = torch.from_numpy(pool), torch.from_numpy(holdout)
-                centres, history = self._select_restart(
-                    z_fit, emb[tab].cpu(), targets[tab], emb[ho].cpu(), targets[ho], n_classes
-                )
-                centres = centres.to(device)
-            else:
-                centres = torch.from_numpy(
-                    kmeans(
-                        z_fit,
-                        self.n_clusters,
-                        n_init=self.idec.n_init,
-                        seed=self.seed,
-                        max_points=self.max_fit_points,
-                    )
-                ).to(device)
+            centres, history = self.kmeans_centres(
+                emb, targets, n_classes, sample, holdout, pool, init
+            )
+            centres = centres.to(device)
         assign = hard_assign(emb, centres)
+        counts = class_counts(assign, targets, self.n_clusters, n_classes)
+        return self.set_fit(embedder, mean_t, std_t, centres, counts, emb, assign, history)
+
+    def kmeans_centres(
+        self,
+        emb: torch.Tensor,
+        targets: torch.Tensor,
+        n_classes: int,
+        sample: np.ndarray,
+        holdout: np.ndarray | None = None,
+        pool: np.ndarray | None = None,
+        init: torch.Tensor | None = None,
+        step: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> tuple[torch.Tensor, dict[str, list[float]]]:
+        """The k-means path's centres (and history) from every training point's embedding
+        ``emb``: Lloyd from ``init`` over the rows ``sample`` (``step``: the summed Lloyd step
+        over them computed elsewhere, e.g. over shards); else the restart whose held-out
+        likelihood is best (``restart_selection="likelihood"``); else k-means restarts."""
+        if init is not None:
+            if step is None:
+                z = emb[torch.from_numpy(sample)]
+
+                def step(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                    return lloyd_step(z, c)
+
+            res = lloyd(step, self.check_init(init, emb.shape[1]))
+            return res.centres, res.history
+        z_fit = emb[torch.from_numpy(sample)].cpu().numpy()
+        if self.restart_selection == "likelihood" and holdout is not None:
+            assert pool is not None  # both or neither
+            tab, ho = torch.from_numpy(pool), torch.from_numpy(holdout)
+            return self._select_restart(
+                z_fit, emb[tab].cpu(), targets[tab], emb[ho].cpu(), targets[ho], n_classes
+            )
+        centres = kmeans(
+            z_fit,
+            self.n_clusters,
+            n_init=self.idec.n_init,
+            seed=self.seed,
+            max_points=self.max_fit_points,
+        )
+        return torch.from_numpy(centres), {}
+
+    def set_fit(
+        self,
+        embedder: nn.Module,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        centres: torch.Tensor,
+        counts: torch.Tensor,
+        embeddings: torch.Tensor,
+        assign: torch.Tensor,
+        history: dict[str, list[float]],
+    ) -> LayerClusterer:
+        """Fit from computed parts (:meth:`fit`'s last step; ``whynet.scale`` computes the
+        parts shard by shard): the standardisation, embedder, centres, class counts, every
+        training point's embedding and hard assignment."""
         self._set_fitted(
             embedder_=embedder,
-            mean_=mean_t,
-            std_=std_t,
+            mean_=mean,
+            std_=std,
             centres_=centres,
-            counts_=class_counts(assign, targets, self.n_clusters, n_classes),
-            embeddings_=emb.float().cpu(),
+            counts_=counts,
+            embeddings_=embeddings.float().cpu(),
             assign_=assign.cpu(),
             history_=history,
         )
         return self
+
+    def check_init(self, init: torch.Tensor, dim: int) -> torch.Tensor:
+        return check_init(init, self.n_clusters, dim, f"layer {self.name!r}")
 
     def _autoencoder(self, shape: Sequence[int]) -> nn.Module:
         """Liu & Arik's embedding: conv 32/64/128 for feature maps, dense 256/128 otherwise;

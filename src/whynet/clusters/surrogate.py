@@ -27,20 +27,18 @@ from torch import nn
 
 from whynet.clusters._acts import reduce_activation
 from whynet.clusters.embedding import IDECSettings, build_embedder, embedder_config
+from whynet.clusters.fitting import (
+    Inits,
+    check_logits,
+    check_size,
+    finish,
+    fit_rows,
+    layer_inits,
+    split_rows,
+)
 from whynet.clusters.index import WeightedIndex
-from whynet.clusters.layer import (
-    LayerClusterer,
-    Moments,
-    pack_state,
-    posterior_table,
-    unpack_state,
-)
-from whynet.clusters.mixture import (
-    check_weights,
-    fit_layer_weights,
-    fit_mixture_weights,
-    split_holdout,
-)
+from whynet.clusters.layer import LayerClusterer, Moments, posterior_table, unpack_state
+from whynet.clusters.mixture import check_weights, fit_mixture_weights
 from whynet.clusters.queries import SurrogateQueries
 from whynet.core import (
     ActivationStore,
@@ -329,7 +327,9 @@ class ClusterSurrogate(FittedMixin, Explainer, SurrogateQueries):
         )
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, train_data: Any, labels: torch.Tensor | None = None) -> ClusterSurrogate:
+    def fit(
+        self, train_data: Any, labels: torch.Tensor | None = None, *, init: Inits = None
+    ) -> ClusterSurrogate:
         """Cluster the activations of ``train_data`` at every layer and build the posteriors.
 
         Everything is built in locals and assigned at the end (a ``fit`` that raises leaves
@@ -341,10 +341,16 @@ class ClusterSurrogate(FittedMixin, Explainer, SurrogateQueries):
             Training inputs (walked once with the model; any form :func:`iter_batches` takes).
         labels : torch.Tensor, optional
             Labels for tensor data; required (here or in the data) when ``posterior="labels"``.
+        init : mapping or sequence of torch.Tensor, optional
+            Initial centres ``(n_clusters, embedding dim)`` per layer (by name, or in layer
+            order) instead of k-means restarts: Lloyd's iterations from them in float64 on the
+            k-means path (what ``whynet.scale.fit_clusters`` runs shard by shard), IDEC's
+            starting centres otherwise.
         """
         self._reset_fitted()
         for name in self.layers:
             resolve_layer(self.model, name)  # unknown names fail before any work
+        inits = layer_inits(self, init)
         device = model_device(self.model)
         store = ActivationStore(self.memory_limit, self.cache_dir)
         moments = {name: Moments() for name in self.layers}
@@ -369,7 +375,7 @@ class ClusterSurrogate(FittedMixin, Explainer, SurrogateQueries):
                     )
                     for name in self.layers
                 }
-                n_classes = self._check_logits(b.output)
+                n_classes = check_logits(b.output)
                 t = b.output.argmax(1) if self.posterior == "model" else b.labels.long()  # type: ignore[union-attr]
                 check_classes(t, n_classes, name="label")
                 targets.append(t.cpu())
@@ -377,16 +383,10 @@ class ClusterSurrogate(FittedMixin, Explainer, SurrogateQueries):
                     store.append(name, a)
                     moments[name].update(a)
             n = sum(len(t) for t in targets)
-            self._check_size(n)
+            check_size(self, n)
             arrays = store.arrays()
             target = torch.cat(targets)
-            gen = np.random.default_rng(self.seed)
-            holdout, pool = self._split_holdout(n, gen)
-            sample = pool  # None = every training point
-            size = n if pool is None else len(pool)
-            if self.max_fit_points is not None and size > self.max_fit_points:
-                choose_from = n if pool is None else pool
-                sample = np.sort(gen.choice(choose_from, self.max_fit_points, replace=False))
+            holdout, pool, sample = fit_rows(self, n)
             clusterers = [
                 self._clusterer(li).fit(
                     arrays[name],
@@ -397,6 +397,7 @@ class ClusterSurrogate(FittedMixin, Explainer, SurrogateQueries):
                     holdout=holdout,
                     pool=pool,
                     device=device,
+                    init=inits[li],
                 )
                 for li, name in enumerate(self.layers)
             ]
@@ -404,57 +405,12 @@ class ClusterSurrogate(FittedMixin, Explainer, SurrogateQueries):
             spilled = store.on_disk
         finally:
             store.close()
-        if isinstance(self.layer_weights, str):
-            assert holdout is not None
-            weights, weight_fit = fit_layer_weights(
-                clusterers, target, holdout, n_classes, hard=self.assignment == "hard"
-            )
-        else:
-            weights, weight_fit = check_weights(self.layer_weights, len(self.layers)), {}
-        self._set_fitted(
-            n_classes_=n_classes,
-            n_train_=n,
-            train_targets_=target,
-            layer_weights_=weights,
-            weight_fit_=weight_fit,
-            spilled_to_disk_=spilled,
-            **pack_state(clusterers),
-        )
-        return self
-
-    @staticmethod
-    def _check_logits(logits: torch.Tensor) -> int:
-        if logits.dim() != 2 or logits.shape[1] < 2:
-            raise ValueError(
-                "the model must output (B, n_classes) class scores with "
-                f"n_classes >= 2; got shape {tuple(logits.shape)}"
-            )
-        return int(logits.shape[1])
+        return finish(self, clusterers, target, holdout, n_classes, spilled)
 
     def _split_holdout(
         self, n: int, gen: np.random.Generator
     ) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Held-out training points for ``layer_weights="fit"`` / likelihood restart selection
-        and the pool of the rest (which the clustering may be fitted on); (None, None) when
-        neither is asked for."""
-        select = self.restart_selection == "likelihood"
-        if not isinstance(self.layer_weights, str) and not select:
-            return None, None
-        return split_holdout(n, self.weight_holdout, self.n_clusters, gen)
-
-    def _check_size(self, n: int) -> None:
-        if n == 0:
-            raise ValueError("train_data is empty")
-        if self.n_clusters > n:
-            raise ValueError(
-                f"n_clusters={self.n_clusters} is larger than the number of training points ({n})"
-            )
-        if n < self.batch_size:
-            raise ValueError(
-                f"train_data has {n} points, fewer than one batch "
-                f"(batch_size={self.batch_size}); pass a smaller batch_size or more "
-                "data"
-            )
+        return split_rows(self, n, gen)  # :func:`whynet.clusters.fitting.split_rows`
 
     def _posterior(self, counts: torch.Tensor) -> torch.Tensor:
         """H[k, y] with this surrogate's smoothing (see ``layer.posterior_table``)."""

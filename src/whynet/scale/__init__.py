@@ -5,7 +5,8 @@ Ray cluster; ``address=None`` starts or joins a local one) and gives the same an
 goes through a sharded store on disk (:class:`ShardedStore`: safetensors shards, a manifest with
 checksums, resumable). Install the Ray engine with ``pip install 'whynet[scale]'``.
 
-- :func:`fit` -- a RepresenterPoints fit (sharded extraction, then the one solver);
+- :func:`fit` -- a RepresenterPoints fit (sharded extraction, then the one solver) or a
+  ClusterSurrogate fit (sharded extraction, then :func:`fit_clusters`);
 - :func:`extract` -- head inputs or layer activations into a store;
 - :func:`explain` -- any explainer over a dataset, results per shard;
 - :func:`top_points` -- representer top-k over the training shards (global merge), with
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 
 from whynet.core import ModelInputs
+from whynet.scale.clusters import fit_clusters
 from whynet.scale.engine import INSTALL, Engine, as_engine, require_ray
 from whynet.scale.extract import explain, explanation_from, extract
 from whynet.scale.fit import (
@@ -48,6 +50,7 @@ __all__ = [
     "explanation_from",
     "extract",
     "fit",
+    "fit_clusters",
     "fit_kmeans",
     "fit_representer",
     "influence_dataset",
@@ -74,38 +77,50 @@ def fit(
 ) -> Any:
     """The one switch for fitting: ``explainer.fit(data, labels)`` locally or through a store.
 
-    ``engine="local"`` without ``store``: the explainer's own ``fit``. Otherwise (a
-    RepresenterPoints) the head inputs are extracted shard by shard into ``store`` (resumed if
-    it exists, refused if it belongs to another model or head) on ``engine``, then solved by
-    the explainer's own solver: the fitted state equals ``explainer.fit(data, labels)``
-    bitwise. ``shard_rows`` defaults to 256 batches; ``fit_params`` go to the local ``fit``.
+    ``engine="local"`` without ``store``: the explainer's own ``fit``. Otherwise what the fit
+    needs is extracted shard by shard into ``store`` (resumed if it exists, refused if it
+    belongs to another model, head or layer) on ``engine``, then fitted from the store:
+
+    - a RepresenterPoints: the head inputs, solved by the explainer's own solver (the fitted
+      state equals ``explainer.fit(data, labels)`` bitwise);
+    - a ClusterSurrogate with ``algorithm="kmeans"``: the layers' activations, fitted shard by
+      shard by :func:`fit_clusters` (``fit_params``: ``init=`` initial centres per layer; the
+      surrogate then equals ``explainer.fit(data, labels, init=init)`` to 1e-10).
+
+    ``shard_rows`` defaults to 256 batches; ``fit_params`` go to the local ``fit``.
     """
+    from whynet.clusters import ClusterSurrogate
     from whynet.representer import RepresenterPoints
 
     if store is None and engine == "local":
         return explainer.fit(data, labels, **fit_params)
-    if not isinstance(explainer, RepresenterPoints):
+    if not isinstance(explainer, RepresenterPoints | ClusterSurrogate):
         raise TypeError(
-            f"a sharded fit (store= or engine='ray') fits RepresenterPoints; got "
-            f"{type(explainer).__name__} (use extract + fit_kmeans for clusters, "
-            "influence_dataset for class-wide influence)"
+            f"a sharded fit (store= or engine='ray') fits RepresenterPoints or ClusterSurrogate; "
+            f"got {type(explainer).__name__} (influence_dataset for class-wide influence)"
         )
     if store is None:
         raise ValueError("engine='ray' needs store= (a folder every worker can reach)")
-    if fit_params:
-        raise TypeError(f"a sharded fit takes no fit parameters, got {sorted(fit_params)}")
+    clusters = isinstance(explainer, ClusterSurrogate)
+    head, layers = (None, explainer.layers) if clusters else (explainer.head, [])  # type: ignore[union-attr]
+    if set(fit_params) - ({"init"} if clusters else set()):
+        raise TypeError(f"this sharded fit takes no fit parameters {sorted(fit_params)}")
     eng = as_engine(engine, address, workers, explainer.progress)
     st = extract(
         explainer.model,
         data,
         labels,
         store=store,
-        head=explainer.head,
+        head=head,
+        layers=layers,
         shard_rows=shard_rows or 256 * explainer.batch_size,
         batch_size=explainer.batch_size,
         engine=eng,
         output=explainer.output,
+        pad_id=getattr(explainer, "pad_id", 0),
     )
+    if isinstance(explainer, ClusterSurrogate):
+        return fit_clusters(explainer, st, engine=eng, **fit_params)
     return fit_representer(explainer, st)
 
 

@@ -9,8 +9,9 @@
   building block is here too (:func:`representer_objective`: ``J(W)`` and ``grad J(W)`` as
   sums over shards, equal to the solver's to rounding), for a training set that does not fit.
 - **k-means** (Lloyd 1982): full-batch Lloyd steps as sums over shards (per-shard assignment,
-  per-cluster sums and counts in float64, summed in shard order), so with the same initial
-  centres it equals the single-process Lloyd result; the class table ``H[k, y]`` of Liu & Arik
+  per-cluster sums and counts in float64, summed in shard order) driven by the one Lloyd loop
+  (:func:`whynet.clusters.lloyd.lloyd`), so with the same initial centres it equals the
+  single-process Lloyd result; the class table ``H[k, y]`` of Liu & Arik
   (2020) is the sum of per-shard counts (:func:`whynet.clusters.layer.class_counts`).
 - **class-wide influence** (Leino et al. 2018, Sec. 2.2): ``chi = mean_x E[dq/dz]`` is a sum
   over shards of ``explain_dataset`` (per-shard mean times its count) divided by the count.
@@ -24,6 +25,7 @@ from typing import Any
 import torch
 
 from whynet.clusters.layer import class_counts, posterior_table, soft_or_hard
+from whynet.clusters.lloyd import lloyd, lloyd_step, nearest_centre
 from whynet.core import Explanation
 from whynet.representer._solver import augment, loss_grad_phi
 from whynet.scale.engine import Engine, as_engine
@@ -97,24 +99,20 @@ def representer_objective(
 
 # ---------------------------------------------------------------- k-means
 def _lloyd_partial(shared: tuple[Any, ...], index: int) -> tuple[torch.Tensor, ...]:
-    _, _, name, centres, labels_name, n_classes = shared
+    """A Lloyd step's sums and counts of one shard or, with ``tables``, its cluster sizes,
+    squared distances and class counts at the final centres."""
+    _, _, name, centres, tables, labels_name, n_classes = shared
     t = _shard(shared, index)
     x = t[name].flatten(1).double()
+    if not tables:
+        return lloyd_step(x, centres)
     assign, d2 = nearest_centre(x, centres)
     k = centres.shape[0]
-    sums = torch.zeros_like(centres).index_add_(0, assign, x)
     counts = torch.bincount(assign, minlength=k).double()
     table = torch.zeros(k, max(n_classes, 1), dtype=torch.float64)
     if labels_name is not None:
         table = class_counts(assign, t[labels_name], k, n_classes)
-    return sums, counts, d2.sum().reshape(1), table
-
-
-def nearest_centre(x: torch.Tensor, centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest centre and squared distance per row, ``||x||^2 - 2 x.c + ||c||^2`` in float64."""
-    d2 = (x * x).sum(1, keepdim=True) - 2.0 * x @ centres.T + (centres * centres).sum(1)[None]
-    best = d2.min(1)
-    return best.indices, best.values.clamp_min(0.0)
+    return counts, d2.sum().reshape(1), table
 
 
 @dataclass
@@ -167,31 +165,29 @@ def fit_kmeans(
         if n_classes is None:
             n_classes = int(store.gather(labels).max()) + 1
     eng = as_engine(engine)
-    c = init.double().flatten(1).clone()
     d = int(torch.tensor((store.schema or {})[name]["shape"]).prod())
-    if c.shape[1] != d or c.shape[0] < 1:
+    if init.flatten(1).shape[1] != d or init.shape[0] < 1:
         raise ValueError(f"init has shape {tuple(init.shape)}; expected (k, {d})")
-    n_iter, converged = 0, False
-    for n_iter in range(1, max_iter + 1):  # noqa: B007 - n_iter is reported
-        shared: tuple[Any, ...] = (store.folder, store.manifest, name, c, None, 0)
+
+    def step(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # summed in shard order: independent of which worker ran what
+        shared = (store.folder, store.manifest, name, c, False, None, 0)
         parts = eng.map_tasks(_lloyd_partial, shared, range(store.n_shards), desc="lloyd")
         sums, counts = parts[0][0].clone(), parts[0][1].clone()
-        for p in parts[1:]:  # summed in shard order: independent of which worker ran what
+        for p in parts[1:]:
             sums += p[0]
             counts += p[1]
-        new = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], c)
-        moved = bool((new != c).any())
-        c = new
-        if not moved:
-            converged = True
-            break
-    shared = (store.folder, store.manifest, name, c, labels, n_classes or 0)
+        return sums, counts
+
+    res = lloyd(step, init, max_iter)
+    c, n_iter, converged = res.centres, res.n_iter, res.converged
+    shared = (store.folder, store.manifest, name, c, True, labels, n_classes or 0)
     parts = eng.map_tasks(_lloyd_partial, shared, range(store.n_shards), desc="tables")
-    sizes = torch.stack([p[1] for p in parts]).sum(0)
-    table = parts[0][3].clone()
+    sizes = torch.stack([p[0] for p in parts]).sum(0)
+    table = parts[0][2].clone()
     for p in parts[1:]:
-        table += p[3]
-    inertia = float(sum(float(p[2][0]) for p in parts))
+        table += p[2]
+    inertia = float(sum(float(p[1][0]) for p in parts))
     return KMeansResult(c, table, sizes, inertia, n_iter, converged, smoothing)
 
 

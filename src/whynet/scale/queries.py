@@ -15,11 +15,12 @@ from typing import Any
 
 import torch
 
+from whynet.clusters.lloyd import nearest_centre
 from whynet.core import parse_target
 from whynet.representer import _features as feat
 from whynet.representer.explainer import TopPoints
 from whynet.scale.engine import Engine, as_engine
-from whynet.scale.fit import _need, _shard, nearest_centre
+from whynet.scale.fit import _need, _shard
 from whynet.scale.store import ShardedStore
 
 
