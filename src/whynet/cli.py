@@ -30,10 +30,18 @@ def _say(msg: str) -> None:
 
 
 # ---------------------------------------------------------------------------- demo
-def run_demo(
+def run_demo(out: Path, only: Sequence[str] | None = None, force: bool = False) -> Path:
+    """``whynet demo``: ``whynet run`` on the bundled configs (see :mod:`whynet.run.demo`)."""
+    from whynet.run.demo import run_demo as run
+
+    return run(out, only, force)
+
+
+def run_tour(
     out: Path, fast: bool, only: Sequence[str] | None = None, progress: bool | None = None
 ) -> Path:
-    """Run the tour of every registered method that has one (``whynet.tour.<name>``), write
+    """``whynet demo --tour``: the tour of every registered method that has one
+    (``whynet.tour.<name>``: studies beyond one run, e.g. essence, mislabel ranking); write
     sections + the report, return the report path."""
     from whynet.registry import registered
     from whynet.report import Section, save_sections, write_report
@@ -392,11 +400,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="run the tour of all methods and write an HTML report")
+    d = sub.add_parser("demo", help="whynet run on the bundled configs; one HTML report")
     d.add_argument("--out", default="whynet-out", help="output folder (default: whynet-out)")
-    d.add_argument("--fast", action="store_true", help="smaller settings (the default job)")
-    d.add_argument("--full", action="store_true", help="larger settings (slower)")
-    d.add_argument("--only", nargs="*", help="run only these sections")
+    d.add_argument("--only", nargs="*", help="run only these configs or methods")
+    d.add_argument("--force", action="store_true", help="refit even if a fit is cached")
+    d.add_argument("--tour", action="store_true", help="the method tours instead (studies)")
+    d.add_argument("--fast", action="store_true", help="--tour: smaller settings (default)")
+    d.add_argument("--full", action="store_true", help="--tour: larger settings (slower)")
 
     rr = sub.add_parser("run", help="run every method of a config on your model and data")
     rr.add_argument("config", help="a TOML config (see docs/run.md)")
@@ -444,9 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "demo":
-            path = run_demo(Path(args.out), fast=not args.full, only=args.only)
-            print(path.resolve())
+        if args.command == "demo" and (args.tour or args.full):
+            print(run_tour(Path(args.out), fast=not args.full, only=args.only).resolve())
+        elif args.command == "demo":
+            print(run_demo(Path(args.out), only=args.only, force=args.force).resolve())
         elif args.command == "run":
             print(run_run(args).resolve())
         elif args.command == "fit":

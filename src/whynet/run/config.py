@@ -27,7 +27,7 @@ class RunError(CLIError):
 #: the known sections and keys (an unknown one is an error that lists these)
 SCHEMA: dict[str, tuple[str, ...]] = {
     "model": ("factory", "weights"),
-    "data": ("train", "explain", "labels", "train_labels", "size", "channels"),
+    "data": ("train", "explain", "labels", "train_labels", "size", "channels", "boxes"),
     "methods": (),  # one table per method (see MethodSpec)
     "output": ("dir", "title", "metric_steps"),
     "engine": ("name", "address", "workers", "store"),
@@ -35,7 +35,7 @@ SCHEMA: dict[str, tuple[str, ...]] = {
 #: the engines of ``whynet.scale`` (``[engine] name``)
 ENGINES = ("local", "ray")
 #: keys of a method table that are not constructor parameters
-RESERVED = ("method", "target")
+RESERVED = ("method", "target", "fitted")
 #: parameters naming layers of the model (checked with core.resolve_layer once it is built)
 LAYER_PARAMS = ("layer", "head", "layers", "embedding")
 #: arguments of ``fit`` that the run supplies itself
@@ -51,6 +51,9 @@ class MethodSpec:
     params: dict[str, Any]
     fit_params: dict[str, Any] = field(default_factory=dict)
     target: Any = None
+    #: ``fitted = "FILE.safetensors"``: a fitted explainer (``whynet fit``, ``save``) loaded
+    #: instead of fitting one
+    fitted: Path | None = None
 
 
 @dataclass
@@ -67,6 +70,8 @@ class RunConfig:
     train_labels: Path | None = None
     size: tuple[int, int] | None = None
     channels: int | None = None
+    #: ``[data] boxes``: evidence boxes of the explained examples (pointing game)
+    boxes: str | None = None
     methods: list[MethodSpec] = field(default_factory=list)
     out: Path = Path("whynet-run")
     title: str = ""
@@ -188,8 +193,11 @@ def coerce(value: Any, default: Any, where: str) -> Any:
         return value.split(",") if "," in value else value
 
 
-def method_spec(label: str, table: dict[str, Any], where: str) -> MethodSpec:
-    """Check one method table against the registered class's signature."""
+def method_spec(
+    label: str, table: dict[str, Any], where: str, root: Path | None = None
+) -> MethodSpec:
+    """Check one method table against the registered class's signature; ``fitted`` (a path
+    relative to ``root``) names a fitted explainer file, whose settings it holds."""
     from whynet.registry import get_explainer, method_info
 
     name = table.get("method", label)
@@ -205,6 +213,8 @@ def method_spec(label: str, table: dict[str, Any], where: str) -> MethodSpec:
             f"{where}: [methods.{label}] unknown parameter(s) {', '.join(sorted(unknown))} "
             f"for {name}; known: {', '.join(init + fit_names)}"
         )
+    if "fitted" in table:
+        return _fitted_spec(label, table, where, root or Path("."), info)
     params: dict[str, Any] = {}
     fit: dict[str, Any] = {}
     for k, v in table.items():
@@ -222,6 +232,26 @@ def method_spec(label: str, table: dict[str, Any], where: str) -> MethodSpec:
     if need:
         raise RunError(f"{where}: [methods.{label}] {name} needs {', '.join(need)}")
     return MethodSpec(label, info.name, params, fit, table.get("target"))
+
+
+def _fitted_spec(
+    label: str, table: dict[str, Any], where: str, root: Path, info: Any
+) -> MethodSpec:
+    head = f"{where}: [methods.{label}]"
+    if not info.fitted:
+        raise RunError(f"{head} fitted: {info.name} needs no fitting; remove the key")
+    others = sorted(set(table) - set(RESERVED))
+    if others:
+        raise RunError(
+            f"{head} sets {', '.join(others)} and fitted: the fitted file holds the settings; "
+            "keep one of the two"
+        )
+    if not isinstance(table["fitted"], str):
+        raise RunError(f'{head} fitted = "FILE.safetensors" (a path), got {table["fitted"]!r}')
+    path = _resolve(root, table["fitted"])
+    if not path.is_file():
+        raise RunError(f"{head} fitted explainer file not found: {path}")
+    return MethodSpec(label, info.name, {}, {}, table.get("target"), fitted=path)
 
 
 def load_config(path: str | Path, out: str | Path | None = None) -> RunConfig:
@@ -251,7 +281,7 @@ def load_config(path: str | Path, out: str | Path | None = None) -> RunConfig:
     for label, table in doc.get("methods", {}).items():
         if not isinstance(table, dict):
             raise RunError(f"{where}: [methods.{label}] must be a table")
-        methods.append(method_spec(label, table, where))
+        methods.append(method_spec(label, table, where, root))
     if not methods:
         raise RunError(f"{where}: no [methods.NAME] table; see `whynet methods`")
     size = data.get("size")
@@ -259,6 +289,9 @@ def load_config(path: str | Path, out: str | Path | None = None) -> RunConfig:
         size = (size, size) if isinstance(size, int) else tuple(size)
         if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
             raise RunError(f"{where}: [data] size must be N or [H, W], got {data['size']!r}")
+    if "boxes" in data and not isinstance(data["boxes"], str):
+        got = data["boxes"]
+        raise RunError(f'{where}: [data] boxes = "boxes.csv" (or FILE.py:factory), got {got!r}')
     opt = {k: _resolve(root, data[k]) for k in ("labels", "train_labels") if k in data}
     dest = Path(out) if out is not None else _resolve(root, output.get("dir", "whynet-run"))
     engine, address, workers, store = engine_settings(doc.get("engine", {}), root, where)
@@ -273,6 +306,7 @@ def load_config(path: str | Path, out: str | Path | None = None) -> RunConfig:
         train_labels=opt.get("train_labels"),
         size=size,
         channels=data.get("channels"),
+        boxes=_path_spec(root, data["boxes"]) if isinstance(data.get("boxes"), str) else None,
         methods=methods,
         out=dest,
         title=str(output.get("title", "")),

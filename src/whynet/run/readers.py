@@ -3,7 +3,9 @@
 - a folder of images (one sub-folder per class = labels, the ImageFolder convention; PIL);
 - ``.txt`` (one example per line), ``.csv``/``.tsv``/``.jsonl`` (``text`` or ``smiles``
   column, optional ``label``), ``.smi`` (SMILES, optional name after whitespace);
-- ``FILE.py:factory`` returning a Dataset of ``(input, label)`` pairs, a tensor, or a pair.
+- ``FILE.py:factory`` returning a Dataset or DataLoader of ``(input, label)`` pairs or of dict
+  batches (``{"input_ids", "attention_mask", "labels"}``), a tensor, an ``(inputs, labels)``
+  pair, or columns as a table has them (``{"text" or "smiles": [...], "label": [...]}``).
 
 Text and SMILES go through the model factory's ``info["tokenizer"]`` (a callable returning
 ids, or a dict with ``input_ids``) and are padded here with ``info.get("pad_id", 0)``.
@@ -48,6 +50,10 @@ class Data:
     tokens: list[list[str]] | None = None
     classes: list[str] | None = None
     files: list[Path] = field(default_factory=list)
+    #: the texts are SMILES (``.smi``, a ``smiles`` column): the report draws molecules
+    smiles: bool = False
+    #: (N, 4) ``(x0, y0, x1, y1)`` pixel boxes of the evidence (``[data] boxes``)
+    boxes: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return batch_len(self.x)
@@ -109,11 +115,15 @@ def read_data(
     size: tuple[int, int] | None = None,
     channels: int | None = None,
     labels_file: Path | None = None,
+    boxes: str | None = None,
 ) -> Data:
-    """Read the examples at ``spec`` (see the module docstring)."""
+    """Read the examples at ``spec`` (see the module docstring); ``boxes`` see
+    :func:`read_boxes`."""
     target, sep, attr = spec.rpartition(":")
     if sep and attr.isidentifier() and not Path(spec).exists():
-        data = _from_factory(spec)
+        from whynet.run.factories import from_factory
+
+        data = from_factory(spec, info)
     else:
         path = Path(spec)
         if not path.exists():
@@ -128,9 +138,10 @@ def read_data(
             rows: list[tuple[int, str, str | None]] = [
                 (i, line.split()[0], None) for i, line, _ in _lines(path)
             ]
-            data = _texts(path, rows, info)
+            data = _texts(path, rows, info, smiles=True)
         elif path.suffix.lower() in TABLE_SUFFIXES:
-            data = _texts(path, _table(path), info)
+            col, table = _table(path)
+            data = _texts(path, table, info, smiles=col == "smiles")
         else:
             raise RunError(
                 f"{path}: cannot tell how to read it (a folder of images, .txt, .csv, .tsv, "
@@ -138,6 +149,10 @@ def read_data(
             )
     if labels_file is not None:
         data.labels = _labels([(i, t) for i, t, _ in _lines(labels_file)], labels_file, data)
+    if boxes is not None:
+        from whynet.run.factories import read_boxes
+
+        data.boxes = read_boxes(boxes, data)
     return data
 
 
@@ -156,7 +171,8 @@ def _lines(path: Path) -> list[tuple[int, str, str | None]]:
     return out
 
 
-def _table(path: Path) -> list[tuple[int, str, str | None]]:
+def _table(path: Path) -> tuple[str, list[tuple[int, str, str | None]]]:
+    """(the text column's name, its rows) of a ``.csv``/``.tsv``/``.jsonl`` file."""
     rows: list[tuple[int, dict[str, Any]]] = []
     if path.suffix.lower() == ".jsonl":
         for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -172,6 +188,12 @@ def _table(path: Path) -> list[tuple[int, str, str | None]]:
             rows = [(i, r) for i, r in enumerate(csv.DictReader(f, delimiter=delim), 2)]
     if not rows:
         raise RunError(f"{path}: no examples")
+    return _columns(path, rows)
+
+
+def _columns(
+    path: Path | str, rows: list[tuple[int, dict[str, Any]]]
+) -> tuple[str, list[tuple[int, str, str | None]]]:
     cols = set(rows[0][1])
     col = next((c for c in TEXT_COLUMNS if c in cols), None)
     if col is None:
@@ -185,7 +207,7 @@ def _table(path: Path) -> list[tuple[int, str, str | None]]:
             raise RunError(f"{path}:{i}: empty {col!r}")
         label = r.get("label")
         out.append((i, text.strip(), None if label in (None, "") else str(label)))
-    return out
+    return col, out
 
 
 def _class_index(value: str, classes: list[str] | None, where: str) -> int:
@@ -221,7 +243,14 @@ def _token_strings(info: dict[str, Any], text: str, ids: list[int]) -> list[str]
     return words if len(words) == len(ids) else [str(i) for i in ids]
 
 
-def _texts(path: Path, rows: list[tuple[int, str, str | None]], info: dict[str, Any]) -> Data:
+def _texts(
+    path: Path,
+    rows: list[tuple[int, str, str | None]],
+    info: dict[str, Any],
+    *,
+    smiles: bool = False,
+    names: list[str] | None = None,
+) -> Data:
     tok: Callable[[str], Any] | None = info.get("tokenizer")
     if not callable(tok):
         raise RunError(f"{path}: text data needs info['tokenizer'] from the model factory")
@@ -254,11 +283,12 @@ def _texts(path: Path, rows: list[tuple[int, str, str | None]], info: dict[str, 
     data = Data(
         x=x,
         kind="tokens",
-        names=[f"{path.name}:{i}" for i, _, _ in rows],
+        names=names or [f"{path.name}:{i}" for i, _, _ in rows],
         texts=[t for _, t, _ in rows],
         tokens=[_token_strings(info, t, s) for (_, t, _), s in zip(rows, ids)],
         classes=classes,
-        files=[path],
+        files=[path] if path.is_file() else [],
+        smiles=smiles,
     )
     if any(lab is not None for _, _, lab in rows):
         missing = [i for i, _, lab in rows if lab is None]
@@ -343,45 +373,4 @@ def _images_from(
         raw=raw,
         classes=classes,
         files=files,
-    )
-
-
-def _from_factory(spec: str) -> Data:
-    from whynet.cli import load_factory
-    from whynet.core import iter_batches
-
-    fn = load_factory(spec)
-    try:
-        ds = fn()
-    except Exception as e:
-        raise RunError(f"{spec}: the data factory raised {type(e).__name__}: {e}") from None
-    if isinstance(ds, tuple) and len(ds) == 2 and isinstance(ds[0], torch.Tensor):
-        ds, y = ds
-    else:
-        y = None
-    try:
-        parts = list(iter_batches(ds, y, batch_size=256))
-    except (TypeError, ValueError) as e:
-        raise RunError(f"{spec}: {e}") from None
-    if not parts:
-        raise RunError(f"{spec}: the data factory returned no examples")
-    if not all(isinstance(p[0], torch.Tensor) for p in parts):
-        raise RunError(
-            f"{spec}: the data factory yields dict batches; whynet run reads tensor inputs "
-            "(dict / BatchEncoding inputs work from the Python API: explain(batch), fit(loader))"
-        )
-    x = torch.cat([p[0] for p in parts])  # type: ignore[misc]
-    ys = [p[1] for p in parts]
-    labels = torch.cat([t for t in ys if t is not None]) if all(t is not None for t in ys) else None
-    kind = "image" if x.dim() == 4 and x.is_floating_point() else "vector"
-    if not x.is_floating_point():
-        kind = "tokens"
-    file = Path(spec.rpartition(":")[0])
-    return Data(
-        x=x,
-        kind=kind,
-        names=[f"{spec.rpartition(':')[2]}[{i}]" for i in range(len(x))],
-        labels=labels,
-        raw=x if kind == "image" else None,
-        files=[file] if file.is_file() else [],
     )

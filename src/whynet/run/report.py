@@ -52,7 +52,7 @@ def header(cfg: RunConfig, ctx: Any, results: list[Any], total: float) -> Sectio
     )
 
 
-def _maps(e: Any) -> torch.Tensor | None:
+def image_maps(e: Any) -> torch.Tensor | None:
     """(B, h, w) maps to draw over the images: channels summed; a token layer's values (a
     ViT's (B, 1 + h*w, D) patch tokens) summed over hidden units and laid on the patch grid."""
     from whynet.core.layout import grid_side
@@ -72,7 +72,7 @@ def _maps(e: Any) -> torch.Tensor | None:
 def _image_figures(e: Any, data: Data, label: str) -> list[Figure]:
     from whynet.viz import grid_png, overlay
 
-    maps = _maps(e)
+    maps = image_maps(e)
     if maps is None or data.raw is None or len(maps) != len(data):
         return []
     n = min(len(maps), MAX_FIGURES)
@@ -100,6 +100,38 @@ def _token_weights(e: Any, i: int, n_tokens: int) -> torch.Tensor | None:
     return w / m if m > 0 else w
 
 
+def char_weights(text: str, tokens: list[str], weights: Any) -> list[float] | None:
+    """One weight per character of ``text`` from one per token: each token, found in order in
+    the text (a WordPiece ``##`` prefix dropped), gives its weight to the characters it
+    covers; tokens not in the text (``[CLS]``, ``<unk>``) and characters of no token get 0.
+    None when no token is found."""
+    out = [0.0] * len(text)
+    pos, found = 0, False
+    for tok, w in zip(tokens, [float(v) for v in weights]):
+        piece = tok.removeprefix("##")
+        at = text.find(piece, pos) if piece else -1
+        if at < 0:
+            continue
+        out[at : at + len(piece)] = [w] * len(piece)
+        pos, found = at + len(piece), True
+    return out if found else None
+
+
+def _smiles_figure(text: str, tokens: list[str], w: Any, caption: str) -> Figure | None:
+    """The molecule with atoms coloured by the tokens' weights (characters mapped to atoms by
+    :func:`whynet.viz.smiles_atom_weights`); None when RDKit cannot draw it."""
+    from whynet.viz import smiles_svg
+
+    cw = char_weights(text, tokens, w)
+    if cw is None:
+        return None
+    try:
+        svg = smiles_svg(text, cw)
+    except (ValueError, ImportError):
+        return None
+    return Figure(caption=f"{caption} (atoms: red = positive, blue = negative weight)", svg=svg)
+
+
 def _text_figures(e: Any, data: Data, label: str) -> list[Figure]:
     from whynet.viz import highlight_text
 
@@ -112,12 +144,9 @@ def _text_figures(e: Any, data: Data, label: str) -> list[Figure]:
         if w is None:
             return []
         t = "" if e.target is None else f" (class {class_name(int(e.target[i]), data.classes)})"
-        figs.append(
-            Figure(
-                caption=f"{label}: {data.names[i]}{t}: {data.texts[i]}",
-                html=highlight_text(toks, w),
-            )
-        )
+        caption = f"{label}: {data.names[i]}{t}: {data.texts[i]}"
+        mol = _smiles_figure(data.texts[i], toks, w, caption) if data.smiles else None
+        figs.append(mol or Figure(caption=caption, html=highlight_text(toks, w)))
     return figs
 
 
@@ -211,6 +240,8 @@ def method_section(r: Any, ctx: Any) -> Section:
     s.notes.append(
         f"files: {', '.join(files)}" + (" (fitted explainer reused)" if r.reused else "")
     )
+    if r.spec.fitted is not None:
+        s.notes.append(f"fitted explainer loaded from {r.spec.fitted}")
     s.metrics = {k: sum(v) / len(v) for k, v in r.metrics.items() if isinstance(v, list) and v} | {
         "seconds": r.seconds
     }
@@ -235,7 +266,46 @@ def inputs_section(ctx: Any) -> Section:
     )
 
 
+def metrics_section(results: list[Any]) -> Section | None:
+    """One table per metric: every method that has it, with its mean over the inputs (the
+    methods side by side; per-input values are in each method's section)."""
+    names: dict[str, None] = {}
+    for r in results:
+        names |= dict.fromkeys(r.metrics)
+    if not names:
+        return None
+    tables = []
+    for m in names:
+        rows = [
+            [r.spec.label, r.spec.method, len(r.metrics[m]), round(_mean(r.metrics[m]), 4)]
+            for r in results
+            if r.metrics.get(m)
+        ]
+        tables.append(Table(caption=m, columns=["run", "method", "inputs", f"mean {m}"], rows=rows))
+    return Section(
+        title="Metrics by method",
+        intro=METRICS_INTRO,
+        tables=tables,
+    )
+
+
+METRICS_INTRO = (
+    "Deletion AUC (lower is better) and insertion AUC (higher is better): the class "
+    "probability as the most salient pixels are removed from / revealed on the image (Petsiuk "
+    "et al. 2018). Pointing game: the share of maps whose maximum lies in the given box (Zhang "
+    "et al. 2016). Surrogate fidelity: the surrogate predicts the model's class. Decomposition "
+    "error: |sum of representer values - logit| (Yeh et al. 2018, Thm. 3.1)."
+)
+
+
+def _mean(v: list[float]) -> float:
+    return sum(v) / len(v)
+
+
 def run_sections(cfg: RunConfig, ctx: Any, results: list[Any], total: float) -> list[Section]:
-    return [header(cfg, ctx, results, total), inputs_section(ctx)] + [
-        method_section(r, ctx) for r in results
-    ]
+    metrics = metrics_section(results)
+    return (
+        [header(cfg, ctx, results, total), inputs_section(ctx)]
+        + ([metrics] if metrics is not None else [])
+        + [method_section(r, ctx) for r in results]
+    )

@@ -17,6 +17,7 @@ from torch import nn
 
 from whynet.core.inputs import take
 from whynet.run.config import LAYER_PARAMS, MethodSpec, RunConfig, RunError, load_config
+from whynet.run.metrics import method_metrics
 from whynet.run.readers import Data, checksums, load_model, read_data
 
 
@@ -96,6 +97,7 @@ def prepare(
     channels: int | None = None,
     labels: Path | None = None,
     train_labels: Path | None = None,
+    boxes: str | None = None,
 ) -> RunContext:
     """Build the model and read the data; check labels against the model's outputs."""
     t0 = time.perf_counter()
@@ -109,7 +111,7 @@ def prepare(
     timings = {"load model": time.perf_counter() - t0}
     t0 = time.perf_counter()
     kw: dict[str, Any] = {"size": size, "channels": channels}
-    ex = read_data(explain, info, labels_file=labels, **kw) if explain else None
+    ex = read_data(explain, info, labels_file=labels, boxes=boxes, **kw) if explain else None
     tr = read_data(train, info, labels_file=train_labels, **kw) if train else None
     timings["read data"] = time.perf_counter() - t0
     model_files = list(files)
@@ -294,7 +296,14 @@ def run_method(
             f"[run] note: {spec.label} ({spec.method}) is fitted in this process: the Ray "
             f"engine shards the fit of {', '.join(RAY_FITS)} only; its explanations run on Ray"
         )
-    if method_info(spec.method).fitted:
+    if spec.fitted is not None:  # a fitted file named by the config: loaded, never refitted
+        t0 = time.perf_counter()
+        try:
+            explainer = get_explainer(spec.method).load(spec.fitted, ctx.model)
+        except (ValueError, OSError) as err:
+            raise RunError(f"{where}: [methods.{spec.label}] fitted {spec.fitted}: {err}") from None
+        seconds["load"] = time.perf_counter() - t0
+    elif method_info(spec.method).fitted:
         key = fit_key(spec, ctx)
         name = f"{spec.label}-{key[:16]}.safetensors"
         cached = None if force else _reuse(cfg.out, name, tmp)
@@ -338,29 +347,6 @@ def run_method(
     return result
 
 
-def method_metrics(r: MethodResult, ctx: RunContext, steps: int) -> dict[str, Any]:
-    """The metrics that apply to this explanation (one value per input and their mean)."""
-    from whynet.core import predict_logits
-
-    e, data = r.explanation, ctx.explain
-    assert data is not None
-    out: dict[str, Any] = {}
-    if data.kind == "image" and e.values.dim() == 3 and e.values.shape[0] == len(data):
-        from whynet.metrics import deletion_auc, insertion_auc
-
-        for name, fn in (("deletion AUC", deletion_auc), ("insertion AUC", insertion_auc)):
-            v = fn(ctx.model, data.x, e.values, target=e.target, steps=steps)
-            out[name] = v.tolist()
-    if r.spec.method == "clusters":
-        pred = predict_logits(ctx.model, data.x).argmax(1)
-        agree = (e.values.argmax(1) == pred).double()
-        out["surrogate fidelity"] = agree.tolist()
-    if r.spec.method == "representer" and "logits" in e.extras:
-        err = (e.values.double().sum(1) - e.extras["logits"].double()).abs()
-        out["decomposition error"] = err.tolist()
-    return out
-
-
 def _swap_into_place(tmp: Path, out: Path) -> None:
     """Replace ``out`` by ``tmp`` (both in one folder, so the renames are atomic)."""
     old = None
@@ -379,16 +365,19 @@ class RunResult:
     methods: list[MethodResult]
     seconds: float
     timings: dict[str, float]
+    #: the report's sections (``whynet demo`` gathers those of every bundled run)
+    sections: list[Any] = field(default_factory=list)
 
 
 def run_config(
-    config: str | Path, *, out: str | Path | None = None, force: bool = False
+    config: str | Path | RunConfig, *, out: str | Path | None = None, force: bool = False
 ) -> RunResult:
-    """Run every method a config names; write artefacts and the report into its output folder."""
+    """Run every method a config (a file, or one checked by :func:`load_config`) names; write
+    artefacts and the report into its output folder."""
     from whynet.run.report import run_sections
 
     start = time.perf_counter()
-    cfg = load_config(config, out)
+    cfg = config if isinstance(config, RunConfig) else load_config(config, out)
     engine = make_engine(cfg)
     ctx = prepare(
         cfg.factory,
@@ -399,6 +388,7 @@ def run_config(
         channels=cfg.channels,
         labels=cfg.labels,
         train_labels=cfg.train_labels,
+        boxes=cfg.boxes,
     )
     for spec in cfg.methods:
         check_layers(ctx.model, spec, str(cfg.path))
@@ -457,7 +447,12 @@ def run_config(
         if r.fitted_file is not None:
             r.fitted_file = cfg.out / FITTED / r.fitted_file.name
     return RunResult(
-        cfg.out / "report.html", cfg.out, results, time.perf_counter() - start, ctx.timings
+        cfg.out / "report.html",
+        cfg.out,
+        results,
+        time.perf_counter() - start,
+        ctx.timings,
+        sections,
     )
 
 

@@ -5,7 +5,7 @@ data (uint8 arrays, PNG bytes, SVG/HTML strings) so the report can embed it with
 """
 
 from whynet.viz.images import figure_png, grid_png, heatmap, overlay, png_bytes, to_rgb
-from whynet.viz.molecules import molecule_svg
+from whynet.viz.molecules import molecule_svg, smiles_atom_weights, smiles_svg
 from whynet.viz.text import highlight_text
 
 __all__ = [
@@ -16,5 +16,7 @@ __all__ = [
     "molecule_svg",
     "overlay",
     "png_bytes",
+    "smiles_atom_weights",
+    "smiles_svg",
     "to_rgb",
 ]
