@@ -20,9 +20,9 @@ row. Usage::
         --seeds 0,1 --n-train 1000 --epochs 3 --threads 1
 
 Rows are appended to ``benchmarks/results/masks_deletion.json`` as each run ends (a rerun with
-other weights adds rows; the same part/weight/seed/n/epochs replaces its row). ``--save DIR``
-keeps every trained explainer (``DIR/NAME-d{weight}-sp{sparsity}-s{seed}.safetensors`` + its
-record).
+other settings adds rows; the same part/weight/sparsity/seed/n/epochs replaces its row).
+``--save DIR`` keeps every trained explainer (``DIR/NAME-d{weight}-sp{sparsity}-s{seed}`` +
+``.safetensors`` / ``.json``). ``--table`` prints a part's docs table from the JSON.
 """
 
 from __future__ import annotations
@@ -88,6 +88,28 @@ def write_row(path: Path, row: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=1) + "\n")
 
 
+COLUMNS = {
+    "tpsa": ("auc_mask", "spearman_mask", "fidelity", "mask_mean_size"),
+    "canvas": ("pointing_game", "fidelity", "removed_prob", "deletion_auc", "insertion_auc"),
+}
+
+
+def table(path: Path, part: str) -> str:
+    """The docs table of ``part`` (markdown), generated from the JSON rows."""
+    cols = COLUMNS[part] + ("mask_mean_size",) * (part == "canvas")
+    head = ("explainer", "deletion", "sparsity", "seed", "train n x epochs", "train s", *cols)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in json.loads(path.read_text())["rows"]:
+        if r["part"] != part:
+            continue
+        who = "shipped" if r.get("shipped") else "sweep"
+        train = "" if r.get("shipped") else f"{r['n_train']} x {r['epochs_run']}"
+        cells = [who, f"{r['deletion']:g}", f"{r.get('sparsity', '')}", str(r["seed"]), train]
+        cells += [str(r.get("training_time_s", "")), *(f"{r[c]:.3f}" for c in cols)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -102,9 +124,13 @@ def main() -> None:
     parser.add_argument("--shipped", action="store_true", help="also score the shipped one")
     parser.add_argument("--save", default=None, help="keep the trained explainers here")
     parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--table", action="store_true", help="print the docs table, train nothing")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
+    if args.table:
+        print(table(out, args.part))
+        return
     name = TASK[args.part]
     if args.shipped:
         me, model, _ = load_pretrained(name)
