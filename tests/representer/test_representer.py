@@ -316,7 +316,7 @@ def test_bad_inputs() -> None:
         RepresenterPoints(make_model(), head="4", targets="labels").fit(DataLoader(x, 16))
     bad = nn.Sequential(nn.Linear(5, 4), NaNAfter(), nn.Linear(4, 2)).double()
     with pytest.raises(ValueError, match="not finite"):
-        RepresenterPoints(bad, head="2").fit(x, y)
+        RepresenterPoints(bad, head="2").fit(x, y % 2)  # labels of its 2 classes
     with pytest.raises(ValueError, match="targets"):
         RepresenterPoints(make_model(), targets="soft")
     with pytest.raises(ValueError, match="l2"):

@@ -53,6 +53,20 @@ def _split(batch: object, where: str) -> tuple[ModelInputs, torch.Tensor | None]
     )
 
 
+def _check_labels(y: torch.Tensor, n: int, where: str) -> None:
+    """Labels are class indices: one integer per input (float labels used to be truncated)."""
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(
+            f"{where} labels must be integer class indices, got dtype {y.dtype} "
+            "(pass a long tensor, e.g. labels.long() if they are whole numbers)"
+        )
+    if y.dim() != 1 or len(y) != n:
+        raise ValueError(
+            f"{where} labels must have shape ({n},), one class index per input, "
+            f"got {tuple(y.shape)}"
+        )
+
+
 def data_length(data: DataLike) -> int | None:
     """Number of examples if known without walking the data."""
     if isinstance(data, torch.Tensor):
@@ -126,6 +140,8 @@ def iter_batches(
                 f"{where} gave a batch without labels, but labels are needed here "
                 "(pass (inputs, labels) pairs or labels=...)"
             )
+        if y is not None:
+            _check_labels(y, batch_len(x), where)
         if device is not None:
             x = to_device(x, device)
             y = None if y is None else y.to(device)

@@ -21,7 +21,7 @@ from whynet.core.hooks import capture, intervene
 from whynet.core.inputs import ModelInputs, batch_len, forward
 from whynet.core.model import OutputSpec, frozen_eval, model_device, select_output
 from whynet.core.progress import progress as progress_bar
-from whynet.core.validation import check_batch_size
+from whynet.core.validation import check_batch_size, check_classes
 
 Replacement = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 
@@ -105,6 +105,8 @@ def run_model(
             ):
                 out = select_output(forward(model, x, **kwargs), output)
             cap.check_once()
+            if y is not None and isinstance(out, torch.Tensor) and out.dim() == 2:
+                check_classes(y, out.shape[1], name="label")  # labels are the model's classes
             yield Batch(
                 start=start,
                 inputs=x,
