@@ -18,6 +18,11 @@ Parts (``--only``):
   as PNG files under ``benchmarks/results/influence_figures/``.
 - ``memory``: peak RSS growth (VmHWM from /proc, each configuration in a fresh subprocess,
   above the RSS after setup) as steps go 16 -> 256.
+- ``point``: a ``Point`` DoI vs its hand-written floor (issue 17).
+- ``linear_at``: ``LinearPath(at=features.block3)`` (integrated gradients in the layer's
+  space; the core's cut runs only the layers above it per step) vs Captum
+  ``LayerIntegratedGradients`` on the same quantity, 40 inputs x 32 steps (issue 17).
+- ``memory_at``: peak RSS growth of the two as steps go 16 -> 256 (as ``memory``).
 
 Prints JSON and writes ``benchmarks/results/influence.json``.
 """
@@ -37,7 +42,7 @@ from typing import Any
 
 import torch
 
-from whynet.core import Comparative, LinearPath, frozen_eval, predict_logits
+from whynet.core import Comparative, LinearPath, capture, frozen_eval, predict_logits
 from whynet.influence import InternalInfluence, essence, top_neurons
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,6 +130,45 @@ def run_ours(model, layer, x, target, steps, batch_size, multiply=False):  # typ
         .explain(x, target=target)
         .values
     )
+
+
+def layer_baseline(model, layer, x):  # type: ignore[no-untyped-def]
+    """``h(0)``: the layer's activation for all-zero inputs, Captum LIG's baseline there. One
+    zero input per input, as Captum computes it: a 1-row batch rounds the convolutions
+    differently (1 ulp), which on this ReLU network moved one input by 1.2e-5."""
+    with torch.no_grad(), capture(model, layer) as cap:
+        model(torch.zeros_like(x))
+    return cap[layer]
+
+
+def run_ours_at(model, layer, x, target, steps, batch_size, cut=True):  # type: ignore[no-untyped-def]
+    """Integrated gradients in ``layer``'s space from ``h(0)`` (Captum LIG's quantity)."""
+    e = InternalInfluence(
+        model,
+        layer,
+        doi=LinearPath(layer_baseline(model, layer, x), steps=steps, at=layer),
+        multiply_activation=True,
+        batch_size=batch_size,
+        progress=False,
+    )
+    e._use_cut = cut
+    out = e.explain(x, target=target)
+    return out.values, out.meta["path"]
+
+
+def run_captum_lig(model, layer, x, target, steps, internal_batch_size):  # type: ignore[no-untyped-def]
+    from captum.attr import LayerIntegratedGradients
+
+    lig = LayerIntegratedGradients(model, model.get_submodule(layer))
+    with frozen_eval(model):
+        return lig.attribute(
+            x,
+            baselines=torch.zeros_like(x),
+            target=target,
+            n_steps=steps,
+            method="gausslegendre",
+            internal_batch_size=internal_batch_size,
+        ).detach()
 
 
 def run_captum(kind, model, layer, x, target, steps, internal_batch_size, chunk):  # type: ignore[no-untyped-def]
@@ -287,6 +331,10 @@ def _mem_child(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     if args.method == "whynet":
         run_ours(model, layer, x, target, args.steps, args.batch_size)
+    elif args.method == "whynet_at":
+        run_ours_at(model, layer, x, target, args.steps, args.batch_size)
+    elif args.method == "captum_lig":
+        run_captum_lig(model, layer, x, target, args.steps, None)
     else:
         kind = "internal_influence" if args.method == "captum_ii" else "conductance"
         run_captum(kind, model, layer, x, target, args.steps, None, len(x))
@@ -294,11 +342,13 @@ def _mem_child(args: argparse.Namespace) -> None:
     print(json.dumps({"peak_mb": (rss_kb("VmHWM") - before) / 1024, "time_s": dt}))
 
 
-def part_memory(quick: bool) -> list[dict[str, Any]]:
+def part_memory(
+    quick: bool, methods: tuple[str, ...] = ("whynet", "captum_ii", "captum_lc")
+) -> list[dict[str, Any]]:
     steps_list = [16, 64] if quick else [16, 64, 256]
     n = 16
     rows = []
-    for method in ("whynet", "captum_ii", "captum_lc"):
+    for method in methods:
         for steps in steps_list:
             cmd = [
                 sys.executable,
@@ -339,6 +389,7 @@ def part_memory(quick: bool) -> list[dict[str, Any]]:
             "weights": info.get("weights", "zoo"),
             "layer": FASHION_LAYER,
             "whynet_batch_size": 64,
+            "methods": list(methods),
             "captum": "defaults (internal_batch_size=None)",
             "measure": "VmHWM - VmRSS after setup, KiB->MiB, fresh subprocess per row",
             "rows": rows,
@@ -540,6 +591,71 @@ def part_point(quick: bool) -> dict[str, Any]:
     }
 
 
+def part_linear_at(quick: bool) -> dict[str, Any]:
+    """Issue 17: ``LinearPath(at=L)`` with multiply_activation (integrated gradients in L's
+    space from ``h(0)``) vs Captum ``LayerIntegratedGradients`` (baseline input 0), the same
+    quantity, 40 fashion-cnn test images x 32 Gauss-Legendre steps at ``features.block3``;
+    whynet with the cut (only the layers above L per step) and without it (full forward per
+    step, L's output replaced), all rows in one pass and 320 rows per pass; interleaved
+    repeats with the order rotated, one process."""
+    model, info = fashion()
+    x = fashion_data("test", 40)[0]
+    steps, layer, n_rows = 32, FASHION_LAYER, 40 * 32
+    target = predict_logits(model, x).argmax(1)
+    rows: dict[str, Any] = {
+        f"whynet cut (batch_size={n_rows})": lambda: run_ours_at(
+            model, layer, x, target, steps, n_rows
+        ),
+        f"captum LayerIntegratedGradients (internal_batch_size=None, {n_rows} rows/pass)": (
+            lambda: (run_captum_lig(model, layer, x, target, steps, None), "")
+        ),
+        f"whynet full forward (batch_size={n_rows}, cut disabled)": lambda: run_ours_at(
+            model, layer, x, target, steps, n_rows, cut=False
+        ),
+        "whynet cut (batch_size=320)": lambda: run_ours_at(model, layer, x, target, steps, 320),
+        "captum LayerIntegratedGradients (internal_batch_size=320)": lambda: (
+            run_captum_lig(model, layer, x, target, steps, 320),
+            "",
+        ),
+    }
+    for fn in rows.values():  # warm-up: allocator pools and oneDNN primitives for each
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in rows}
+    results: dict[str, Any] = {}
+    names = list(rows)
+    for rep in range(3 if quick else 7):
+        for k in names[rep % len(names) :] + names[: rep % len(names)]:
+            t, results[k] = timed(rows[k])
+            times[k].append(t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ref = results[names[1]][0]  # Captum, all rows in one pass
+    table = [
+        {
+            "method": k,
+            "median_s": round(med[k], 4),
+            "runs_s": [round(t, 4) for t in times[k]],
+            "max_abs_diff_vs_captum": float((results[k][0] - ref).abs().max()),
+            **({"path": results[k][1]} if results[k][1] else {}),
+        }
+        for k in names
+    ]
+    return {
+        "weights": str(info.get("weights", "zoo")),
+        "layer": layer,
+        "inputs": len(x),
+        "steps": steps,
+        "rule": "gausslegendre",
+        "quantity": "IG in the layer's space from h(0): (z - h(0)) * sum_s w_s grad(z_s)",
+        "max_abs_value": float(ref.abs().max()),
+        "rows": table,
+        "captum_over_whynet_cut_same_rows_per_pass": {
+            str(n_rows): round(med[names[1]] / med[names[0]], 3),
+            "320": round(med[names[4]] / med[names[3]], 3),
+        },
+        "full_forward_over_cut": round(med[names[2]] / med[names[0]], 3),
+    }
+
+
 PARTS = {
     "classes": part_classes,
     "essence": part_essence,
@@ -548,6 +664,8 @@ PARTS = {
     "speed": part_speed,
     "memory": part_memory,
     "point": part_point,
+    "linear_at": part_linear_at,
+    "memory_at": lambda quick: part_memory(quick, ("whynet_at", "captum_lig")),
 }
 
 
