@@ -65,6 +65,27 @@ def test_ray_kmeans_and_influence_equal_local(cluster, tmp_path):
         scale.influence_dataset(infl, x, y, target=7, shard_rows=32, engine=cluster)
 
 
+def test_ray_cluster_fit_equals_local(cluster, tmp_path):
+    """The sharded surrogate fit on Ray (embeddings on one-thread workers, Lloyd steps and
+    tables as Ray tasks) equals the same fit on the local engine."""
+    from whynet.clusters import ClusterSurrogate
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(48, 3))
+    x = torch.randn(512, 1, 4, 4, generator=torch.Generator().manual_seed(5))
+    kw = dict(n_clusters=4, algorithm="kmeans", embed_dim=3, batch_size=64, progress=False)
+    st = scale.extract(
+        net.eval(), x, store=tmp_path / "a", layers=["1"], shard_rows=256, batch_size=64
+    )
+    init = {"1": torch.randn(4, 3, dtype=torch.float64)}
+    local = scale.fit_clusters(ClusterSurrogate(net, ["1"], **kw), st, init=init)
+    on_ray = scale.fit_clusters(ClusterSurrogate(net, ["1"], **kw), st, init=init, engine=cluster)
+    a, b = local.clusterer("1"), on_ray.clusterer("1")
+    assert torch.equal(a.embeddings_, b.embeddings_) and torch.equal(a.counts_, b.counts_)
+    torch.testing.assert_close(b.centres_, a.centres_, atol=1e-10, rtol=0)
+    assert a.history_["lloyd_iter"][0] > 1
+
+
 def test_ray_extraction_with_a_killed_worker_equals_local(cluster, tmp_path):
     torch.manual_seed(0)
     cnn = TinyCNN().double().eval()
@@ -88,6 +109,10 @@ def test_ray_extraction_with_a_killed_worker_equals_local(cluster, tmp_path):
     j_r, g_r = scale.representer_objective(local, w, 0.01, engine=cluster)
     j_l, g_l = scale.representer_objective(local, w, 0.01)
     assert j_r == j_l and torch.equal(g_r, g_l)
+    # the map/reduce L-BFGS fit: every oracle call a round of Ray tasks
+    mr = RepresenterPoints(model, "inner.head", batch_size=16, progress=False)
+    mr = scale.fit_representer(mr, local, mapreduce=True, engine=cluster)
+    torch.testing.assert_close(mr.alpha_, expl.alpha_, atol=1e-10, rtol=0)
     # Ray Data actors, one of which dies in the middle of shard 1: retried, same bytes
     on_ray = scale.extract(model, x, y, store=tmp_path / "ray", engine=cluster, **kw)
     assert marker.exists(), "the worker was not killed"
@@ -99,24 +124,3 @@ def test_ray_extraction_with_a_killed_worker_equals_local(cluster, tmp_path):
 def test_unreachable_address_is_one_clear_error(cluster):
     with pytest.raises(ConnectionError, match="cannot reach the Ray cluster"):
         scale.Engine("ray", address="127.0.0.1:1")
-
-
-def test_ray_cluster_fit_equals_local(cluster, tmp_path):
-    """The sharded surrogate fit on Ray (embeddings on one-thread workers, Lloyd steps and
-    tables as Ray tasks) equals the same fit on the local engine."""
-    from whynet.clusters import ClusterSurrogate
-
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(48, 3))
-    x = torch.randn(512, 1, 4, 4, generator=torch.Generator().manual_seed(5))
-    kw = dict(n_clusters=4, algorithm="kmeans", embed_dim=3, batch_size=64, progress=False)
-    st = scale.extract(
-        net.eval(), x, store=tmp_path / "a", layers=["1"], shard_rows=256, batch_size=64
-    )
-    init = {"1": torch.randn(4, 3, dtype=torch.float64)}
-    local = scale.fit_clusters(ClusterSurrogate(net, ["1"], **kw), st, init=init)
-    on_ray = scale.fit_clusters(ClusterSurrogate(net, ["1"], **kw), st, init=init, engine=cluster)
-    a, b = local.clusterer("1"), on_ray.clusterer("1")
-    assert torch.equal(a.embeddings_, b.embeddings_) and torch.equal(a.counts_, b.counts_)
-    torch.testing.assert_close(b.centres_, a.centres_, atol=1e-10, rtol=0)
-    assert a.history_["lloyd_iter"][0] > 1

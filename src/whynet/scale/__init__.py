@@ -32,8 +32,8 @@ from whynet.scale.fit import (
     fit_kmeans,
     fit_representer,
     influence_dataset,
-    representer_objective,
 )
+from whynet.scale.mapreduce import fit_representer_mapreduce, representer_objective
 from whynet.scale.queries import assign_points, nearest_points, top_points, write_alpha
 from whynet.scale.store import ShardedStore, StoreError, write_shard
 
@@ -52,6 +52,7 @@ __all__ = [
     "fit",
     "fit_clusters",
     "fit_kmeans",
+    "fit_representer_mapreduce",
     "fit_representer",
     "influence_dataset",
     "nearest_points",
@@ -82,7 +83,8 @@ def fit(
     belongs to another model, head or layer) on ``engine``, then fitted from the store:
 
     - a RepresenterPoints: the head inputs, solved by the explainer's own solver (the fitted
-      state equals ``explainer.fit(data, labels)`` bitwise);
+      state equals ``explainer.fit(data, labels)`` bitwise), or with ``mapreduce=True`` by
+      L-BFGS summed over shards (:func:`fit_representer`; alpha equal to rounding);
     - a ClusterSurrogate with ``algorithm="kmeans"``: the layers' activations, fitted shard by
       shard by :func:`fit_clusters` (``fit_params``: ``init=`` initial centres per layer; the
       surrogate then equals ``explainer.fit(data, labels, init=init)`` to 1e-10).
@@ -103,7 +105,7 @@ def fit(
         raise ValueError("engine='ray' needs store= (a folder every worker can reach)")
     clusters = isinstance(explainer, ClusterSurrogate)
     head, layers = (None, explainer.layers) if clusters else (explainer.head, [])  # type: ignore[union-attr]
-    if set(fit_params) - ({"init"} if clusters else set()):
+    if set(fit_params) - ({"init"} if clusters else {"mapreduce"}):
         raise TypeError(f"this sharded fit takes no fit parameters {sorted(fit_params)}")
     eng = as_engine(engine, address, workers, explainer.progress)
     st = extract(
@@ -121,7 +123,7 @@ def fit(
     )
     if isinstance(explainer, ClusterSurrogate):
         return fit_clusters(explainer, st, engine=eng, **fit_params)
-    return fit_representer(explainer, st)
+    return fit_representer(explainer, st, engine=eng, **fit_params)
 
 
 def explain_all(

@@ -1,13 +1,13 @@
 """Distributed fits over a sharded store: representer points, k-means, class-wide influence.
 
-- **Representer points** (Yeh et al. 2018, Eq. 2): the features are *gathered* on the driver
-  and solved by :meth:`RepresenterPoints.fit_features` (the one solver, unchanged), so alpha and
-  the decomposition are bitwise those of ``RepresenterPoints.fit``. Why not map/reduce each
-  L-BFGS step: a step needs the objective at several trial steps and two products with F; on
-  Ray each would be a round of tasks (~ms of overhead each, hundreds of rounds) while the
-  (n, D) matrix of 10M x 128 float32 points is 5 GB, which fits one node. The map/reduce
-  building block is here too (:func:`representer_objective`: ``J(W)`` and ``grad J(W)`` as
-  sums over shards, equal to the solver's to rounding), for a training set that does not fit.
+- **Representer points** (Yeh et al. 2018, Eq. 2), two ways. *Gathered* (default): the
+  features are gathered on the driver and solved by :meth:`RepresenterPoints.fit_features`
+  (the one solver, unchanged), so alpha and the decomposition are bitwise those of
+  ``RepresenterPoints.fit``; the fastest where the solver's float64 ``[F, 1]^T`` fits the
+  node (each L-BFGS trial is two products with F; on Ray each would be a round of tasks).
+  *Map/reduce* (``mapreduce=True``, :mod:`whynet.scale.mapreduce`): every objective and
+  gradient is a sum over shards (``representer_objective``) fed to the one L-BFGS driver, so
+  the driver holds no float64 copy of F; alpha equals the gathered fit to rounding.
 - **k-means** (Lloyd 1982): full-batch Lloyd steps as sums over shards (per-shard assignment,
   per-cluster sums and counts in float64, summed in shard order) driven by the one Lloyd loop
   (:func:`whynet.clusters.lloyd.lloyd`), so with the same initial centres it equals the
@@ -27,7 +27,6 @@ import torch
 from whynet.clusters.layer import class_counts, posterior_table, soft_or_hard
 from whynet.clusters.lloyd import lloyd, lloyd_step, nearest_centre
 from whynet.core import Explanation
-from whynet.representer._solver import augment, loss_grad_phi
 from whynet.scale.engine import Engine, as_engine
 from whynet.scale.extract import take_rows
 from whynet.scale.store import ShardedStore, StoreError
@@ -47,54 +46,28 @@ def _need(store: ShardedStore, *names: str) -> None:
 
 
 # ---------------------------------------------------------------- representer points
-def fit_representer(explainer: Any, store: ShardedStore) -> Any:
-    """Fit ``explainer`` (a RepresenterPoints) on the features of ``store``, gathered."""
+def fit_representer(
+    explainer: Any,
+    store: ShardedStore,
+    *,
+    mapreduce: bool = False,
+    engine: str | Engine = "local",
+) -> Any:
+    """Fit ``explainer`` (a RepresenterPoints) on the features of ``store``: gathered and
+    solved in memory (default), or with ``mapreduce`` by L-BFGS whose every objective and
+    gradient is a sum over shards on ``engine``
+    (:func:`whynet.scale.mapreduce.fit_representer_mapreduce`: no float64 copy of the
+    features, the same alpha to rounding)."""
+    if mapreduce:
+        from whynet.scale.mapreduce import fit_representer_mapreduce
+
+        return fit_representer_mapreduce(explainer, store, engine=engine)
     _need(store, "features", "outputs")
     features, outputs = store.gather("features"), store.gather("outputs")
     labels = store.gather("labels") if "labels" in (store.schema or {}) else None
     if explainer.targets == "labels" and labels is None:
         raise ValueError("targets='labels' but the store holds no labels; extract with labels")
     return explainer.fit_features(features, outputs=outputs, labels=labels)
-
-
-def _objective_partial(shared: tuple[Any, ...], index: int) -> tuple[float, torch.Tensor]:
-    _, _, weight, dtype, targets = shared
-    t = _shard(shared, index)
-    fa = augment(t["features"], dtype)
-    phi = fa @ weight.T
-    tgt = (
-        torch.softmax(t["outputs"].to(dtype), 1)
-        if targets == "model"
-        else torch.nn.functional.one_hot(t["labels"], weight.shape[0]).to(dtype)
-    )
-    loss = torch.logsumexp(phi, 1) * tgt.sum(1) - (tgt * phi).sum(1)
-    return float(loss.sum()), loss_grad_phi(phi, tgt).T @ fa
-
-
-def representer_objective(
-    store: ShardedStore,
-    weight: torch.Tensor,
-    l2: float,
-    *,
-    targets: str = "model",
-    engine: str | Engine = "local",
-) -> tuple[float, torch.Tensor]:
-    """``J(W)`` and ``grad J(W)`` of Eq. 2 as map/reduce sums over the shards (float64).
-
-    ``J = (1/n) sum_i L(Phi_i, T_i) + lambda ||W||^2`` and ``grad J = (1/n) sum_i dL/dPhi_i^T
-    [f_i, 1] + 2 lambda W``: each shard returns its loss sum and its (C, D+1) gradient sum.
-    """
-    _need(store, "features", "outputs")
-    eng = as_engine(engine)
-    w = weight.double()
-    shared = (store.folder, store.manifest, w, torch.float64, targets)
-    parts = eng.map_tasks(_objective_partial, shared, range(store.n_shards))
-    loss = sum(p[0] for p in parts)
-    grad = parts[0][1].clone()
-    for p in parts[1:]:
-        grad += p[1]
-    n = store.n_rows
-    return loss / n + l2 * float((w * w).sum()), grad / n + 2.0 * l2 * w
 
 
 # ---------------------------------------------------------------- k-means

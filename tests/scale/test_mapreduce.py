@@ -1,0 +1,61 @@
+"""Representer points by map/reduce L-BFGS (each objective and gradient summed over shards):
+alpha equals the gathered in-memory fit to 1e-10 in float64."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import TinyCNN
+from whynet import scale
+from whynet.representer import RepresenterPoints
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def problem(tmp_path):  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    cnn = TinyCNN().double().eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(96, 1, 6, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (96,), generator=g)
+    st = scale.extract(cnn, x, y, store=tmp_path / "s", head="head", shard_rows=32, batch_size=16)
+    return cnn, x, y, st
+
+
+@pytest.mark.parametrize("kw", [{}, {"targets": "labels"}, {"tol": 1e-3, "l2": 0.01}])
+def test_mapreduce_alpha_equals_the_gathered_fit(problem, kw):
+    cnn, x, y, st = problem
+    gathered = RepresenterPoints(cnn, "head", batch_size=16, progress=False, **kw).fit(x, labels=y)
+    mr = scale.fit_representer(
+        RepresenterPoints(cnn, "head", batch_size=16, progress=False, **kw), st, mapreduce=True
+    )
+    assert mr.n_iter_ == gathered.n_iter_ > 0 and mr.converged_
+    torch.testing.assert_close(mr.alpha_, gathered.alpha_, atol=1e-10, rtol=0)
+    torch.testing.assert_close(mr.weight_, gathered.weight_, atol=1e-10, rtol=0)
+    assert torch.equal(mr.features_, gathered.features_) and torch.equal(mr.labels_, y)
+    e_mr, e_g = mr.explain(x[:4]), gathered.explain(x[:4])
+    torch.testing.assert_close(e_mr.values, e_g.values, atol=1e-10, rtol=0)
+
+
+def test_one_switch_and_bad_input(problem, tmp_path):
+    cnn, x, y, st = problem
+    one = RepresenterPoints(cnn, "head", batch_size=16, progress=False).fit(x, labels=y)
+    via = scale.fit(
+        RepresenterPoints(cnn, "head", batch_size=16, progress=False),
+        x,
+        y,
+        store=tmp_path / "s2",
+        shard_rows=32,
+        mapreduce=True,
+    )
+    torch.testing.assert_close(via.alpha_, one.alpha_, atol=1e-10, rtol=0)
+    with pytest.raises(ValueError, match="solver='lbfgs'"):
+        scale.fit_representer(
+            RepresenterPoints(cnn, "head", solver="gd", progress=False), st, mapreduce=True
+        )
+    with pytest.raises(TypeError, match="no fit parameters"):
+        scale.fit(
+            RepresenterPoints(cnn, "head", batch_size=16), x, y, store=tmp_path / "s3", epochs=2
+        )
