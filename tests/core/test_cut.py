@@ -62,6 +62,31 @@ class Branchy(nn.Module):
         return self.head(h)
 
 
+class Blocks(nn.Module):
+    """A ModuleList walked in a loop: the model's forward calls ``blocks.i`` directly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([nn.Sequential(nn.Linear(4, 4), nn.Tanh()) for _ in range(3)])
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+class SizeView(nn.Module):
+    """Reads the input's batch size after the layer: the points of a chunk have another."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.head = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.a(x).view(x.size(0), -1))
+
+
 class Noisy(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + torch.randn_like(x)
@@ -112,6 +137,18 @@ def test_traced_chain_with_a_function_and_a_parameter() -> None:
     assert find_cut(m, "body.0").modules == ("body.1", "mid", "head")
 
 
+@pytest.mark.parametrize("layer", ["blocks.0", "blocks.1.0", "blocks.2"])
+def test_a_module_list_walked_by_its_parent(layer: str) -> None:
+    torch.manual_seed(0)
+    m = Blocks().double().eval()
+    x = torch.randn(3, 4, dtype=torch.float64, generator=gen())
+    z = torch.randn(3, 4, dtype=torch.float64, generator=gen(2))
+    cut = find_cut(m, layer)
+    with torch.no_grad():
+        assert torch.equal(cut(z), full(m, layer, x, z))
+    assert find_cut(m, "blocks.1.0").modules == ("blocks.1.1", "blocks.2", "head")
+
+
 def test_a_skip_after_the_layer_is_fine_a_skip_around_it_is_refused() -> None:
     m = Residual().double().eval()
     x = torch.randn(3, 4, dtype=torch.float64, generator=gen())
@@ -125,6 +162,8 @@ def test_a_skip_after_the_layer_is_fine_a_skip_around_it_is_refused() -> None:
 def test_untraceable_hooked_and_reused_parents_are_refused() -> None:
     with pytest.raises(NoCut, match="could not be traced"):
         find_cut(Branchy(), "a")
+    with pytest.raises(NoCut, match="reads 'size', computed before 'a'"):
+        find_cut(SizeView(), "a")
     m = seq()
     h = m[1].register_forward_hook(lambda *a: None)
     try:

@@ -10,6 +10,8 @@ parent's code, not assumed):
 
 * an ``nn.Sequential`` (its own ``forward``, not a subclass override) is the plain
   composition of its children: the children after the one on the path run in order;
+* an ``nn.ModuleList`` / ``nn.ModuleDict`` is never called itself: its parent's forward must
+  call the element on the path (``self.blocks[3](x)`` in a loop), read as below;
 * any other parent is traced with ``torch.fx`` (its children as opaque calls) and its graph
   read: every operation after the call of the child on the path may use only that call's
   result, its descendants and the parent's constant attributes (parameters, buffers). A value
@@ -25,6 +27,7 @@ refusal is not an error: the caller falls back to the full forward with the outp
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -85,8 +88,8 @@ def _rest_of(parent: nn.Module, where: str, child: str) -> tuple[Callable[[Any],
     """The rest of ``parent``'s forward after its child ``child`` and the modules it calls."""
     prefix = f"{where}." if where else ""
     label = where or type(parent).__name__
-    mine = parent._modules[child]
-    if type(parent).forward is nn.Sequential.forward:  # the plain composition, in order
+    mine = parent.get_submodule(child)
+    if type(parent).forward is nn.Sequential.forward and child in parent._modules:
         names = list(parent._modules)
         if sum(m is mine for m in parent._modules.values()) != 1:
             raise NoCut(f"{prefix}{child!r} is registered more than once in {label}")
@@ -94,7 +97,9 @@ def _rest_of(parent: nn.Module, where: str, child: str) -> tuple[Callable[[Any],
         mods = [parent._modules[n] for n in tail]
         return _compose([m for m in mods if m is not None]), [prefix + n for n in tail]
     try:
-        graph = _Children().trace(parent)
+        with warnings.catch_warnings():  # a probe: the model's own warnings come when it runs
+            warnings.simplefilter("ignore")
+            graph = _Children().trace(parent)
     except Exception as e:  # dynamic control flow, unsupported calls: not a static chain
         raise NoCut(f"{label}.forward could not be traced ({type(e).__name__}: {e})") from None
     calls = [n for n in graph.nodes if n.op == "call_module" and n.target == child]
@@ -138,14 +143,19 @@ def find_cut(model: nn.Module, layer: str) -> Cut:
     resolve_layer(model, layer)  # the usual error with the closest names
     parts = layer.split(".")
     stages, modules = [], []
-    for depth in range(len(parts) - 1, -1, -1):  # innermost parent first
+    depth, end = len(parts) - 1, len(parts)  # the child on the path is parts[depth:end]
+    while depth >= 0:  # innermost parent first
         where = ".".join(parts[:depth])
-        parent = model.get_submodule(where) if where else model
+        parent = model.get_submodule(where)
+        if isinstance(parent, (nn.ModuleList, nn.ModuleDict)) and depth > 0:
+            depth -= 1  # a container is never called: its parent calls the element itself
+            continue
         if parent._forward_hooks or parent._forward_pre_hooks:
             raise NoCut(f"{where or 'the model'} has forward hooks, which the cut would skip")
-        stage, called = _rest_of(parent, where, parts[depth])
+        stage, called = _rest_of(parent, where, ".".join(parts[depth:end]))
         stages.append(stage)
         modules += called
+        depth, end = depth - 1, depth
     return Cut(layer=layer, modules=tuple(modules), stages=tuple(stages))
 
 
