@@ -571,3 +571,28 @@ def test_likelihood_selection_of_the_idec_initialisation(data):
     assert len(h["restart_loglik"]) == 3 and h["pretrain_loss"]
     assert h["restart_chosen"] == [float(np.argmax(h["restart_loglik"]))]
     assert s.fidelity(x) >= 0.99
+
+
+def test_given_initial_centres_run_lloyd_to_a_fixed_point(data, km):
+    """``fit(init=...)``: Lloyd from the given centres in float64, on the fitting rows (all but
+    the held-out ones): each centre ends as the mean of the points assigned to it, and a
+    centre given at a blob's point ends at that blob's mean."""
+    x, y, model = data
+    emb = km.train_embeddings_
+    init = {k: v[[0, 1, 2]].double() for k, v in emb.items()}  # one point of each blob
+    kw = {"n_clusters": C, "algorithm": "kmeans", "embed_dim": 4, "batch_size": 32}
+    s = ClusterSurrogate(model, ["0", "1"], **kw).fit(x, y, init=init)
+    holdout, _ = s._split_holdout(len(x), np.random.default_rng(0))
+    keep = torch.ones(len(x), dtype=torch.bool)
+    keep[torch.from_numpy(holdout)] = False
+    for layer in ("0", "1"):
+        c = s.clusterer(layer)
+        assert torch.equal(c.embeddings_, emb[layer])  # the embedding does not depend on init
+        z, a = c.embeddings_[keep].double(), torch.cdist(c.embeddings_[keep].double(), c.centres_)
+        assign = a.argmin(1)
+        means = torch.stack([z[assign == k].mean(0) for k in range(C)])
+        torch.testing.assert_close(c.centres_, means, atol=1e-12, rtol=0)
+        assert torch.equal(assign, y[keep])  # the blobs, in the order of the given points
+        assert c.history_["lloyd_converged"] == [1.0]
+    with pytest.raises(ValueError, match=r"expected \(n_clusters, embedding dim\)"):
+        ClusterSurrogate(model, ["0", "1"], **kw).fit(x, init=[v[:, :2] for v in init.values()])
