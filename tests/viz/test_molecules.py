@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("rdkit")
 
-from whynet.run.report import char_weights  # noqa: E402
 from whynet.viz import molecule_svg, smiles_atom_weights, smiles_svg  # noqa: E402
+from whynet.viz.explanation import char_weights  # noqa: E402
 
 
 def test_each_atom_gets_the_mean_weight_of_its_characters():

@@ -290,6 +290,15 @@ class Explanation:
     def __len__(self) -> int:
         return int(self.values.shape[0])
 
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the report's figures of this explanation
+        (:func:`whynet.viz.explanation_html`)."""
+        import importlib
+
+        # viz sits above core: looked up at call time, never imported by core's modules
+        viz = importlib.import_module("whynet.viz.explanation")
+        return str(viz.explanation_html(self))
+
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write to ``path`` (safetensors + JSON metadata, atomically)."""
         tensors = {"values": self.values}

@@ -51,7 +51,8 @@ def _cell(value: object) -> str:
     return _esc(value)
 
 
-def _figure(fig: Figure) -> str:
+def figure_html(fig: Figure) -> str:
+    """One figure as HTML: images as data URIs, HTML fragments allow-listed, text escaped."""
     if fig.png is not None:
         data = base64.b64encode(fig.png).decode("ascii")
         body = f'<img alt="{_esc(fig.caption)}" src="data:image/png;base64,{data}">'
@@ -87,7 +88,7 @@ def render_html(
         if s.intro:
             body += [f"<p>{_esc(p)}</p>" for p in s.intro.split("\n\n")]
         body += [_table(t) for t in s.tables]
-        body += [_figure(f) for f in s.figures]
+        body += [figure_html(f) for f in s.figures]
         body += [f'<p class="note">{_esc(n)}</p>' for n in s.notes]
         body.append("</section>")
         parts.append("\n".join(body))

@@ -168,30 +168,9 @@ def load_sections(folder: str | os.PathLike[str]) -> list[Section]:
 
 
 def _explanation_figures(e: Explanation, name: str, limit: int = 16) -> list[Figure]:
-    from whynet.viz import grid_png, overlay
+    from whynet.viz import explanation_figures
 
-    v = e.values.detach().float()
-    inputs = e.extras.get("inputs")
-    figs: list[Figure] = []
-    if v.dim() >= 3:  # spatial: (B, H, W) or (B, C, H, W) -> one map per input
-        maps = v if v.dim() == 3 else v.abs().sum(1)
-        n = min(len(maps), limit)
-        if inputs is not None and inputs.dim() == 4:
-            imgs = [overlay(inputs[i], maps[i]) for i in range(n)]
-        else:
-            from whynet.viz import heatmap
-
-            imgs = [heatmap(maps[i]) for i in range(n)]
-        titles = [
-            f"#{i}" + (f" t={int(e.target[i])}" if e.target is not None else "") for i in range(n)
-        ]
-        figs.append(
-            Figure(
-                caption=f"{name}: {e.method} on {e.layer or 'input'}",
-                png=grid_png(imgs, ncol=8, titles=titles),
-            )
-        )
-    return figs
+    return explanation_figures(e, name, limit=limit)
 
 
 def sections_from_explanations(folder: str | os.PathLike[str]) -> list[Section]:

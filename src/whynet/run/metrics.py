@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from whynet.run.report import image_maps
+from whynet.viz.explanation import image_maps
 
 
 def method_metrics(r: Any, ctx: Any, steps: int) -> dict[str, Any]:

@@ -8,9 +8,10 @@ from typing import Any
 
 import torch
 
-from whynet.report import Figure, Section, Table
+from whynet.report import Section, Table
 from whynet.run.config import RunConfig
 from whynet.run.readers import Data
+from whynet.viz.explanation import explanation_figures
 
 MAX_FIGURES = 32
 
@@ -50,104 +51,6 @@ def header(cfg: RunConfig, ctx: Any, results: list[Any], total: float) -> Sectio
         + ([f"fitted explainers reused from the cache: {', '.join(reused)}"] if reused else []),
         metrics={"total_s": total},
     )
-
-
-def image_maps(e: Any) -> torch.Tensor | None:
-    """(B, h, w) maps to draw over the images: channels summed; a token layer's values (a
-    ViT's (B, 1 + h*w, D) patch tokens) summed over hidden units and laid on the patch grid."""
-    from whynet.core.layout import grid_side
-
-    v = e.values.detach().float()
-    if v.dim() == 3 and e.meta.get("neuron_dim") == 2:
-        try:
-            extra, side = grid_side(v.shape[1])
-        except ValueError:
-            return None  # tokens that are not patches: nothing to draw on an image
-        return v[:, extra:].abs().sum(-1).reshape(v.shape[0], side, side)
-    if v.dim() == 4:
-        return v.abs().sum(1)
-    return v if v.dim() == 3 else None
-
-
-def _image_figures(e: Any, data: Data, label: str) -> list[Figure]:
-    from whynet.viz import grid_png, overlay
-
-    maps = image_maps(e)
-    if maps is None or data.raw is None or len(maps) != len(data):
-        return []
-    n = min(len(maps), MAX_FIGURES)
-    imgs = [overlay(data.raw[i], maps[i]) for i in range(n)]
-    titles = []
-    for i in range(n):
-        t = "" if e.target is None else f"\nexplained: {class_name(int(e.target[i]), data.classes)}"
-        titles.append(f"{data.names[i]}{t}")
-    return [
-        Figure(
-            caption=f"{label}: {e.method} on {e.layer or 'the input'}; title = file, explained "
-            "class",
-            png=grid_png(imgs, ncol=6, titles=titles, size=1.8),
-        )
-    ]
-
-
-def _token_weights(e: Any, i: int, n_tokens: int) -> torch.Tensor | None:
-    v = e.values[i].detach().float()
-    if v.dim() == 0 or v.shape[0] < n_tokens:
-        return None
-    w = v[:n_tokens]
-    w = w.abs().flatten(1).sum(1) if w.dim() > 1 else w
-    m = float(w.abs().max())
-    return w / m if m > 0 else w
-
-
-def char_weights(text: str, tokens: list[str], weights: Any) -> list[float] | None:
-    """One weight per character of ``text`` from one per token: each token, found in order in
-    the text (a WordPiece ``##`` prefix dropped), gives its weight to the characters it
-    covers; tokens not in the text (``[CLS]``, ``<unk>``) and characters of no token get 0.
-    None when no token is found."""
-    out = [0.0] * len(text)
-    pos, found = 0, False
-    for tok, w in zip(tokens, [float(v) for v in weights]):
-        piece = tok.removeprefix("##")
-        at = text.find(piece, pos) if piece else -1
-        if at < 0:
-            continue
-        out[at : at + len(piece)] = [w] * len(piece)
-        pos, found = at + len(piece), True
-    return out if found else None
-
-
-def _smiles_figure(text: str, tokens: list[str], w: Any, caption: str) -> Figure | None:
-    """The molecule with atoms coloured by the tokens' weights (characters mapped to atoms by
-    :func:`whynet.viz.smiles_atom_weights`); None when RDKit cannot draw it."""
-    from whynet.viz import smiles_svg
-
-    cw = char_weights(text, tokens, w)
-    if cw is None:
-        return None
-    try:
-        svg = smiles_svg(text, cw)
-    except (ValueError, ImportError):
-        return None
-    return Figure(caption=f"{caption} (atoms: red = positive, blue = negative weight)", svg=svg)
-
-
-def _text_figures(e: Any, data: Data, label: str) -> list[Figure]:
-    from whynet.viz import highlight_text
-
-    figs: list[Figure] = []
-    if data.tokens is None or data.texts is None:
-        return figs
-    for i in range(min(len(data), MAX_FIGURES)):
-        toks = data.tokens[i]
-        w = _token_weights(e, i, len(toks))
-        if w is None:
-            return []
-        t = "" if e.target is None else f" (class {class_name(int(e.target[i]), data.classes)})"
-        caption = f"{label}: {data.names[i]}{t}: {data.texts[i]}"
-        mol = _smiles_figure(data.texts[i], toks, w, caption) if data.smiles else None
-        figs.append(mol or Figure(caption=caption, html=highlight_text(toks, w)))
-    return figs
 
 
 def _train_name(train: Data | None, i: int) -> str:
@@ -224,10 +127,8 @@ def method_section(r: Any, ctx: Any) -> Section:
         rows=[[k, str(v)] for k, v in sorted(e.params.items())],
     )
     s = Section(title=f"{r.spec.label} ({info.description})", intro=f"layer: {e.layer or '-'}")
-    if data.kind == "image":
-        s.figures += _image_figures(e, data, r.spec.label)
-    elif data.kind == "tokens":
-        s.figures += _text_figures(e, data, r.spec.label)
+    if data.kind in ("image", "tokens"):
+        s.figures += explanation_figures(e, r.spec.label, inputs=data.raw, limit=MAX_FIGURES)
     if r.spec.method == "representer":
         s.tables.append(_representer_table(e, data, ctx.train))
     if r.spec.method == "clusters":

@@ -247,6 +247,8 @@ def explain_data(
     if data.texts is not None:
         e.meta["texts"] = data.texts
         e.meta["tokens"] = data.tokens
+    if data.smiles:
+        e.meta["smiles"] = True
     if data.raw is not None:
         e.extras["inputs"] = data.raw
     return e
