@@ -171,7 +171,7 @@ def test_select_output_choices_and_errors():
     assert select_output({"a": out[0], "b": out[1]}, "b") is out[1]
     with pytest.raises(IndexError, match="output=3 is out of range: the model returned 3"):
         select_output(out, 3)
-    with pytest.raises(KeyError, match="output='c' is not in the model's output"):
+    with pytest.raises(ValueError, match="output='c' is not in the model's output"):
         select_output({"a": out[0]}, "c")
     with pytest.raises(TypeError, match="selects a str, not a tensor"):
         select_output({"a": "text"}, "a")

@@ -178,3 +178,29 @@ def test_deletion_auc_refuses_more_steps_than_pixels() -> None:
     x = torch.rand(2, 1, 8, 8)
     with pytest.raises(ValueError, match="steps"):
         deletion_auc(model, x, torch.rand(2, 8, 8), target=0, steps=10**9)
+
+
+@pytest.mark.parametrize("name", ["representer", "clusters"])
+@pytest.mark.parametrize(
+    "labels, error",
+    [
+        (torch.zeros(24) + 0.5, TypeError),  # used to be truncated to ints
+        (torch.zeros(24, 1, dtype=torch.long), ValueError),
+        (torch.full((24,), 9), ValueError),  # the tiny CNN has 3 classes
+        (torch.full((24,), -1), ValueError),
+    ],
+)
+def test_fit_refuses_labels_that_are_not_class_indices(name: str, labels: Any, error: type) -> None:
+    from tests.test_contract import unfitted
+
+    with pytest.raises(error, match="label"):
+        unfitted(name, fresh_model()).fit(data(), labels)
+
+
+@pytest.mark.parametrize("name", ["influence", "representer", "clusters"])  # others check ndim
+def test_inputs_the_model_cannot_take_are_named_not_raw(name: str) -> None:
+    """A batch without its batch dimension fails inside BatchNorm (torch's ValueError): the
+    error keeps its type and names the inputs whynet passed."""
+    explainer = ready(name, fresh_model())
+    with pytest.raises(ValueError, match=r"running NormCNN on these inputs failed \(per input"):
+        explainer.explain(data()[0], target=0)

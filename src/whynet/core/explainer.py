@@ -14,7 +14,9 @@ computation (zennit's ``Attributor.__call__`` -> ``forward``, Captum's ``attribu
 
 from __future__ import annotations
 
+import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -37,6 +39,14 @@ from whynet.core.params import Constraint, json_params, param_names, validate_pa
 from whynet.core.pipeline import Accumulator, predict_logits
 from whynet.core.progress import progress as progress_bar
 from whynet.core.validation import check_batch_size, check_classes, check_inputs
+
+_PACKAGE = str(Path(__file__).resolve().parents[1])
+
+
+def _raised_outside_whynet(e: BaseException) -> bool:
+    """Whether ``e`` comes from the model or torch (its innermost frame is not whynet's)."""
+    frames = traceback.extract_tb(e.__traceback__)
+    return bool(frames) and not str(Path(frames[-1].filename).resolve()).startswith(_PACKAGE)
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -211,19 +221,21 @@ class Explainer:
         x = to_device(x, model_device(self.model), model_dtype(self.model))
         n = batch_len(x)
         tgt = parse_target(target, n)
-        self._check_target(x, tgt)
-        self._check_doi_order(x)
         acc = Accumulator()
         starts = range(0, n, self.batch_size)
-        with frozen_eval(self.model):
-            for s in progress_bar(
-                starts, total=len(starts), desc=self.method, enabled=self.progress
-            ):
-                rows = slice(s, s + self.batch_size)
-                try:
+        try:
+            self._check_target(x, tgt)  # the first forward pass: a model that cannot take x
+            self._check_doi_order(x)  # fails here
+            with frozen_eval(self.model):
+                for s in progress_bar(
+                    starts, total=len(starts), desc=self.method, enabled=self.progress
+                ):
+                    rows = slice(s, s + self.batch_size)
                     acc.update(**self._explain_batch(take(x, rows), tgt.take(rows)))
-                except (RuntimeError, IndexError) as e:  # torch's own errors, not whynet's
-                    raise self._failed_on(x, e) from e
+        except (RuntimeError, IndexError, ValueError, TypeError) as e:
+            if not _raised_outside_whynet(e):  # whynet's own errors are already clear
+                raise
+            raise self._failed_on(x, e) from e
         return self._explanation(acc.compute(), tgt)
 
     def _failed_on(self, x: Any, e: BaseException) -> BaseException:

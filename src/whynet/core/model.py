@@ -157,7 +157,7 @@ def select_output(raw: Any, output: OutputSpec = None) -> torch.Tensor:
         elif not isinstance(raw, (Mapping, torch.Tensor)) and hasattr(raw, output):
             picked = getattr(raw, output)
         else:
-            raise KeyError(f"output={output!r} is not in the model's output ({_describe(raw)})")
+            raise ValueError(f"output={output!r} is not in the model's output ({_describe(raw)})")
         what = f"output={output!r}"
     if not isinstance(picked, torch.Tensor):
         raise TypeError(f"{what} selects a {type(picked).__name__}, not a tensor")
