@@ -170,6 +170,14 @@ def timed(fn: Any, repeats: int) -> tuple[float, list[float], Any]:
     return statistics.median(times), times, out
 
 
+def cpu_timed(fn: Any) -> tuple[float, float, Any]:
+    """``(wall s, process CPU s, result)`` of one call: on a shared, oversubscribed machine the
+    wall time counts other jobs' slices, the CPU time (one thread) does not."""
+    t, c = time.perf_counter(), time.process_time()
+    out = fn()
+    return time.perf_counter() - t, time.process_time() - c, out
+
+
 # ---- 1. fidelity -----------------------------------------------------------------------------
 
 
@@ -542,7 +550,19 @@ def simulated_million(rp: RepresenterPoints, f_te: torch.Tensor, quick: bool) ->
         with Peak() as pk:
             med1, _, _ = timed(lambda: big.values_features(f_te[:1], cls[:1]), 5)
             med64, _, _ = timed(lambda: big.values_features(f_te[:64], cls[:64]), 2)
+        from whynet.representer import _scoring
+
+        _scoring.top(big, f_te[:1], cls[:1], 5)
+        with Peak() as pk2:
+            top1, _, _ = timed(lambda: _scoring.top(big, f_te[:1], cls[:1], 5), 5)
+            top64, _, _ = timed(lambda: _scoring.top(big, f_te[:64], cls[:64], 5), 2)
         res[f"kernel_{str(kdt)[6:]}"] = {
+            "top5_one_point_ms": round(top1 * 1000, 1),
+            "ratio_top5_one_point_over_floor": round(
+                top1 * 1000 / res["floor_float32_matvec_topk_ms"], 2
+            ),
+            "top5_batch64_ms_per_point": round(top64 * 1000 / 64, 2),
+            "top5_rss_growth_mb": round(pk2.mb),
             "one_point_ms": round(med1 * 1000, 1),
             "ratio_one_point_over_floor": round(
                 med1 * 1000 / res["floor_float32_matvec_topk_ms"], 2
@@ -554,6 +574,13 @@ def simulated_million(rp: RepresenterPoints, f_te: torch.Tensor, quick: bool) ->
 
 
 # ---- 4. at the floor (issue 17) ---------------------------------------------------------------
+
+
+def feat_head(model: nn.Module) -> torch.Tensor:
+    """The model's head as ``[W, b]`` (C, D+1) float64: the solver's starting point."""
+    from whynet.representer._features import head_weight
+
+    return head_weight(model.head).double()
 
 
 def _head_input(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -584,26 +611,54 @@ def floor(quick: bool) -> dict[str, Any]:
             for a in range(0, len(xtr), 500):
                 model(xtr[a : a + 500])
 
-    fwd, _, _ = timed(forward_all, 1)
-    t = time.perf_counter()
-    rp = RepresenterPoints(model, head="head", batch_size=500, progress=False).fit(xtr, ytr)
-    fit_s = time.perf_counter() - t
+    fwd, fwd_cpu, _ = cpu_timed(forward_all)
+    fit_s, fit_cpu, rp = cpu_timed(
+        lambda: RepresenterPoints(model, head="head", batch_size=500, progress=False).fit(xtr, ytr)
+    )
     f_tr = rp.features_
     with torch.no_grad():
         outs = torch.cat([model(xtr[a : a + 500]) for a in range(0, len(xtr), 500)]).double()
-    t = time.perf_counter()
-    rp2 = RepresenterPoints(model, head="head", progress=False).fit_features(f_tr, outs, ytr)
-    solver_s = time.perf_counter() - t
+    solver_s, solver_cpu, rp2 = cpu_timed(
+        lambda: RepresenterPoints(model, head="head", progress=False).fit_features(f_tr, outs, ytr)
+    )
     e = rp.explain(xte[:200])
     dec = float((e.values.sum(1) - e.extras["logits"]).abs().max())
+    # the solver's O(n D C) work next to bare float64 products of the same shapes, same run
+    from whynet.representer._solver import augment_t, oracle_t, solve_lbfgs_t
+
+    ft = augment_t(f_tr, torch.float64)
+    tt = torch.softmax(outs, 1)
+    w0 = rp2.weight_.clone()
+    oracle = oracle_t(ft, tt.T.contiguous(), rp.l2)
+    g = torch.randn(w0.shape[0], ft.shape[1], dtype=torch.float64)
+
+    def bare() -> None:  # Phi^T = W [F,1]^T and G [F,1]: the two products of one evaluation
+        w0 @ ft
+        g @ ft.T
+
+    reps = 10
+    _, bare_cpu, _ = cpu_timed(lambda: [bare() for _ in range(reps)])
+    _, oracle_cpu, _ = cpu_timed(lambda: [oracle(w0) for _ in range(reps)])
+    res = solve_lbfgs_t(ft, feat_head(model), tt, rp.l2, tol=None, atol=1e-9)
     out["fit"] = {
         "forward_pass_s": round(fwd, 2),
+        "forward_pass_cpu_s": round(fwd_cpu, 2),
         "whole_fit_s": round(fit_s, 2),
+        "whole_fit_cpu_s": round(fit_cpu, 2),
         "ratio_fit_over_forward": round(fit_s / fwd, 3),
+        "ratio_fit_over_forward_cpu": round(fit_cpu / fwd_cpu, 3),
         "solver_s": round(solver_s, 2),
+        "solver_cpu_s": round(solver_cpu, 2),
         "solver": rp.solver,
         "n_iter": rp.n_iter_,
+        "n_eval": res.n_eval,
         "converged": rp.converged_,
+        "bare_two_products_cpu_ms": round(bare_cpu / reps * 1000, 2),
+        "one_evaluation_cpu_ms": round(oracle_cpu / reps * 1000, 2),
+        "ratio_evaluation_over_bare_products": round(oracle_cpu / bare_cpu, 3),
+        "ratio_solver_over_n_eval_bare_products": round(
+            solver_cpu / (res.n_eval * bare_cpu / reps), 3
+        ),
         "same_alpha_as_fit_features": float((rp.alpha_ - rp2.alpha_).abs().max()),
         "decomposition_max_abs_err_200_test": dec,
     }
@@ -645,10 +700,15 @@ def floor(quick: bool) -> dict[str, Any]:
     log(f"one query {res}")
 
     # 1,000 queries: end to end (forward included) and given the features
+    from whynet.representer import _scoring
+
     xq = xte[:1000]
     fq, oq = rp._forward(xq)
     cls = oq.argmax(1)
     batch: dict[str, Any] = {}
+    for label, r_ in (("kernel_float64", rp), ("kernel_float32", rp32)):
+        med, _, _ = timed(lambda r_=r_: _scoring.top(r_, fq, cls, 5), 3)
+        batch[f"{label}_top5_given_features_s"] = round(med, 3)
     for label, r_ in (("kernel_float64", rp), ("kernel_float32", rp32)):
         med, _, _ = timed(lambda r_=r_: r_.top(xq, k=5), 2)
         batch[f"{label}_top5_end_to_end_s"] = round(med, 3)
@@ -660,6 +720,11 @@ def floor(quick: bool) -> dict[str, Any]:
     batch["floor_product_float32_s"] = round(med, 3)
     med, _, _ = timed(lambda: rp._forward(xq), 1)
     batch["forward_1000_s"] = round(med, 3)
+    for label in ("kernel_float64", "kernel_float32"):
+        floor_key = "floor_product_" + label[7:] + "_s"
+        batch[f"ratio_{label}_top5_given_features_over_floor_product"] = round(
+            batch[f"{label}_top5_given_features_s"] / batch[floor_key], 3
+        )
     out["queries_1000"] = batch
     log(f"1000 queries {batch}")
 

@@ -65,7 +65,7 @@ def test_blocked_top_equals_the_top_of_all_values(fitted, monkeypatch) -> None:
         assert torch.equal(got[0], hi.indices) and torch.equal(got[2], lo.indices)
 
 
-def test_memory_mapped_features_score_as_in_memory(fitted, tmp_path) -> None:
+def test_memory_mapped_features_score_as_in_memory(fitted, tmp_path, monkeypatch) -> None:
     import numpy as np
 
     rp, f, cls = fitted
@@ -74,6 +74,8 @@ def test_memory_mapped_features_score_as_in_memory(fitted, tmp_path) -> None:
     mm = copy_of(rp, block_size=32)
     mm.features_ = torch.from_numpy(np.load(path, mmap_mode="c"))
     assert scoring.kernel_parts(mm)[0] is None  # scored block by block from the map
+    torch.testing.assert_close(mm.values_features(f, cls), rp.values_features(f, cls), **ULP)
+    monkeypatch.setattr(scoring, "CONVERT_ROWS", 5)  # float32 map, float64 kernel: 5 at a time
     torch.testing.assert_close(mm.values_features(f, cls), rp.values_features(f, cls), **ULP)
     a, b = scoring.top(mm, f, cls, 3), scoring.top(rp, f, cls, 3)
     assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2])

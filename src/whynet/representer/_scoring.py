@@ -25,6 +25,9 @@ from whynet.representer._topk import running_topk
 TOP_BLOCK_ELEMS = 1 << 18
 #: fewest training points per block of :func:`top` (keeps the products large enough)
 TOP_MIN_ROWS = 2048
+#: most training points per block converted to the kernel dtype (memory-mapped float32 read by
+#: a float64 kernel): the converted copy stays in cache and its buffer is reused
+CONVERT_ROWS = 8192
 
 
 def kernel_dtype(rp: Any) -> torch.dtype:
@@ -71,6 +74,8 @@ def blocks(
     n = rp.features_.shape[0]
     rows = min(rows or rp.block_size, rp.block_size)
     src = rp.features_ if whole is None else whole
+    if src.dtype != kdt or src.device != alpha_t.device:
+        rows = min(rows, CONVERT_ROWS)
     for a in range(0, n, rows):
         fb = src[a : a + rows].to(alpha_t.device, kdt)
         coef = alpha_t[:, a : a + fb.shape[0]][classes]  # (B, nb), a fresh copy

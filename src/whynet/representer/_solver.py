@@ -89,6 +89,7 @@ class SolveResult:
     converged: bool  # the stopping test held
     objective: float  # J at ``weight``
     residual: float = float("nan")  # residual_bound at ``weight`` (decomposition error bound)
+    n_eval: int = 0  # objective + gradient evaluations (L-BFGS: one per line-search trial)
 
 
 #: default decomposition tolerance of the exact solver: a bound on
@@ -401,4 +402,5 @@ def solve_lbfgs_t(
         converged=info.converged,
         objective=info.f,
         residual=residual_bound(info.g, fmax, l2),
+        n_eval=info.n_eval,
     )
