@@ -199,11 +199,11 @@ def test_vit_masks_clusters_and_representer(vit):
 
 
 def test_report_draws_vit_token_influence_on_the_patch_grid(vit):
-    from whynet.run.report import _maps
+    from whynet.viz.explanation import image_maps
 
     x = images(2)
     e = InternalInfluence(vit, "vit.layers.1").explain(x)
-    maps = _maps(e)
+    maps = image_maps(e)
     assert maps is not None and maps.shape == (2, 4, 4)
     ref = e.values[:, 1:].abs().sum(-1).reshape(2, 4, 4).float()
     torch.testing.assert_close(maps, ref)
