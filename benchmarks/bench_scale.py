@@ -12,8 +12,13 @@ model outputs ``F W + b`` and labels, written shard by shard into a :class:`Shar
 - peak RSS of the driver and of each Ray worker process (``ru_maxrss``; includes ~0.3-0.5 GB
   of torch import per process).
 
-The representer fit itself gathers the features on the driver (see docs/scale.md): timed once,
-single process. Equality with the local engine is asserted for every Ray result.
+The representer fit gathers the features on the driver (see docs/scale.md): timed once, single
+process. ``--mapreduce-fit`` times the map/reduce L-BFGS fit instead/as well
+(``fit_representer(mapreduce=True)``: every objective and gradient a pass over the shards) on
+the local engine and on Ray with each ``--workers`` count; peak RSS is per process, so run the
+gathered and the map/reduce fit in separate runs (``--no-fit``) to compare their memory.
+Equality with the local engine is asserted for every Ray result. ``--skip-steps`` leaves out
+the per-step measurements (objective, k-means, queries).
 
     python benchmarks/bench_scale.py --n 1000000 [--fashion] [--out benchmarks/results/scale.json]
 """
@@ -136,7 +141,15 @@ def run_engine(
 
 
 def simulated(
-    n: int, shard_rows: int, workers: list[int], folder: Path, fit: bool, steps: int, repeats: int
+    n: int,
+    shard_rows: int,
+    workers: list[int],
+    folder: Path,
+    fit: bool,
+    steps: int,
+    repeats: int,
+    mapreduce: bool = False,
+    skip_steps: bool = False,
 ) -> dict[str, Any]:
     import ray
 
@@ -165,8 +178,12 @@ def simulated(
             "driver_peak_rss_mb": rss_mb(),
         }
     ref: dict[str, Any] = {}
-    log("local engine")
-    out["local"] = run_engine(scale.Engine("local"), st, expl, ref, steps, repeats)
+    fits: dict[str, Any] = {}
+    if mapreduce:
+        out["mapreduce_fit_local"] = mapreduce_fit(scale.Engine("local"), st, model, expl, fits)
+    if not skip_steps:
+        log("local engine")
+        out["local"] = run_engine(scale.Engine("local"), st, expl, ref, steps, repeats)
     for w in workers:
         log(f"ray, {w} worker(s)")
         ray.init(num_cpus=w, include_dashboard=False, log_to_driver=False)
@@ -175,10 +192,44 @@ def simulated(
             # warm the worker processes (torch and whynet imports) with one pass
             w0 = torch.zeros(C, D + 1, dtype=torch.float64)
             scale.representer_objective(st, w0, 0.003, engine=eng)
-            out[f"ray_{w}"] = run_engine(eng, st, expl, ref, steps, repeats)
+            if mapreduce:
+                out[f"mapreduce_fit_ray_{w}"] = mapreduce_fit(eng, st, model, expl, fits)
+            if not skip_steps:
+                out[f"ray_{w}"] = run_engine(eng, st, expl, ref, steps, repeats)
         finally:
             ray.shutdown()
     return out
+
+
+def mapreduce_fit(
+    eng: scale.Engine,
+    st: scale.ShardedStore,
+    model: nn.Module,
+    gathered: RepresenterPoints | None,
+    fits: dict[str, Any],
+) -> dict[str, Any]:
+    """The map/reduce L-BFGS representer fit on ``eng``: time, steps, driver (and worker) peak
+    RSS, and alpha against the gathered fit (when run) and the first map/reduce fit."""
+    log(f"representer fit (map/reduce L-BFGS, {eng.name} engine)")
+    mr = RepresenterPoints(model, "head", max_iter=300, progress=False)
+    t = time.perf_counter()
+    scale.fit_representer(mr, st, mapreduce=True, engine=eng)
+    res: dict[str, Any] = {
+        "seconds": time.perf_counter() - t,
+        "n_iter": mr.n_iter_,
+        "converged": mr.converged_,
+        "driver_peak_rss_mb": rss_mb(),
+    }
+    if gathered is not None:
+        res["alpha_max_diff_vs_gathered"] = float((mr.alpha_ - gathered.alpha_).abs().max())
+    if "alpha" in fits:
+        res["alpha_max_diff_vs_local"] = float((mr.alpha_ - fits["alpha"]).abs().max())
+    else:
+        fits["alpha"] = mr.alpha_
+    if eng.name == "ray":
+        probes = eng.map_tasks(_worker_rss, None, range(8))
+        res["worker_peak_rss_mb"] = sorted({pid: mb for pid, mb in probes}.values(), reverse=True)
+    return res
 
 
 def fashion(workers: int, folder: Path) -> dict[str, Any]:
@@ -231,6 +282,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="*", default=[1, 2])
     ap.add_argument("--fashion", action="store_true")
     ap.add_argument("--no-fit", action="store_true", help="skip the gathered representer fit")
+    ap.add_argument("--mapreduce-fit", action="store_true", help="time the map/reduce fit")
+    ap.add_argument("--skip-steps", action="store_true", help="no per-step measurements")
     ap.add_argument("--kmeans-steps", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--folder", default="/tmp/whynet-scale-bench")
@@ -251,6 +304,8 @@ def main() -> None:
         not args.no_fit,
         args.kmeans_steps,
         args.repeats,
+        args.mapreduce_fit,
+        args.skip_steps,
     )
     if args.fashion:
         log("fashion-mnist")
