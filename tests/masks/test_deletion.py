@@ -21,7 +21,8 @@ from tests.masks.test_masks import (
 )
 from whynet.core import frozen_eval
 from whynet.masks import MaskExplainer
-from whynet.masks.objective import deletion_loss, mask_loss
+from whynet.masks.objective import deletion_loss, mask_loss, objective_name
+from whynet.zoo.masks_pretrained import PRETRAINED, WEIGHTS_DIR, load_pretrained, pretrained_info
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -215,3 +216,15 @@ def test_model_untouched_by_deletion_training() -> None:
     ).fit(ids, epochs=1)
     assert model.training
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+@pytest.mark.parametrize("name", sorted(PRETRAINED))
+def test_shipped_explainers_name_their_loss(name: str) -> None:
+    """A shipped file's record and its loaded settings agree on the loss it was trained with."""
+    if not (WEIGHTS_DIR / f"{name}.safetensors").is_file():
+        pytest.skip(f"{name} is not shipped")
+    info = pretrained_info(name)
+    me, _, _ = load_pretrained(name)
+    assert info.get("deletion", 0.0) == me.deletion
+    assert info.get("objective", "preserve") == objective_name(me.deletion)
+    assert (me.deletion > 0) == name.endswith("-delete")

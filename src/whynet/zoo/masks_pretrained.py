@@ -2,7 +2,10 @@
 models: ``weights/masks/NAME.safetensors`` + ``NAME.json``.
 
 Each ``NAME.json`` records how the file was trained (``python -m whynet.zoo.masks_train NAME``),
-the zoo model it explains and its measured validation mask size and fidelity.
+the zoo model it explains, the loss (``objective``: ``"preserve"``, the paper's, or
+``"preserve+delete"`` with the deletion term of :mod:`whynet.masks.objective`) and its measured
+validation mask size and fidelity. ``NAME-delete`` files are trained with the deletion term and
+ship next to the paper-loss ``NAME`` ones (docs/masks.md says which is better for what).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ PRETRAINED: dict[str, str] = {
     "sentiment-gru": "sentiment-gru",
     "solubility-smiles": "solubility-smiles",
     "tpsa-smiles": "tpsa-smiles",
+    # trained with the deletion term (objective "preserve+delete"): finds the TPSA atoms
+    "tpsa-smiles-delete": "tpsa-smiles",
 }
 
 
@@ -39,7 +44,8 @@ def pretrained_info(name: str) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(
             f"explainer weights for {name!r} are not shipped ({path}); "
-            f"train them with `python -m whynet.zoo.masks_train {name}`"
+            f"train them with `python -m whynet.zoo.masks_train {PRETRAINED[name]}`"
+            + (f" (with --deletion and --file {name})" if name != PRETRAINED[name] else "")
         )
     return json.loads(path.read_text())
 
@@ -71,7 +77,7 @@ def load_pretrained(
             warnings.warn(
                 f"the {name!r} explainer was trained for a different version of the "
                 f"zoo model (sha256 {trained_on[:12]}..., now {current[:12]}...); "
-                f"retrain it with `python -m whynet.zoo.masks_train {name}`",
+                f"retrain it with `{record.get('command', 'python -m whynet.zoo.masks_train')}`",
                 stacklevel=2,
             )
     explainer = MaskExplainer.load(wdir / f"{name}.safetensors", model)
