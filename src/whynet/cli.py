@@ -312,8 +312,12 @@ def describe_methods() -> list[str]:
                 for a in info.args
             )
             how = f"whynet explain --method {info.name} {flags}".rstrip()
+        init, fit = info.param_names()
         lines.append(f"{info.name:<12} {info.description}")
         lines.append(f"{'':<12} inputs: {', '.join(info.inputs)}; targets: {info.targets}; {how}")
+        lines.append(
+            f"{'':<12} parameters: {', '.join(init)}" + (f"; fit: {', '.join(fit)}" if fit else "")
+        )
     return lines
 
 
@@ -395,7 +399,9 @@ def run_zoo_list() -> None:
 
 
 # ---------------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(method_flags: bool = True) -> argparse.ArgumentParser:
+    """The parser; ``method_flags`` adds the registered methods' own arguments to ``explain``
+    (reading them imports every method, so only ``explain`` needs it)."""
     p = argparse.ArgumentParser(prog="whynet", description="Explain pre-trained networks.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
@@ -430,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--explainer", help="a fitted explainer file written by `whynet fit`")
     e.add_argument("--param", action="append", help="KEY=VALUE, a parameter of the method")
     e.add_argument("--inputs", nargs="+", required=True, help="image files or folders")
-    for arg in _all_args().values():  # the registered methods' own arguments
+    for arg in _all_args().values() if method_flags else ():  # the methods' own arguments
         e.add_argument(_flag(arg.name), dest=arg.name, type=arg.type, help=arg.help)
     e.add_argument("--target", help="class index (default: the predicted class)")
     e.add_argument("--size", type=int, help="resize images to SIZE x SIZE")
@@ -452,7 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(method_flags="explain" in argv).parse_args(argv)
     try:
         if args.command == "demo" and (args.tour or args.full):
             print(run_tour(Path(args.out), fast=not args.full, only=args.only).resolve())

@@ -5,7 +5,10 @@ return columns or yield dict batches, metric tables per method, and the bundled 
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import re
 import textwrap
 from pathlib import Path
 
@@ -68,6 +71,9 @@ def test_boxes_give_the_pointing_game_of_each_map(tmp_path, capsys):
     assert "pointing game" not in got["representer"]["metrics"]
     html = (out / "report.html").read_text()
     assert "Metrics by method" in html and "mean pointing game" in html
+    if importlib.util.find_spec("faiss") is not None:  # 8 points for 2 centroids: faiss warns
+        assert re.search(r"faiss: WARNING clustering \d+ points to 2 centroids", html)
+        assert "WARNING clustering" not in capsys.readouterr().err
 
     (tmp_path / "boxes.csv").write_text("file,x0,y0,x1,y1\ncat/cat0.png,0,0,1,1\n")
     assert main(["run", str(config)]) == 1
@@ -214,3 +220,55 @@ def test_the_bundled_configs_are_valid_and_only_picks_runs_and_methods(tmp_path)
     assert [m.label for m in only[0].methods] == ["representer"]
     with pytest.raises(RunError, match="unknown section.*nosuch; bundled runs: fashion"):
         demo_configs(tmp_path, ["nosuch"])
+
+
+def test_native_stderr_turns_faiss_warnings_into_notes(capfd):
+    from whynet.run.native import native_stderr
+
+    notes: list[str] = []
+    with native_stderr(notes):
+        os.write(2, b"WARNING clustering 8 points to 2 centroids: please provide at least 78\n")
+        os.write(2, b"something else\n")
+    assert notes == [
+        "faiss: WARNING clustering 8 points to 2 centroids: please provide at least 78"
+    ]
+    err = capfd.readouterr().err
+    assert "something else" in err and "WARNING" not in err
+
+
+def test_explain_finds_the_method_in_the_fitted_files_header(tmp_path, capsys):
+    from whynet.run.commands import method_of_file
+
+    text_project(tmp_path)
+    model = f"{tmp_path / 'txt_model.py'}:make_model"
+    fitted = tmp_path / "cl.safetensors"
+    fit = ["fit", "--method", "clusters", "--model", model, "--data", str(tmp_path / "reviews.csv")]
+    params = ["layers=embedding", "n_clusters=2", "algorithm=kmeans", "embed_dim=2", "n_init=2"]
+    params.append("batch_size=4")
+    for p in params:
+        fit += ["--param", p]
+    assert main([*fit, "--out", str(fitted)]) == 0, capsys.readouterr().err
+    assert method_of_file(fitted) == "clusters"
+    base = ["explain", "--model", model, "--inputs", str(tmp_path / "reviews.txt")]
+    out = tmp_path / "ex"
+    assert main([*base, "--explainer", str(fitted), "--out", str(out)]) == 0
+    assert (out / "clusters.safetensors").is_file()
+    capsys.readouterr()
+    assert main([*base, "--explainer", str(fitted), "--method", "representer"]) == 1
+    assert "holds a fitted clusters explainer, not representer" in capsys.readouterr().err
+    explanation = out / "clusters.safetensors"  # an Explanation, not a fitted explainer
+    assert main([*base, "--explainer", str(explanation)]) == 1
+    assert "not a fitted explainer file" in capsys.readouterr().err
+
+
+def test_registry_arguments_and_parameters_come_from_the_signatures():
+    import inspect
+
+    from whynet.registry import method_info
+
+    assert [a.name for a in method_info("inversion").args] == ["inversion_layer", "basis_layer"]
+    assert method_info("influence").args[0].help.startswith("dotted path of the layer")
+    init, fit = method_info("masks").param_names()
+    cls = method_info("masks").load()
+    assert "epochs" in fit and "epochs" in inspect.signature(cls.fit).parameters
+    assert not set(fit) & set(init) and "train_data" not in fit

@@ -50,8 +50,10 @@ def test_repr_html_highlights_tokens():
         meta={"tokens": [["good", "<b>", "movie"]], "texts": ["good <b> movie"]},
     )
     page = e._repr_html_()
-    assert page.count('class="tok"') == 3 and "&lt;b&gt;" in page and "<b>" not in page.replace(
-        "<b>Explanation</b>", ""
+    assert (
+        page.count('class="tok"') == 3
+        and "&lt;b&gt;" in page
+        and "<b>" not in page.replace("<b>Explanation</b>", "")
     )
     assert "rgba(30,110,255,1.000)" in page  # the negative token, full weight
 

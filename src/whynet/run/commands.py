@@ -76,10 +76,31 @@ def _size(size: int | None) -> tuple[int, int] | None:
     return None if size is None else (size, size)
 
 
+def method_of_file(path: Path) -> str:
+    """The registered fitted method that wrote ``path``: the ``format`` entry of the file's
+    safetensors header against each fitted class's ``_format`` (nothing else is read)."""
+    from safetensors import safe_open
+
+    from whynet.registry import registered
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            fmt = (f.metadata() or {}).get("format")
+    except Exception as e:  # safetensors raises its own error types for foreign files
+        raise CLIError(f"{path}: not a safetensors file ({e})") from None
+    known = {i.load()._format: i.name for i in registered() if i.fitted}
+    if fmt not in known:
+        raise CLIError(
+            f"{path}: not a fitted explainer file (format {fmt!r}; fitted methods write "
+            f"{', '.join(sorted(known))})"
+        )
+    return known[fmt]
+
+
 def explain_fitted_command(args: argparse.Namespace) -> Path:
     """``whynet explain --explainer FILE``: a fitted explainer (from ``whynet fit``) on the
     inputs, read by the run's readers (images, text, SMILES, a factory)."""
-    from whynet.registry import method_info, registered
+    from whynet.registry import method_info
     from whynet.run.config import MethodSpec
     from whynet.run.runner import explain_data, prepare
 
@@ -88,6 +109,9 @@ def explain_fitted_command(args: argparse.Namespace) -> Path:
         raise CLIError(f"explainer file not found: {path}")
     if len(args.inputs) != 1:
         raise CLIError("--explainer takes one --inputs path (a folder or a file)")
+    name = method_of_file(path)  # before any model or data is loaded
+    if args.method and method_info(args.method).name != name:
+        raise CLIError(f"{path} holds a fitted {name} explainer, not {args.method}")
     ctx = prepare(
         args.model,
         Path(args.weights) if args.weights else None,
@@ -95,17 +119,10 @@ def explain_fitted_command(args: argparse.Namespace) -> Path:
         None,
         size=_size(args.size),
     )
-    names = [args.method] if args.method else [i.name for i in registered() if i.fitted]
-    explainer, errors = None, []
-    for name in names:
-        info = method_info(name)
-        try:
-            explainer = info.load().load(path, ctx.model)
-            break
-        except ValueError as err:
-            errors.append(f"{name}: {err}")
-    if explainer is None:
-        raise CLIError(f"{path}: not a fitted explainer file ({'; '.join(errors)})")
+    try:
+        explainer = method_info(name).load().load(path, ctx.model)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
     target: Any = None if args.target is None else int(args.target)
     spec = MethodSpec(name, name, {}, target=target)
     assert ctx.explain is not None

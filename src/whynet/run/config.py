@@ -38,8 +38,6 @@ ENGINES = ("local", "ray")
 RESERVED = ("method", "target", "fitted")
 #: parameters naming layers of the model (checked with core.resolve_layer once it is built)
 LAYER_PARAMS = ("layer", "head", "layers", "embedding")
-#: arguments of ``fit`` that the run supplies itself
-FIT_SUPPLIED = ("self", "train_data", "labels")
 
 
 @dataclass
@@ -137,21 +135,12 @@ def engine_settings(
 
 
 def method_parameters(cls: type) -> tuple[list[str], list[str]]:
-    """(constructor parameters, ``fit`` keyword parameters) a method table may set."""
-    from whynet.core.params import param_names
+    """(constructor parameters, ``fit`` keyword parameters) a method table may set
+    (:meth:`whynet.registry.MethodInfo.param_names` of the registered ``cls``)."""
+    from whynet.registry import registered
 
-    init = param_names(cls)
-    fit = getattr(cls, "fit", None)
-    fit_names: list[str] = []
-    if fit is not None:
-        fit_names = [
-            p.name
-            for p in inspect.signature(fit).parameters.values()
-            if p.name not in FIT_SUPPLIED
-            and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-            and p.name not in init
-        ]
-    return init, fit_names
+    info = next(i for i in registered() if i.load() is cls)
+    return info.param_names()
 
 
 def default_of(fn: Any, name: str) -> Any:

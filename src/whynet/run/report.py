@@ -143,6 +143,7 @@ def method_section(r: Any, ctx: Any) -> Section:
     )
     if r.spec.fitted is not None:
         s.notes.append(f"fitted explainer loaded from {r.spec.fitted}")
+    s.notes += r.notes
     s.metrics = {k: sum(v) / len(v) for k, v in r.metrics.items() if isinstance(v, list) and v} | {
         "seconds": r.seconds
     }

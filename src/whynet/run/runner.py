@@ -49,6 +49,8 @@ class MethodResult:
     explainer: Any = None
     #: where each step ran ("fit"/"explain" -> "local" or "ray"); empty for the local engine
     engines: dict[str, str] = field(default_factory=dict)
+    #: what the run noticed (native libraries' warnings during the fit)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -194,10 +196,13 @@ def fit_explainer(
     *,
     engine: Any = "local",
     store: Path | None = None,
+    notes: list[str] | None = None,
 ) -> Any:
     """Build and fit one method: ``whynet.scale.fit``, i.e. ``explainer.fit`` for the local
-    engine, the sharded extraction into ``store`` and the same solver on Ray."""
+    engine, the sharded extraction into ``store`` and the same solver on Ray. Native
+    libraries' warnings during the fit (faiss) go to ``notes`` (:mod:`whynet.run.native`)."""
     from whynet import scale
+    from whynet.run.native import native_stderr
 
     if ctx.train is None:
         raise RunError(
@@ -205,14 +210,15 @@ def fit_explainer(
         )
     explainer = build_explainer(spec, ctx.model, where)
     try:
-        scale.fit(
-            explainer,
-            ctx.train.x,
-            ctx.train.labels,
-            store=None if engine == "local" else store,
-            engine=engine,
-            **spec.fit_params,
-        )
+        with native_stderr([] if notes is None else notes):
+            scale.fit(
+                explainer,
+                ctx.train.x,
+                ctx.train.labels,
+                store=None if engine == "local" else store,
+                engine=engine,
+                **spec.fit_params,
+            )
     except (ValueError, TypeError) as e:
         raise RunError(f"{where}: [methods.{spec.label}] fit failed: {e}") from None
     return explainer
@@ -288,6 +294,7 @@ def run_method(
     engines: dict[str, str] = {}
     fitted_file = None
     reused = False
+    notes: list[str] = []
     # the Ray engine's stores, one folder per content key (a rerun with the same model, data
     # and settings resumes it; anything else gets a new folder, never a fingerprint clash)
     stores = cfg.store if cfg.store is not None else tmp / SCALE
@@ -319,7 +326,12 @@ def run_method(
                 cached = None
         if cached is None:
             explainer = fit_explainer(
-                spec, ctx, where, engine=fit_engine, store=stores / f"fit-{spec.label}-{key[:16]}"
+                spec,
+                ctx,
+                where,
+                engine=fit_engine,
+                store=stores / f"fit-{spec.label}-{key[:16]}",
+                notes=notes,
             )
             explainer.save(tmp / FITTED / name)
             if engine != "local":
@@ -343,6 +355,7 @@ def run_method(
     result = MethodResult(
         spec, e, efile, fitted_file, reused, seconds, explainer=explainer, engines=engines
     )
+    result.notes = notes
     t0 = time.perf_counter()
     result.metrics = method_metrics(result, ctx, cfg.metric_steps)
     seconds["metrics"] = time.perf_counter() - t0
