@@ -9,7 +9,6 @@ import argparse
 import importlib
 import importlib.util
 import inspect
-import json
 import subprocess
 import sys
 import time
@@ -348,43 +347,11 @@ def run_bench(quick: bool, only: Sequence[str] | None) -> Path:
 
 
 def results_table(results: Path) -> str:
-    """One markdown table of every ratio found in ``benchmarks/results/*.json``."""
-    import platform
+    """The human-readable table of every ratio in ``results/*.json``
+    (:func:`whynet.run.bench.results_table`)."""
+    from whynet.run.bench import results_table as table
 
-    lines = [
-        "# Benchmark ratios (whynet vs peers)",
-        "",
-        f"Machine: {platform.machine()}, {__import__('os').cpu_count()} cores, "
-        f"Python {platform.python_version()}.",
-        "",
-        "| benchmark | metric | value |",
-        "|---|---|---|",
-    ]
-    for f in sorted(results.glob("*.json")):
-        try:
-            doc = json.loads(f.read_text())
-        except json.JSONDecodeError:
-            continue
-        for key, value in _flatten(doc):
-            if any(word in key for word in ("ratio", "speedup", "_vs_")):
-                lines.append(
-                    f"| {f.stem} | {key} | {value:.3g} |"
-                    if isinstance(value, float)
-                    else f"| {f.stem} | {key} | {value} |"
-                )
-    return "\n".join(lines) + "\n"
-
-
-def _flatten(doc: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    if isinstance(doc, dict):
-        return [kv for k, v in doc.items() for kv in _flatten(v, f"{prefix}{k}.")]
-    if isinstance(doc, list):  # name list rows by their case/method where they have one
-        out = []
-        for i, v in enumerate(doc):
-            label = (v.get("case") or v.get("method") or i) if isinstance(v, dict) else i
-            out += _flatten(v, f"{prefix}{label}.")
-        return out
-    return [(prefix.rstrip("."), doc)]
+    return table(results)
 
 
 def run_zoo_list() -> None:
