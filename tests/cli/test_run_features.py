@@ -272,3 +272,16 @@ def test_registry_arguments_and_parameters_come_from_the_signatures():
     cls = method_info("masks").load()
     assert "epochs" in fit and "epochs" in inspect.signature(cls.fit).parameters
     assert not set(fit) & set(init) and "train_data" not in fit
+
+
+@pytest.mark.slow
+def test_demo_runs_bundled_configs_into_one_report(tmp_path, capsys):
+    pytest.importorskip("rdkit")
+    assert main(["demo", "--out", str(tmp_path), "--only", "molecules"]) == 0, (
+        capsys.readouterr().err
+    )
+    html = (tmp_path / "report.html").read_text()
+    assert "About this demo" in html and "tpsa-smiles on NCI molecules: influence" in html
+    assert html.count("data:image/svg+xml;base64,") == 12  # 6 molecules x 2 methods
+    assert (tmp_path / "molecules" / "report.html").is_file()
+    assert (tmp_path / "molecules" / "masks.safetensors").is_file()
