@@ -285,3 +285,6 @@ def test_demo_runs_bundled_configs_into_one_report(tmp_path, capsys):
     assert html.count("data:image/svg+xml;base64,") == 12  # 6 molecules x 2 methods
     assert (tmp_path / "molecules" / "report.html").is_file()
     assert (tmp_path / "molecules" / "masks.safetensors").is_file()
+    sums = json.loads((tmp_path / "molecules" / "run.json").read_text())["checksums"]
+    assert any(k.endswith("run/bundled.py") for k in sums)  # the factories' module
+    assert any(k.endswith("masks/tpsa-smiles.safetensors") for k in sums)  # the fitted file

@@ -11,7 +11,7 @@ import torch
 
 from whynet.core.inputs import batch_len
 from whynet.run.config import RunError
-from whynet.run.readers import TEXT_COLUMNS, Data
+from whynet.run.readers import TEXT_COLUMNS, Data, factory_file
 from whynet.run.readers import _columns as columns
 from whynet.run.readers import _texts as texts
 from whynet.run.readers import _token_strings as token_strings
@@ -28,7 +28,7 @@ def from_factory(spec: str, info: dict[str, Any]) -> Data:
     except Exception as e:
         raise RunError(f"{spec}: the data factory raised {type(e).__name__}: {e}") from None
     attr = spec.rpartition(":")[2]
-    file = Path(spec.rpartition(":")[0])
+    file = factory_file(spec) or Path(spec.rpartition(":")[0])
     if isinstance(ds, dict) and any(c in ds for c in TEXT_COLUMNS):  # columns, as a table
         return _factory_columns(spec, ds, info, file, attr)
     if isinstance(ds, tuple) and len(ds) == 2 and isinstance(ds[0], torch.Tensor):

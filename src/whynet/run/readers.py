@@ -67,6 +67,24 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def factory_file(spec: str) -> Path | None:
+    """The source file of a ``FILE.py:factory`` or ``package.module:factory`` spec (its
+    checksum goes into the report and the fit cache key), or None."""
+    target = spec.rpartition(":")[0]
+    if Path(target).is_file():
+        return Path(target)
+    if not target or "/" in target or target.endswith(".py"):
+        return None
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(target)
+    except (ImportError, ValueError):
+        return None
+    origin = getattr(found, "origin", None)
+    return Path(origin) if origin and Path(origin).is_file() else None
+
+
 def checksums(files: Sequence[Path]) -> dict[str, str]:
     return {str(f): sha256(f) for f in files}
 

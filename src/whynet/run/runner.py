@@ -18,7 +18,7 @@ from torch import nn
 from whynet.core.inputs import take
 from whynet.run.config import LAYER_PARAMS, MethodSpec, RunConfig, RunError, load_config
 from whynet.run.metrics import method_metrics
-from whynet.run.readers import Data, checksums, load_model, read_data
+from whynet.run.readers import Data, checksums, factory_file, load_model, read_data
 
 
 def _shape(x: Any) -> Any:
@@ -107,8 +107,8 @@ def prepare(
     files: list[Path] = []
     if weights is not None:
         files.append(weights)
-    model_file = Path(factory.rpartition(":")[0])
-    if model_file.is_file():
+    model_file = factory_file(factory)
+    if model_file is not None:
         files.append(model_file)
     timings = {"load model": time.perf_counter() - t0}
     t0 = time.perf_counter()
@@ -407,6 +407,8 @@ def run_config(
     )
     for spec in cfg.methods:
         check_layers(ctx.model, spec, str(cfg.path))
+        if spec.fitted is not None:  # a fitted file is an input of the run, like the data
+            ctx.checksums |= checksums([spec.fitted])
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = cfg.out.parent / f".{cfg.out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
