@@ -76,12 +76,16 @@ def score(part: str, me: Any, model: torch.nn.Module) -> dict[str, Any]:
     return out
 
 
+def _order(r: dict[str, Any]) -> tuple[Any, ...]:
+    return (r["part"], not r.get("shipped"), r["deletion"], r.get("sparsity", 0), r["seed"])
+
+
 def write_row(path: Path, row: dict[str, Any]) -> None:
     data = json.loads(path.read_text()) if path.is_file() else {"rows": []}
     key = ("part", "deletion", "sparsity", "seed", "n_train", "epochs_max", "shipped")
     data["rows"] = [r for r in data["rows"] if any(r.get(k) != row.get(k) for k in key)]
     data["rows"].append(row)
-    data["rows"].sort(key=lambda r: (r["part"], not r.get("shipped"), r["deletion"], r["seed"]))
+    data["rows"].sort(key=_order)
     data["threads"] = torch.get_num_threads()
     data["torch"] = torch.__version__
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,7 +103,7 @@ def table(path: Path, part: str) -> str:
     cols = COLUMNS[part] + ("mask_mean_size",) * (part == "canvas")
     head = ("explainer", "deletion", "sparsity", "seed", "train n x epochs", "train s", *cols)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in json.loads(path.read_text())["rows"]:
+    for r in sorted(json.loads(path.read_text())["rows"], key=_order):
         if r["part"] != part:
             continue
         who = "shipped" if r.get("shipped") else "sweep"
