@@ -204,3 +204,23 @@ def test_inputs_the_model_cannot_take_are_named_not_raw(name: str) -> None:
     explainer = ready(name, fresh_model())
     with pytest.raises(ValueError, match=r"running NormCNN on these inputs failed \(per input"):
         explainer.explain(data()[0], target=0)
+
+
+def test_masks_fit_checks_labels_it_only_keeps() -> None:
+    """Labels passed to a masks fit that explains the prediction are still class indices."""
+    from whynet.registry import get_explainer
+
+    m = get_explainer("masks")(fresh_model(), modality="image", progress=False)
+    with pytest.raises(ValueError, match="label index 9 out of range"):
+        m.fit(data(), torch.full((24,), 9), epochs=1)
+
+
+def test_regression_labels_may_be_floats() -> None:
+    """Class-label checks do not apply to a regression masks explainer's float targets."""
+    from whynet.core import iter_batches
+
+    y = torch.rand(6)
+    (x, got), *_ = iter_batches(torch.rand(6, 2), y, batch_size=6, class_labels=False)
+    assert torch.equal(got, y)
+    with pytest.raises(TypeError, match="integer class indices"):
+        next(iter_batches(torch.rand(6, 2), y, batch_size=6))

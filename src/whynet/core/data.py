@@ -54,7 +54,7 @@ def _split(batch: object, where: str) -> tuple[ModelInputs, torch.Tensor | None]
 
 
 def _check_labels(y: torch.Tensor, n: int, where: str) -> None:
-    """Labels are class indices: one integer per input (float labels used to be truncated)."""
+    """Class labels: one integer per input (float labels used to be truncated to ints)."""
     if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
         raise TypeError(
             f"{where} labels must be integer class indices, got dtype {y.dtype} "
@@ -91,6 +91,7 @@ def iter_batches(
     batch_size: int = 256,
     need_labels: bool = False,
     device: torch.device | str | None = None,
+    class_labels: bool = True,
 ) -> Iterator[tuple[ModelInputs, torch.Tensor | None]]:
     """Yield ``(inputs, labels)`` batches from any supported data form, in order.
 
@@ -106,6 +107,8 @@ def iter_batches(
         Chunk size for tensors and datasets (a DataLoader keeps its own).
     need_labels : bool
         Raise ``ValueError`` if any batch comes without labels.
+    class_labels : bool
+        Labels are class indices (integer, one per input); ``False`` for regression targets.
     device : torch.device, optional
         Move batches there.
     """
@@ -140,7 +143,7 @@ def iter_batches(
                 f"{where} gave a batch without labels, but labels are needed here "
                 "(pass (inputs, labels) pairs or labels=...)"
             )
-        if y is not None:
+        if y is not None and class_labels:
             _check_labels(y, batch_len(x), where)
         if device is not None:
             x = to_device(x, device)

@@ -33,6 +33,7 @@ from whynet.core import (
     Target,
     batch_len,
     blend,
+    check_classes,
     data_length,
     frozen_eval,
     intervene,
@@ -292,7 +293,13 @@ class MaskExplainer(FittedMixin, Explainer):
         self, data: Any, labels: torch.Tensor | None, gen: torch.Generator
     ) -> Generator[tuple[ModelInputs, torch.Tensor | None], None, None]:
         return shuffled_batches(
-            data, labels, gen, self.batch_size, self.target == "label", model_device(self.model)
+            data,
+            labels,
+            gen,
+            self.batch_size,
+            self.target == "label",
+            model_device(self.model),
+            class_labels=self.task == "classification",
         )
 
     def _evaluate(
@@ -312,6 +319,7 @@ class MaskExplainer(FittedMixin, Explainer):
                 batch_size=self.batch_size,
                 need_labels=self.target == "label",
                 device=model_device(self.model),
+                class_labels=self.task == "classification",
             ):
                 x = self._check_x(x, "val_data", check_length=False)
                 _, stats = self._loss(net, x, y, scale)
@@ -380,11 +388,12 @@ class MaskExplainer(FittedMixin, Explainer):
             )
         if self.modality == "sequence":
             self._embedding_layer()
-        if self.target == "label":
-            check_labels(labels, data_length(train_data), self.task)
+        check_labels(labels, data_length(train_data), self.task)  # also when only kept
         max_len = 0
         with frozen_eval(self.model):
             net, x0 = self._first_batch(train_data, labels)
+            if labels is not None and self.task == "classification":
+                check_classes(labels, self._n_outputs(x0), name="label")  # even if unused
             scale = 1.0
             if self.task == "regression":
                 # the variance of f's outputs on the first training batch: `sparsity` then

@@ -150,6 +150,7 @@ def shuffled_batches(
     batch_size: int,
     need_labels: bool,
     device: torch.device,
+    class_labels: bool = True,
 ) -> Generator[tuple[Any, torch.Tensor | None], None, None]:
     """One epoch of training batches in a shuffled, seeded order; every data form still goes
     through :func:`whynet.core.iter_batches` (tensors, mappings and Datasets are permuted with
@@ -164,5 +165,10 @@ def shuffled_batches(
         n = len(data)  # type: ignore[arg-type]
         data = Subset(data, torch.randperm(n, generator=gen).tolist())
     yield from iter_batches(
-        data, labels, batch_size=batch_size, need_labels=need_labels, device=device
+        data,
+        labels,
+        batch_size=batch_size,
+        need_labels=need_labels,
+        device=device,
+        class_labels=class_labels,
     )
