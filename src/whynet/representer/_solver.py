@@ -118,23 +118,32 @@ def check_kernel(kdt: torch.dtype, tol: float | None) -> None:
         )
 
 
-def _preconditioner(features_t: torch.Tensor, phi: torch.Tensor, l2: float) -> Any:
-    """``G -> (A (x) B + 2 lambda I)^{-1} G``, a Kronecker model of the Hessian of Eq. 2.
-
-    ``B = F^T F / n`` (feature second moments) and ``A = mean_i (diag p_i - p_i p_i^T)`` (the
-    softmax curvature at the start), applied through both eigenbases at O(C D (C + D)) per
-    call. It removes the feature scaling that makes plain L-BFGS take hundreds of steps.
-    """
-    n = phi.shape[0]
-    p = torch.softmax(phi, dim=1)
-    a, u = torch.linalg.eigh(torch.diag(p.mean(0)) - p.T @ p / n)
-    b, v = torch.linalg.eigh(features_t @ features_t.T / n)
+def kronecker_preconditioner(
+    p_mean: torch.Tensor, p_outer: torch.Tensor, f_outer: torch.Tensor, l2: float
+) -> Any:
+    """``G -> (A (x) B + 2 lambda I)^{-1} G`` from moments: ``A = diag(p_mean) - p_outer``,
+    ``B = f_outer``; applied through both eigenbases at O(C D (C + D)) per call. The moments
+    are sums a sharded caller can add up shard by shard (``whynet.scale``)."""
+    a, u = torch.linalg.eigh(torch.diag(p_mean) - p_outer)
+    b, v = torch.linalg.eigh(f_outer)
     den = a.clamp_min(0)[:, None] * b.clamp_min(0)[None, :] + 2.0 * l2
 
     def apply(g: torch.Tensor) -> torch.Tensor:
         return u @ ((u.T @ g @ v) / den) @ v.T
 
     return apply
+
+
+def _preconditioner(features_t: torch.Tensor, phi: torch.Tensor, l2: float) -> Any:
+    """A Kronecker model of the Hessian of Eq. 2 (:func:`kronecker_preconditioner`).
+
+    ``B = F^T F / n`` (feature second moments) and ``A = mean_i (diag p_i - p_i p_i^T)`` (the
+    softmax curvature at the start). It removes the feature scaling that makes plain L-BFGS
+    take hundreds of steps.
+    """
+    n = phi.shape[0]
+    p = torch.softmax(phi, dim=1)
+    return kronecker_preconditioner(p.mean(0), p.T @ p / n, features_t @ features_t.T / n, l2)
 
 
 #: ``fun_and_grad(x) -> (f, g)``: a float64 objective and its gradient (shape of ``x``)

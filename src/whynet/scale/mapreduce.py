@@ -27,6 +27,7 @@ from whynet.representer import lbfgs
 from whynet.representer._solver import (
     EXACT_ATOL,
     augment_t,
+    kronecker_preconditioner,
     loss_grad_phi,
     oracle_t,
     residual_bound,
@@ -69,19 +70,6 @@ def _alpha(shared: tuple[Any, ...], index: int) -> torch.Tensor:
     ft, tt = _shard_problem(shared, index)
     l2, n = shared[6], shared[7]
     return -loss_grad_phi((shared[5] @ ft).T, tt.T) / (2.0 * l2 * n)
-
-
-def _kron(pm: torch.Tensor, ppt: torch.Tensor, fft: torch.Tensor, l2: float) -> Any:
-    """``G -> (A (x) B + 2 lambda I)^{-1} G`` with ``A = diag(mean p) - mean p p^T`` and
-    ``B = F^T F / n`` from summed moments (the in-memory solver's Kronecker preconditioner)."""
-    a, u = torch.linalg.eigh(torch.diag(pm) - ppt)
-    b, v = torch.linalg.eigh(fft)
-    den = a.clamp_min(0)[:, None] * b.clamp_min(0)[None, :] + 2.0 * l2
-
-    def apply(g: torch.Tensor) -> torch.Tensor:
-        return u @ ((u.T @ g @ v) / den) @ v.T
-
-    return apply
 
 
 def _summed_oracle(store: ShardedStore, base: tuple[Any, ...], l2: float, eng: Engine) -> Any:
@@ -141,7 +129,7 @@ def fit_representer_mapreduce(
     parts = eng.map_tasks(_moments, (*base, w0), shards, desc="representer: moments")
     sums = [sum((p[j] for p in parts[1:]), parts[0][j].clone()) for j in range(3)]
     fmax = max(p[3] for p in parts)
-    pre = _kron(sums[0] / n, sums[1] / n, sums[2] / n, l2)
+    pre = kronecker_preconditioner(sums[0] / n, sums[1] / n, sums[2] / n, l2)
 
     fun_and_grad = _summed_oracle(store, base, l2, eng)
     atol = EXACT_ATOL if rp.tol is None else None
