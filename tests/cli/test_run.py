@@ -400,3 +400,21 @@ def test_explain_takes_any_constructor_parameter_by_param(tmp_path, capsys):
     assert Explanation.load(out / "gradcam.safetensors").params["relu"] is False
     assert main([*base, "--param", "rlu=false", "--out", str(out)]) == 1
     assert "unknown parameter(s) rlu for gradcam; known: layer, relu" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bar", ["1", "0"])
+def test_run_shows_one_bar_over_its_steps_or_one_line_per_step(tmp_path, capsys, monkeypatch, bar):
+    monkeypatch.setenv("WHYNET_PROGRESS", bar)
+    config = text_project(tmp_path, data="reviews.txt")
+    assert main(["run", str(config)]) == 0
+    err = capsys.readouterr().err
+    if bar == "1":  # tqdm: a count over the 3 methods, each step named in the postfix
+        assert "whynet run text.toml" in err and "0/3" in err and "[run] " not in err
+        assert "clusters (clusters)" in err
+    else:
+        assert [line for line in err.splitlines() if line.startswith("[run] ")] == [
+            "[run] influence (influence) ...",
+            "[run] representer (representer) ...",
+            "[run] clusters (clusters) ...",
+        ]
+    assert "whynet run: 3 method(s)" in err  # the closing summary either way

@@ -32,9 +32,11 @@ def progress(
     yield from tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
-def progress_bar(*, desc: str, enabled: bool | None = None, unit: str = "it") -> Any:
+def progress_bar(
+    *, desc: str, enabled: bool | None = None, unit: str = "it", total: int | None = None
+) -> Any:
     """A bar updated by hand (loops that show running statistics), or None when progress is
     off: ``bar.update(1)``, ``bar.set_postfix(...)``, ``bar.close()``."""
     if not progress_enabled(enabled):
         return None
-    return tqdm(desc=desc, leave=False, dynamic_ncols=True, unit=unit)
+    return tqdm(desc=desc, total=total, leave=False, dynamic_ncols=True, unit=unit)

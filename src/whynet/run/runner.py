@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from whynet.core.inputs import take
+from whynet.core.progress import progress_bar
 from whynet.run.config import LAYER_PARAMS, MethodSpec, RunConfig, RunError, load_config
 from whynet.run.metrics import method_metrics
 from whynet.run.readers import Data, checksums, factory_file, load_model, read_data
@@ -415,9 +416,23 @@ def run_config(
     (tmp / FITTED).mkdir(parents=True)
     try:
         results = []
-        for spec in cfg.methods:
-            _say(f"[run] {spec.label} ({spec.method}) ...")
-            results.append(run_method(spec, cfg, ctx, tmp, force, engine))
+        # one bar over the run's steps (counts, ETA) on a terminal; the methods' own bars
+        # show below it; without a terminal one line per step
+        bar = progress_bar(
+            desc=f"whynet run {cfg.path.name}", unit="method", total=len(cfg.methods)
+        )
+        try:
+            for spec in cfg.methods:
+                if bar is None:
+                    _say(f"[run] {spec.label} ({spec.method}) ...")
+                else:
+                    bar.set_postfix_str(f"{spec.label} ({spec.method})")
+                results.append(run_method(spec, cfg, ctx, tmp, force, engine))
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
         index = {
             r.fitted_file.name: {"method": r.spec.method, "label": r.spec.label}
             for r in results
