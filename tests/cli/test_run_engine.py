@@ -163,11 +163,21 @@ def test_ray_representer_run_equals_the_local_run(ray_cluster, tmp_path, capsys)
     )
 
 
-@pytest.mark.slow
-def test_ray_fits_other_methods_here_with_a_note(ray_cluster, tmp_path, capsys, monkeypatch):
-    """clusters: fitted in this process (the Ray engine shards representer fits only), with a
-    printed note; its explanation goes through ``scale.explain_all`` on the Ray engine (stubbed
-    to the local call here: the Ray explain path is covered by the test above)."""
+CLUSTERS = """
+    [methods.clusters]
+    layers = ["conv", "fc"]
+    n_clusters = 2
+    algorithm = "{algorithm}"
+    embed_dim = 2
+    n_init = 2
+    batch_size = 4
+    {extra}
+"""
+
+
+def _stub_explain_all(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """``scale.explain_all`` replaced by the local call, recording the engine it was given
+    (the Ray explain path is covered by the representer test above)."""
     from whynet import scale
 
     calls: list[str] = []
@@ -177,15 +187,40 @@ def test_ray_fits_other_methods_here_with_a_note(ray_cluster, tmp_path, capsys, 
         return explainer.explain(inputs, target=target)
 
     monkeypatch.setattr(scale, "explain_all", explain_all)
-    clusters = textwrap.dedent("""
-        [methods.clusters]
-        layers = ["conv", "fc"]
-        n_clusters = 2
-        algorithm = "kmeans"
-        embed_dim = 2
-        n_init = 2
-        batch_size = 4
-    """)
+    return calls
+
+
+@pytest.mark.slow
+def test_ray_shards_kmeans_cluster_fits(ray_cluster, tmp_path, capsys, monkeypatch):
+    """clusters with k-means: fitted from the sharded store on Ray, equal to the local fit to
+    1e-10 (sums over shards in another order than one pass)."""
+    calls = _stub_explain_all(monkeypatch)
+    clusters = CLUSTERS.format(algorithm="kmeans", extra="")
+    _run(_config(tmp_path, "local", "out_local", methods=clusters), capsys)
+    err = _run(
+        _config(tmp_path, "ray", "out_ray", '[engine]\nname = "ray"\n', methods=clusters), capsys
+    )
+    assert calls == ["local", "ray"] and "is fitted in this process" not in err
+    doc = json.loads((tmp_path / "out_ray" / "run.json").read_text())
+    assert doc["methods"]["clusters"]["engines"] == {"fit": "ray", "explain": "ray"}
+    (fa,) = (tmp_path / "out_local" / "fitted").glob("clusters-*.safetensors")
+    (fb,) = (tmp_path / "out_ray" / "fitted").glob("clusters-*.safetensors")
+    (ta, _), (tb, _) = _tensors(fa), _tensors(fb)
+    assert ta.keys() == tb.keys()
+    for k in ta:
+        if ta[k].is_floating_point():
+            torch.testing.assert_close(tb[k].double(), ta[k].double(), rtol=0, atol=1e-10)
+        else:
+            assert torch.equal(ta[k], tb[k]), k
+
+
+@pytest.mark.slow
+def test_ray_fits_other_methods_here_with_a_note(ray_cluster, tmp_path, capsys, monkeypatch):
+    """clusters with IDEC: fitted in this process (the Ray engine shards representer and
+    k-means fits only), with a printed note; its explanation goes through
+    ``scale.explain_all`` on the Ray engine."""
+    calls = _stub_explain_all(monkeypatch)
+    clusters = CLUSTERS.format(algorithm="idec", extra="max_iter = 2\n    pretrain_epochs = 1")
     _run(_config(tmp_path, "local", "out_local", methods=clusters), capsys)
     err = _run(
         _config(tmp_path, "ray", "out_ray", '[engine]\nname = "ray"\n', methods=clusters), capsys

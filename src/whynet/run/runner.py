@@ -4,6 +4,7 @@ folder that is renamed into place only when everything succeeded."""
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -31,9 +32,20 @@ FITTED = "fitted"
 INDEX = "index.json"
 #: the default folder of the Ray engine's sharded stores, inside the output folder
 SCALE = "scale"
-#: the fitted methods whose fit the Ray engine shards (``whynet.scale.fit``); the others are
-#: fitted in this process (same result) and only their explanations go to Ray
-RAY_FITS = ("representer",)
+#: the fits the Ray engine shards (``whynet.scale.fit``): representer points, and cluster
+#: surrogates with k-means; the others are fitted in this process (same result) and only
+#: their explanations go to Ray
+RAY_FITS = ("representer", 'clusters with algorithm = "kmeans"')
+
+
+def ray_fits(spec: MethodSpec) -> bool:
+    """Whether the Ray engine shards this method's fit (see :data:`RAY_FITS`)."""
+    if spec.method == "clusters":
+        from whynet.registry import get_explainer
+
+        default = inspect.signature(get_explainer("clusters")).parameters["algorithm"].default
+        return spec.params.get("algorithm", default) == "kmeans"
+    return spec.method == "representer"
 
 
 @dataclass
@@ -300,7 +312,7 @@ def run_method(
     # and settings resumes it; anything else gets a new folder, never a fingerprint clash)
     stores = cfg.store if cfg.store is not None else tmp / SCALE
     fit_engine = engine
-    if engine != "local" and method_info(spec.method).fitted and spec.method not in RAY_FITS:
+    if engine != "local" and method_info(spec.method).fitted and not ray_fits(spec):
         fit_engine = "local"
         _say(
             f"[run] note: {spec.label} ({spec.method}) is fitted in this process: the Ray "
