@@ -59,3 +59,43 @@ def test_one_switch_and_bad_input(problem, tmp_path):
         scale.fit(
             RepresenterPoints(cnn, "head", batch_size=16), x, y, store=tmp_path / "s3", epochs=2
         )
+
+
+def test_each_shard_is_read_once_per_process_and_the_fit_is_unchanged(problem, monkeypatch):
+    """The converted shards are kept between oracle passes: every shard is read (and its
+    checksum verified) once per fit, and alpha is bitwise the uncached fit's."""
+    from whynet.scale import mapreduce
+    from whynet.scale.store import ShardedStore
+
+    cnn, _, _, st = problem
+    reads: list[int] = []
+    real = ShardedStore.read_shard
+
+    def counted(self, index):  # type: ignore[no-untyped-def]
+        reads.append(index)
+        return real(self, index)
+
+    monkeypatch.setattr(ShardedStore, "read_shard", counted)
+
+    def fit() -> RepresenterPoints:
+        mapreduce._PROBLEMS.clear()
+        rp = RepresenterPoints(cnn, "head", batch_size=16, progress=False)
+        return scale.fit_representer(rp, st, mapreduce=True)
+
+    monkeypatch.setenv("WHYNET_SCALE_CACHE_MB", "0")
+    plain = fit()
+    uncached = len(reads)
+    reads.clear()
+    monkeypatch.setenv("WHYNET_SCALE_CACHE_MB", "64")
+    cached = fit()
+    # per shard: one read for the oracle passes (moments included), plus the fit's own
+    # gathers of features and outputs; uncached, one read per pass
+    per_shard = {i: reads.count(i) for i in range(st.n_shards)}
+    assert set(per_shard.values()) == {3} and len(reads) == 3 * st.n_shards
+    assert uncached > len(reads) + 5 * st.n_shards  # many passes, each reading every shard
+    assert torch.equal(cached.alpha_, plain.alpha_) and torch.equal(cached.weight_, plain.weight_)
+    monkeypatch.setenv("WHYNET_SCALE_CACHE_MB", str(1.5 * 33 * 10 * 8 / 2**20))  # ~1 shard
+    reads.clear()
+    small = fit()
+    assert len(mapreduce._PROBLEMS) == 1 and torch.equal(small.alpha_, plain.alpha_)
+    mapreduce._PROBLEMS.clear()

@@ -17,6 +17,7 @@ fitted state (the features, float32, and alpha) and one shard's worth of work pe
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any
 
@@ -36,17 +37,41 @@ from whynet.scale.engine import Engine, as_engine
 from whynet.scale.fit import _need, _shard
 from whynet.scale.store import ShardedStore
 
+#: per process: shard problems already read, verified and converted
+_PROBLEMS: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def cache_budget() -> int:
+    """Bytes of converted shards one process keeps between oracle passes
+    (``WHYNET_SCALE_CACHE_MB``, default 1024; 0 turns the cache off)."""
+    return int(float(os.environ.get("WHYNET_SCALE_CACHE_MB", "1024")) * 2**20)
+
 
 def _shard_problem(shared: tuple[Any, ...], index: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[F, 1]^T`` (D+1, n_s) and the targets ``T^T`` (C, n_s) of one shard, in ``dtype``."""
-    _, _, dtype, targets, n_classes = shared[:5]
+    """``[F, 1]^T`` (D+1, n_s) and the targets ``T^T`` (C, n_s) of one shard, in ``dtype``.
+
+    Every L-BFGS trial is one pass over all shards: reading, hashing and converting a shard
+    again each time cost more than its two products. A process therefore keeps the converted
+    shards it has verified, keyed by the manifest's checksum of the shard (a recomputed shard
+    is a new key), until :func:`cache_budget` bytes are held; later shards are read each pass
+    (no eviction: the passes scan the shards in order, where LRU would keep none).
+    """
+    folder, manifest, dtype, targets, n_classes = shared[:5]
+    key = (str(folder), index, manifest["shards"][str(index)]["sha256"], dtype, targets, n_classes)
+    hit = _PROBLEMS.get(key)
+    if hit is not None:
+        return hit
     t = _shard(shared, index)
     ft = augment_t(t["features"], dtype)
     if targets == "model":
         tgt = torch.softmax(t["outputs"].to(dtype), dim=1)
     else:
         tgt = torch.nn.functional.one_hot(t["labels"].long(), n_classes).to(dtype)
-    return ft, tgt.T.contiguous()
+    problem = (ft, tgt.T.contiguous())
+    held = sum(sum(x.numel() * x.element_size() for x in v) for v in _PROBLEMS.values())
+    if held + sum(x.numel() * x.element_size() for x in problem) <= cache_budget():
+        _PROBLEMS[key] = problem
+    return problem
 
 
 def _moments(shared: tuple[Any, ...], index: int) -> tuple[Any, ...]:
