@@ -4,7 +4,6 @@ folder that is renamed into place only when everything succeeded."""
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ from torch import nn
 from whynet.core.inputs import take
 from whynet.core.progress import progress_bar
 from whynet.run.config import LAYER_PARAMS, MethodSpec, RunConfig, RunError, load_config
+from whynet.run.engines import RAY_FITS, SCALE, engine_doc, make_engine, ray_fits
 from whynet.run.metrics import method_metrics
 from whynet.run.readers import Data, checksums, factory_file, load_model, read_data
 
@@ -30,24 +30,9 @@ def _shape(x: Any) -> Any:
 
 FITTED = "fitted"
 INDEX = "index.json"
+
+
 #: the default folder of the Ray engine's sharded stores, inside the output folder
-SCALE = "scale"
-#: the fits the Ray engine shards (``whynet.scale.fit``): representer points, and cluster
-#: surrogates with k-means; the others are fitted in this process (same result) and only
-#: their explanations go to Ray
-RAY_FITS = ("representer", 'clusters with algorithm = "kmeans"')
-
-
-def ray_fits(spec: MethodSpec) -> bool:
-    """Whether the Ray engine shards this method's fit (see :data:`RAY_FITS`)."""
-    if spec.method == "clusters":
-        from whynet.registry import get_explainer
-
-        default = inspect.signature(get_explainer("clusters")).parameters["algorithm"].default
-        return spec.params.get("algorithm", default) == "kmeans"
-    return spec.method == "representer"
-
-
 @dataclass
 class MethodResult:
     """What one configured method produced."""
@@ -182,24 +167,6 @@ def build_explainer(spec: MethodSpec, model: nn.Module, where: str) -> Any:
         return cls(model, **spec.params)
     except (ValueError, TypeError) as e:
         raise RunError(f"{where}: [methods.{spec.label}]: {e}") from None
-
-
-def make_engine(cfg: RunConfig) -> Any:
-    """The ``[engine]`` of a run: ``"local"``, or a started :class:`whynet.scale.Engine` (Ray
-    imported, the cluster reached) so that a missing Ray or a wrong address fails before any
-    work, as one RunError."""
-    if cfg.engine == "local":
-        return "local"
-    from whynet.scale import Engine
-
-    try:
-        return Engine(cfg.engine, address=cfg.address, workers=cfg.workers)
-    except ImportError as e:
-        raise RunError(f'{cfg.path}: [engine] name = "{cfg.engine}": {e}') from None
-    except ConnectionError as e:
-        raise RunError(f"{cfg.path}: [engine] address: {e}") from None
-    except ValueError as e:
-        raise RunError(f"{cfg.path}: [engine]: {e}") from None
 
 
 def fit_explainer(
@@ -471,7 +438,7 @@ def run_config(
                         }
                         for r in results
                     },
-                    **(_engine_doc(cfg) if cfg.engine != "local" else {}),
+                    **(engine_doc(cfg) if cfg.engine != "local" else {}),
                 },
                 indent=1,
             )
@@ -498,12 +465,6 @@ def run_config(
         ctx.timings,
         sections,
     )
-
-
-def _engine_doc(cfg: RunConfig) -> dict[str, Any]:
-    store = str(cfg.store) if cfg.store is not None else str(cfg.out / SCALE)
-    doc = {"name": cfg.engine, "address": cfg.address, "workers": cfg.workers, "store": store}
-    return {"engine": doc}
 
 
 def summary(result: RunResult) -> list[str]:
