@@ -61,6 +61,8 @@ def _shard_problem(shared: tuple[Any, ...], index: int) -> tuple[torch.Tensor, t
     hit = _PROBLEMS.get(key)
     if hit is not None:
         return hit
+    if any(k[0] != key[0] or k[3:] != key[3:] for k in _PROBLEMS):
+        _PROBLEMS.clear()  # another store or problem: a worker holds one fit's shards at most
     t = _shard(shared, index)
     ft = augment_t(t["features"], dtype)
     if targets == "model":
@@ -158,14 +160,20 @@ def fit_representer_mapreduce(
 
     fun_and_grad = _summed_oracle(store, base, l2, eng)
     atol = EXACT_ATOL if rp.tol is None else None
-    w, info = lbfgs(
-        fun_and_grad,
-        w0,
-        tol=rp.tol,
-        max_iter=rp.max_iter,
-        stop=None if atol is None else (lambda g: residual_bound(g, fmax, l2) <= atol),
-        precondition=pre,
-    )
+    try:
+        w, info = lbfgs(
+            fun_and_grad,
+            w0,
+            tol=rp.tol,
+            max_iter=rp.max_iter,
+            stop=None if atol is None else (lambda g: residual_bound(g, fmax, l2) <= atol),
+            precondition=pre,
+        )
+        alpha = torch.cat(
+            eng.map_tasks(_alpha, (*base, w, l2, n), shards, desc="representer: alpha")
+        )
+    finally:
+        _PROBLEMS.clear()  # this process's kept shards (the local engine's) end with the fit
     if not info.converged:
         warnings.warn(
             f"map/reduce representer fit ended unconverged after {info.n_iter} L-BFGS steps "
@@ -173,7 +181,6 @@ def fit_representer_mapreduce(
             UserWarning,
             stacklevel=2,
         )
-    alpha = torch.cat(eng.map_tasks(_alpha, (*base, w, l2, n), shards, desc="representer: alpha"))
     labels = store.gather("labels") if "labels" in (store.schema or {}) else None
     rp._reset_fitted()
     rp._set_fitted(
