@@ -150,6 +150,7 @@ def simulated(
     repeats: int,
     mapreduce: bool = False,
     skip_steps: bool = False,
+    cache_mb: int | None = None,
 ) -> dict[str, Any]:
     import ray
 
@@ -179,6 +180,12 @@ def simulated(
         }
     ref: dict[str, Any] = {}
     fits: dict[str, Any] = {}
+    if cache_mb is not None:
+        os.environ["WHYNET_SCALE_CACHE_MB"] = str(cache_mb)
+        out["cache_mb_per_process"] = {
+            "local": cache_mb,
+            **{f"ray_{w}": cache_mb // w for w in workers},
+        }
     if mapreduce:
         out["mapreduce_fit_local"] = mapreduce_fit(scale.Engine("local"), st, model, expl, fits)
     if not skip_steps:
@@ -186,6 +193,8 @@ def simulated(
         out["local"] = run_engine(scale.Engine("local"), st, expl, ref, steps, repeats)
     for w in workers:
         log(f"ray, {w} worker(s)")
+        if cache_mb is not None:  # the workers inherit it: one fit's shards split over w
+            os.environ["WHYNET_SCALE_CACHE_MB"] = str(cache_mb // w)
         ray.init(num_cpus=w, include_dashboard=False, log_to_driver=False)
         try:
             eng = scale.Engine("ray", workers=w)
@@ -222,10 +231,22 @@ def mapreduce_fit(
     }
     if gathered is not None:
         res["alpha_max_diff_vs_gathered"] = float((mr.alpha_ - gathered.alpha_).abs().max())
+    # the fitted explainer's queries: 100 test points, top-10, each shard task reading its own
+    # alpha shard (written once here) instead of the whole alpha broadcast
+    t = time.perf_counter()
+    alpha = scale.write_alpha(mr, st, st.folder.parent / f"alpha-{eng.name}-{eng.workers}")
+    res["write_alpha_s"] = time.perf_counter() - t
+    queries = st.read_shard(0)["features"][:100].double()
+    res["representer_top_100_s"], top = timed(
+        lambda: scale.top_points(mr, queries, k=10, store=st, alpha=alpha, engine=eng), 1
+    )
     if "alpha" in fits:
         res["alpha_max_diff_vs_local"] = float((mr.alpha_ - fits["alpha"]).abs().max())
+        res["top_equal_vs_local"] = all(
+            torch.equal(a, b) for a, b in zip(top, fits["top"], strict=True)
+        )
     else:
-        fits["alpha"] = mr.alpha_
+        fits["alpha"], fits["top"] = mr.alpha_, top
     if eng.name == "ray":
         probes = eng.map_tasks(_worker_rss, None, range(8))
         res["worker_peak_rss_mb"] = sorted({pid: mb for pid, mb in probes}.values(), reverse=True)
@@ -286,6 +307,11 @@ def main() -> None:
     ap.add_argument("--skip-steps", action="store_true", help="no per-step measurements")
     ap.add_argument("--kmeans-steps", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument(
+        "--cache-mb",
+        type=int,
+        help="WHYNET_SCALE_CACHE_MB for the local fit; split evenly over the Ray workers",
+    )
     ap.add_argument("--folder", default="/tmp/whynet-scale-bench")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale.json"))
     args = ap.parse_args()
@@ -306,6 +332,7 @@ def main() -> None:
         args.repeats,
         args.mapreduce_fit,
         args.skip_steps,
+        args.cache_mb,
     )
     if args.fashion:
         log("fashion-mnist")
