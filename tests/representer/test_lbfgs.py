@@ -81,3 +81,45 @@ def test_map_reduce_oracle_gives_the_in_memory_solve() -> None:
 def test_needs_a_stopping_rule() -> None:
     with pytest.raises(ValueError, match="tol"):
         lbfgs(lambda x: (0.0, x), torch.zeros(2), tol=None, max_iter=3)
+
+
+def test_hessian_preconditioner_inverts_the_regularised_subsample_hessian() -> None:
+    """``apply((H_m + 2 lambda I) v) == v``, ``H_m`` the autograd Hessian of the mean loss on
+    the rows (targets summing to one: the Hessian does not depend on them)."""
+    from whynet.representer._solver import hessian_preconditioner
+
+    f, t, w0 = problem(n=40, d=4, c=3)
+    l2 = 0.01
+
+    def mean_loss(w: torch.Tensor) -> torch.Tensor:
+        phi = f @ w.reshape(w0.shape).T
+        return (torch.logsumexp(phi, 1) - (t * phi).sum(1)).mean()
+
+    h = torch.autograd.functional.hessian(mean_loss, w0.reshape(-1))
+    h = h + 2 * l2 * torch.eye(h.shape[0], dtype=torch.float64)
+    apply = hessian_preconditioner(f, w0, l2)
+    v = torch.randn(w0.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    torch.testing.assert_close(apply((h @ v.reshape(-1)).reshape(w0.shape)), v, rtol=0, atol=1e-10)
+
+
+def test_hessian_rows_are_evenly_spaced_and_both_preconditioners_reach_one_minimiser(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from whynet.representer import _solver
+
+    assert torch.equal(_solver.hessian_rows(100), torch.arange(100))
+    rows = _solver.hessian_rows(10_000)
+    assert len(rows) == _solver.HESSIAN_ROWS and rows[-1] < 10_000
+    assert set((rows[1:] - rows[:-1]).tolist()) == {10_000 // _solver.HESSIAN_ROWS}
+    f, t, w0 = problem(n=300)
+    kw = dict(tol=None, atol=1e-10, max_iter=500)
+    hess = solve_lbfgs(f, w0, t, 0.003, **kw)
+    monkeypatch.setattr(_solver, "HESSIAN_ROWS", 37)  # a strided subsample
+    strided = solve_lbfgs(f, w0, t, 0.003, **kw)
+    monkeypatch.setattr(_solver, "HESSIAN_MAX_DIM", 1)  # the Kronecker model
+    kron = solve_lbfgs(f, w0, t, 0.003, **kw)
+    assert hess.converged and strided.converged and kron.converged
+    # the exact Hessian on all 300 rows needs fewer oracle calls than the Kronecker model
+    assert hess.n_eval < kron.n_eval
+    for other in (strided, kron):
+        torch.testing.assert_close(other.weight, hess.weight, rtol=0, atol=1e-8)

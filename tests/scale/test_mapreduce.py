@@ -25,7 +25,16 @@ def problem(tmp_path):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("kw", [{}, {"targets": "labels"}, {"tol": 1e-3, "l2": 0.01}])
-def test_mapreduce_alpha_equals_the_gathered_fit(problem, kw):
+@pytest.mark.parametrize("precondition", ["hessian", "hessian-strided", "kronecker"])
+def test_mapreduce_alpha_equals_the_gathered_fit(problem, kw, precondition, monkeypatch):
+    """Same preconditioner both ways: the Hessian of every row, of every 4th row (rows picked
+    shard by shard), or the Kronecker model (from moments summed over the shards)."""
+    from whynet.representer import _solver
+
+    if precondition == "hessian-strided":
+        monkeypatch.setattr(_solver, "HESSIAN_ROWS", 24)
+    elif precondition == "kronecker":
+        monkeypatch.setattr(_solver, "HESSIAN_MAX_DIM", 1)
     cnn, x, y, st = problem
     gathered = RepresenterPoints(cnn, "head", batch_size=16, progress=False, **kw).fit(x, labels=y)
     mr = scale.fit_representer(

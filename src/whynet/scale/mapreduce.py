@@ -28,14 +28,17 @@ from whynet.representer import lbfgs
 from whynet.representer._solver import (
     EXACT_ATOL,
     augment_t,
+    hessian_preconditioner,
+    hessian_rows,
     kronecker_preconditioner,
     loss_grad_phi,
     oracle_t,
     residual_bound,
+    use_hessian,
 )
 from whynet.scale.engine import Engine, as_engine
 from whynet.scale.fit import _need, _shard
-from whynet.scale.store import ShardedStore
+from whynet.scale.store import ShardedStore, shard_range
 
 #: per process: shard problems already read, verified and converted
 _PROBLEMS: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -77,11 +80,19 @@ def _shard_problem(shared: tuple[Any, ...], index: int) -> tuple[torch.Tensor, t
 
 
 def _moments(shared: tuple[Any, ...], index: int) -> tuple[Any, ...]:
-    """The preconditioner's sums at ``W0``: sum p_i, sum p_i p_i^T, F^T F, and max |F|."""
+    """What the preconditioner needs from one shard, and max |F|: the shard's rows of the
+    Hessian subsample (``hessian_rows`` of the whole set, (m_s, D+1)), or, for a head too
+    large for the dense Hessian, the Kronecker sums at ``W0`` (sum p_i, sum p_i p_i^T, F^T F)."""
     ft, _ = _shard_problem(shared, index)
-    p = torch.softmax((shared[5] @ ft).T, dim=1)
     lo, hi = torch.aminmax(ft)
-    return p.sum(0), p.T @ p, ft @ ft.T, max(float(hi), -float(lo))
+    fmax = max(float(hi), -float(lo))
+    w0, rows = shared[5], shared[6]
+    if rows is not None:
+        a, b = shard_range(index, shared[1]["n_rows"], shared[1]["shard_rows"])
+        local = rows[(rows >= a) & (rows < b)] - a
+        return ft[:, local].T.contiguous(), fmax
+    p = torch.softmax((w0 @ ft).T, dim=1)
+    return p.sum(0), p.T @ p, ft @ ft.T, fmax
 
 
 def _oracle(shared: tuple[Any, ...], index: int) -> tuple[float, torch.Tensor]:
@@ -153,10 +164,15 @@ def fit_representer_mapreduce(
     base = (store.folder, store.manifest, dtype, rp.targets, head.out_features)
     w0 = feat.head_weight(head).detach().cpu().to(dtype)
 
-    parts = eng.map_tasks(_moments, (*base, w0), shards, desc="representer: moments")
-    sums = [sum((p[j] for p in parts[1:]), parts[0][j].clone()) for j in range(3)]
-    fmax = max(p[3] for p in parts)
-    pre = kronecker_preconditioner(sums[0] / n, sums[1] / n, sums[2] / n, l2)
+    # the in-memory solver's preconditioner (solve_lbfgs_t), from one pass over the shards
+    rows = hessian_rows(n) if use_hessian(head.out_features, d + 1) else None
+    parts = eng.map_tasks(_moments, (*base, w0, rows), shards, desc="representer: moments")
+    fmax = max(p[-1] for p in parts)
+    if rows is not None:
+        pre = hessian_preconditioner(torch.cat([p[0] for p in parts]), w0, l2)
+    else:
+        sums = [sum((p[j] for p in parts[1:]), parts[0][j].clone()) for j in range(3)]
+        pre = kronecker_preconditioner(sums[0] / n, sums[1] / n, sums[2] / n, l2)
 
     fun_and_grad = _summed_oracle(store, base, l2, eng)
     atol = EXACT_ATOL if rp.tol is None else None
