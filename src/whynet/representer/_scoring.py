@@ -34,6 +34,23 @@ def kernel_dtype(rp: Any) -> torch.dtype:
     return rp.kernel_dtype or rp.dtype
 
 
+def derived(rp: Any) -> dict[Any, Any]:
+    """What is derived from the fitted ``features_`` and ``alpha_`` (filled lazily, once).
+
+    Kept in ``rp._kcache`` with the tensors themselves and their in-place version counters:
+    a refit, a load or an in-place change of either starts a fresh dict (nothing stale is used);
+    a loaded explainer recomputes it on its first query.
+    """
+    feats, alpha = rp.features_, rp.alpha_
+    key = (id(feats), id(alpha), feats._version, alpha._version)
+    got = vars(rp).get("_kcache")
+    if got is None or got[0] != key or got[1] is not feats or got[2] is not alpha:
+        got = (key, feats, alpha, {})
+        rp._kcache = got
+    out: dict[Any, Any] = got[3]
+    return out
+
+
 def kernel_parts(rp: Any) -> tuple[torch.Tensor | None, torch.Tensor]:
     """``(whole, alpha^T)``, made once per fit and kernel dtype.
 
@@ -44,15 +61,14 @@ def kernel_parts(rp: Any) -> tuple[torch.Tensor | None, torch.Tensor]:
     """
     kdt = kernel_dtype(rp)
     feats, alpha = rp.features_, rp.alpha_
-    key = (id(feats), id(alpha), kdt, rp.block_size)
-    got = vars(rp).get("_kcache")
-    if got is None or got[0] != key or got[1] is not feats or got[2] is not alpha:
-        whole = None
-        if feats.shape[0] <= rp.block_size:
-            whole = feats.to(alpha.device, kdt).contiguous()
-        got = (key, feats, alpha, whole, alpha.T.contiguous())
-        rp._kcache = got
-    return got[3], got[4]
+    d = derived(rp)
+    if "alpha_t" not in d:
+        d["alpha_t"] = alpha.T.contiguous()
+    key = ("whole", kdt, rp.block_size)
+    if key not in d:
+        small = feats.shape[0] <= rp.block_size
+        d[key] = feats.to(alpha.device, kdt).contiguous() if small else None
+    return d[key], d["alpha_t"]
 
 
 def terms(k: torch.Tensor, coef: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -102,6 +118,10 @@ def top(rp: Any, features: torch.Tensor, classes: torch.Tensor, k: int) -> tuple
     ``TOP_BLOCK_ELEMS / B`` (at least ``TOP_MIN_ROWS``, at most ``block_size``), each reduced to
     its top-k at once, so the pass over a block's values happens while they are in cache.
     """
+    from whynet.representer import _certify
+
+    if _certify.applies(rp):  # the exact kernel: certified, pruned (see _certify)
+        return _certify.top(rp, features, classes, k)
     bs = rp.batch_size
     parts = []
     for r in range(0, features.shape[0], bs):

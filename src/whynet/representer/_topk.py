@@ -40,3 +40,30 @@ def running_topk(
     if hi is None or lo is None:
         raise ValueError("no training points")
     return hi[1], hi[0], lo[1], lo[0]
+
+
+def ordered(
+    values: torch.Tensor, idx: torch.Tensor, k: int, largest: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``k`` of each row's candidates ``(idx (B, K), values (B, K))``, deterministic.
+
+    By value (largest or smallest first), equal values by lower training index: the order of a
+    stable sort of the whole row, whatever order the candidates came in.
+    """
+    by_idx = idx.argsort(dim=1)
+    v, i = values.gather(1, by_idx), idx.gather(1, by_idx)
+    s = v.sort(dim=1, descending=largest, stable=True)
+    return i.gather(1, s.indices[:, :k]), s.values[:, :k]
+
+
+def merge_top(
+    run: tuple[torch.Tensor, torch.Tensor] | None,
+    values: torch.Tensor,
+    idx: torch.Tensor,
+    k: int,
+    largest: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values, idx)``: the ``k`` extreme of a running set and a block's values (B, nb) at
+    training indices ``idx`` (nb,)."""
+    t = values.topk(min(k, values.shape[1]), dim=1, largest=largest)
+    return _merge(run, t.values, idx[t.indices], k, largest)
