@@ -178,6 +178,27 @@ def cpu_timed(fn: Any) -> tuple[float, float, Any]:
     return time.perf_counter() - t, time.process_time() - c, out
 
 
+def stages(fn: Any) -> dict[str, int]:
+    """Which stage of the exact top points settled each query of one call of ``fn``, and the
+    rows the pruned scan read (``whynet.representer._certify.STATS``)."""
+    from whynet.representer import _certify
+
+    _certify.STATS.clear()
+    fn()
+    return dict(_certify.STATS)
+
+
+def float32_stage(fn: Any) -> Any:
+    """``fn()`` with the pruned scan off: every query through the certified float32 scan."""
+    from whynet.representer import _prune
+
+    keep, _prune.MAX_K = _prune.MAX_K, 0
+    try:
+        return fn()
+    finally:
+        _prune.MAX_K = keep
+
+
 # ---- 1. fidelity -----------------------------------------------------------------------------
 
 
@@ -544,14 +565,25 @@ def simulated_million(rp: RepresenterPoints, f_te: torch.Tensor, quick: bool) ->
     (mm @ one[0]).topk(5)  # warm the page cache
     med, _, _ = timed(lambda: (mm @ one[0]).topk(5), 5)
     res["floor_float32_matvec_topk_ms"] = round(med * 1000, 1)
+    from whynet.representer import _scoring
+
+    # the default (exact float64 kernel): first query makes the norms and the class's order
+    cold, _, _ = timed(lambda: _scoring.top(big, f_te[:1], cls[:1], 5), 1)
+    st1 = stages(lambda: _scoring.top(big, f_te[:1], cls[:1], 5))
+    st64 = stages(lambda: _scoring.top(big, f_te[:64], cls[:64], 5))
+    res["exact_top5"] = {
+        "first_query_with_precompute_s": round(cold, 2),
+        "one_query_stages": st1,
+        "one_query_rows_read_fraction": round(st1.get("pruned_rows", 0) / n, 5),
+        "batch64_stages": st64,
+        "batch64_rows_read_fraction": round(st64.get("pruned_rows", 0) / (64 * n), 5),
+    }
     for kdt in (torch.float64, torch.float32):
         big.kernel_dtype = kdt
         big.values_features(f_te[:1], cls[:1])  # warm the page cache
         with Peak() as pk:
             med1, _, _ = timed(lambda: big.values_features(f_te[:1], cls[:1]), 5)
             med64, _, _ = timed(lambda: big.values_features(f_te[:64], cls[:64]), 2)
-        from whynet.representer import _scoring
-
         _scoring.top(big, f_te[:1], cls[:1], 5)
         with Peak() as pk2:
             top1, _, _ = timed(lambda: _scoring.top(big, f_te[:1], cls[:1], 5), 5)
@@ -570,6 +602,23 @@ def simulated_million(rp: RepresenterPoints, f_te: torch.Tensor, quick: bool) ->
             "batch64_ms_per_point": round(med64 * 1000 / 64, 2),
             "rss_growth_mb": round(pk.mb),
         }
+        if kdt == torch.float64:  # the certified float32 scan alone (what unprunable data get)
+            one32, _, _ = timed(
+                lambda: float32_stage(lambda: _scoring.top(big, f_te[:1], cls[:1], 5)), 3
+            )
+    res["kernel_float64"]["top5_one_point_float32_stage_ms"] = round(one32 * 1000, 1)
+    big.kernel_dtype = None
+    # exactness of the default against the float64 formula over all 1M rows (one query)
+    got = _scoring.top(big, f_te[:1], cls[:1], 5)
+    v = big.values_features(f_te[:1], cls[:1])[0]
+    hi = v.sort(descending=True, stable=True)
+    lo = v.sort(stable=True)
+    res["exact_top5"]["same_indices_as_float64_formula"] = bool(
+        torch.equal(got[0][0], hi.indices[:5]) and torch.equal(got[2][0], lo.indices[:5])
+    )
+    res["exact_top5"]["max_abs_value_diff"] = float(
+        max((got[1][0] - hi.values[:5]).abs().max(), (got[3][0] - lo.values[:5]).abs().max())
+    )
     return res
 
 
@@ -691,6 +740,15 @@ def floor(quick: bool) -> dict[str, Any]:
     rp32.top(x1, k=5)
     med, _, _ = timed(lambda: rp32.top(x1, k=5), 30)
     res["whynet_top5_kernel_float32_ms"] = round(med * 1000, 2)
+    # the exact default's stages: the pruned scan, and the certified float32 scan alone
+    med, _, _ = timed(lambda: float32_stage(lambda: rp.top(x1, k=5)), 30)
+    res["whynet_top5_float32_stage_ms"] = round(med * 1000, 2)
+    st = stages(lambda: rp.top(x1, k=5))
+    res["whynet_top5_stages"] = st
+    res["whynet_top5_rows_read_fraction"] = round(st.get("pruned_rows", 0) / len(f32), 5)
+    res["ratio_top5_float32_stage_over_floor_float32"] = round(
+        res["whynet_top5_float32_stage_ms"] / res["floor_float32_ms"], 3
+    )
     res["ratio_top5_over_floor_float64"] = round(res["whynet_top5_ms"] / res["floor_float64_ms"], 3)
     res["ratio_top5_over_floor_float32"] = round(res["whynet_top5_ms"] / res["floor_float32_ms"], 3)
     res["ratio_top5_kernel32_over_floor_float32"] = round(
@@ -709,6 +767,24 @@ def floor(quick: bool) -> dict[str, Any]:
     for label, r_ in (("kernel_float64", rp), ("kernel_float32", rp32)):
         med, _, _ = timed(lambda r_=r_: _scoring.top(r_, fq, cls, 5), 3)
         batch[f"{label}_top5_given_features_s"] = round(med, 3)
+    # the default (kernel_float64) is exact: check it against the whole float64 matrix
+    got = _scoring.top(rp, fq, cls, 5)
+    full = rp.values_features(fq, cls)
+    hi, lo = full.sort(1, descending=True, stable=True), full.sort(1, stable=True)
+    batch["kernel_float64_top5_same_indices_as_float64_formula"] = bool(
+        torch.equal(got[0], hi.indices[:, :5]) and torch.equal(got[2], lo.indices[:, :5])
+    )
+    batch["kernel_float64_top5_max_abs_value_diff"] = float(
+        max((got[1] - hi.values[:, :5]).abs().max(), (got[3] - lo.values[:, :5]).abs().max())
+    )
+    del full, hi, lo
+    st = stages(lambda: _scoring.top(rp, fq, cls, 5))
+    batch["kernel_float64_top5_stages"] = st
+    batch["kernel_float64_top5_rows_read_fraction"] = round(
+        st.get("pruned_rows", 0) / (len(fq) * len(f32)), 5
+    )
+    med, _, _ = timed(lambda: float32_stage(lambda: _scoring.top(rp, fq, cls, 5)), 2)
+    batch["float32_stage_top5_given_features_s"] = round(med, 3)
     for label, r_ in (("kernel_float64", rp), ("kernel_float32", rp32)):
         med, _, _ = timed(lambda r_=r_: r_.top(xq, k=5), 2)
         batch[f"{label}_top5_end_to_end_s"] = round(med, 3)
@@ -720,6 +796,9 @@ def floor(quick: bool) -> dict[str, Any]:
     batch["floor_product_float32_s"] = round(med, 3)
     med, _, _ = timed(lambda: rp._forward(xq), 1)
     batch["forward_1000_s"] = round(med, 3)
+    batch["ratio_float32_stage_top5_given_features_over_floor_product"] = round(
+        batch["float32_stage_top5_given_features_s"] / batch["floor_product_float32_s"], 3
+    )
     for label in ("kernel_float64", "kernel_float32"):
         floor_key = "floor_product_" + label[7:] + "_s"
         batch[f"ratio_{label}_top5_given_features_over_floor_product"] = round(

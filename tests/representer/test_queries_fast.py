@@ -88,9 +88,10 @@ def run(rp, q, cls, k):
 
 
 @pytest.mark.parametrize("n", [1000, 1003])  # 1003: no block size divides it
-def test_pruned_scan_is_exact_and_reads_few_rows(small_blocks, n) -> None:
-    rp = explainer(*data(n, heavy=True), batch_size=7)
-    q, cls = queries(40)  # mixed classes, several batches
+def test_pruned_scan_is_exact_and_reads_few_rows(small_blocks, monkeypatch, n) -> None:
+    monkeypatch.setattr(certify, "GROUP", 7)  # mixed classes, several groups
+    rp = explainer(*data(n, heavy=True))
+    q, cls = queries(40)
     got, stats = run(rp, q, cls, 5)
     assert_exact(got, reference(rp, q, cls, 5))
     assert stats["pruned"] == 40  # every query stopped early ...
@@ -98,13 +99,13 @@ def test_pruned_scan_is_exact_and_reads_few_rows(small_blocks, n) -> None:
 
 
 def test_unprunable_data_go_to_the_float32_stage_and_stay_exact(small_blocks) -> None:
-    rp = explainer(*data(1003, heavy=False), batch_size=16)
+    rp = explainer(*data(1003, heavy=False))
     q, cls = queries(40, seed=2)
     got, stats = run(rp, q, cls, 5)
     assert_exact(got, reference(rp, q, cls, 5))
     assert stats.get("pruned", 0) < 40 and stats["float32"] > 0  # both scans' kinds ran
-    # and the float32 stage alone (pruning off) gives the same, with b below and above
-    # SCALE_MIN (multiply-add vs rows scaled by alpha)
+    # and the float32 stage alone (pruning off) gives the same, with b below and above D
+    # (multiply-add over the tile vs rows scaled by alpha)
     for b in (1, 3, 40):
         with pytest.MonkeyPatch.context() as m:
             m.setattr(prune, "MAX_K", 0)

@@ -33,13 +33,13 @@ import torch
 
 from whynet.representer import _prune as prune
 from whynet.representer import _scoring as sc
-from whynet.representer._topk import merge_top, ordered, running_topk
+from whynet.representer._topk import SUB, RunningTop, ordered, running_topk
 
 #: candidates kept beyond ``k`` per side: room for the certificate's margin
 EXTRA = 16
-#: queries of one class from which a block's rows are scaled by alpha once (one product,
-#: ``[alpha_i f_i, alpha_i] . [f_t, 1]``) instead of a multiply-add over the (B, nb) tile
-SCALE_MIN = 4
+#: queries per group (one class) at most: a class's rows are read once per group, and the
+#: working memory is O(group x (k + a cache-sized block))
+GROUP = 4096
 #: float32 products stay finite (no overflow) while ``max ||f_i|| ||f_t||`` and the values'
 #: bound are below this
 FINITE32 = 1e30
@@ -120,17 +120,17 @@ def scan32(
     q32 = q64.float()
     n, b = feats.shape[0], q32.shape[0]
     rows = min(rp.block_size, max(sc.TOP_MIN_ROWS, sc.TOP_BLOCK_ELEMS // b))
-    hi = lo = None
+    rows = max(SUB, rows // SUB * SUB)  # whole sub-blocks (RunningTop's fast path)
+    run = RunningTop(kk)
     for s in range(0, n, rows):
         fb = feats[s : s + rows].to(q32.device)
         ab = a32[s : s + fb.shape[0]]
-        if b >= SCALE_MIN:  # [alpha_i f_i, alpha_i] . [f_t, 1]: one product, no (b, nb) pass
+        if b >= fb.shape[1]:  # [alpha_i f_i, alpha_i] . [f_t, 1]: scaling nb x D < the tile
             v = torch.addmm(ab, q32, (fb * ab[:, None]).T)
         else:
             v = torch.addcmul(ab, ab, q32 @ fb.T)
-        idx = torch.arange(s, s + fb.shape[0], device=q32.device)
-        hi = merge_top(hi, v, idx, kk, True)
-        lo = merge_top(lo, v, idx, kk, False)
+        run.add(v, torch.arange(s, s + fb.shape[0], device=q32.device))
+    hi, lo = run.hi, run.lo
     assert hi is not None and lo is not None
     return hi, lo
 
@@ -201,8 +201,9 @@ def _stage(
 def top(rp: Any, features: torch.Tensor, classes: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
     """``(hi_idx, hi_values, lo_idx, lo_values)`` (B, k), exact (see the module docstring).
 
-    Queries go ``batch_size`` at a time, grouped by class: a class's coefficients are one row
-    of alpha^T, so a block is read once for all the queries of that class."""
+    Queries are grouped by class (up to ``GROUP`` at a time): a class's coefficients are one row
+    of alpha^T, so a block is read once for all the queries of that class (no (B, nb) gather of
+    coefficients)."""
     p = parts(rp)
     _, alpha_t = sc.kernel_parts(rp)
     dev = alpha_t.device
@@ -219,8 +220,8 @@ def top(rp: Any, features: torch.Tensor, classes: torch.Tensor, k: int) -> tuple
     )
     classes = classes.to(dev)
     f32 = rp.features_.dtype == torch.float32
-    for r0 in range(0, b, rp.batch_size):
-        chunk = classes[r0 : r0 + rp.batch_size]
+    for r0 in range(0, b, GROUP):
+        chunk = classes[r0 : r0 + GROUP]
         for c in chunk.unique().tolist():
             rows = (chunk == c).nonzero()[:, 0] + r0
             q64, tnorm = q64_all[rows], tnorm_all[rows]

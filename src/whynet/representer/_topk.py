@@ -67,3 +67,64 @@ def merge_top(
     training indices ``idx`` (nb,)."""
     t = values.topk(min(k, values.shape[1]), dim=1, largest=largest)
     return _merge(run, t.values, idx[t.indices], k, largest)
+
+
+#: values per sub-block whose maximum (minimum) is compared with the running k-th: only the
+#: sub-blocks that beat it are selected from (a max over a sub-block costs far less than top-k)
+SUB = 64
+
+
+class RunningTop:
+    """The ``k`` largest and smallest values (and training indices) of rows fed in tiles.
+
+    The first tile (and a tile whose width is not a multiple of ``SUB``) goes through top-k;
+    after it, a tile is reduced to its sub-block maxima and minima, and only the sub-blocks
+    beyond a row's running k-th value are merged (padded per row to the most such sub-blocks
+    of any row). The result is the running top-k of all values: a sub-block whose maximum is
+    not above the k-th holds nothing that could enter.
+    """
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.hi: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.lo: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def add(self, values: torch.Tensor, idx: torch.Tensor) -> None:
+        """Feed a tile ``values`` (B, nb) at training indices ``idx`` (nb,)."""
+        b, nb = values.shape
+        if self.hi is None or self.lo is None or nb % SUB or self.hi[0].shape[1] < self.k:
+            self.hi = merge_top(self.hi, values, idx, self.k, True)
+            self.lo = merge_top(self.lo, values, idx, self.k, False)
+            return
+        sub = values.reshape(b, nb // SUB, SUB)
+        self.hi = self._hot(sub, idx, sub.amax(2) > self.hi[0][:, -1:], True, self.hi)
+        self.lo = self._hot(sub, idx, sub.amin(2) < self.lo[0][:, -1:], False, self.lo)
+
+    def _hot(
+        self,
+        sub: torch.Tensor,
+        idx: torch.Tensor,
+        hot: torch.Tensor,
+        largest: bool,
+        run: tuple[torch.Tensor, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        counts = hot.sum(1)
+        rows = counts.nonzero()[:, 0]
+        if rows.numel() == 0:
+            return run
+        rj = hot[rows].nonzero()  # row-major: each row's sub-blocks in a run
+        r, j = rj[:, 0], rj[:, 1]
+        c = counts[rows]
+        slot = torch.arange(r.numel(), device=r.device) - (c.cumsum(0) - c)[r]
+        m, nr = int(c.max()), rows.numel()
+        fill = -torch.inf if largest else torch.inf
+        pv = torch.full((nr, m, SUB), fill, dtype=sub.dtype, device=sub.device)
+        pi = torch.zeros((nr, m, SUB), dtype=torch.long, device=sub.device)
+        pv[r, slot] = sub[rows[r], j]
+        pi[r, slot] = idx.reshape(-1, SUB)[j]
+        cand_v = torch.cat([run[0][rows], pv.reshape(nr, -1)], 1)
+        cand_i = torch.cat([run[1][rows], pi.reshape(nr, -1)], 1)
+        t = cand_v.topk(self.k, dim=1, largest=largest)
+        v, i = run[0].clone(), run[1].clone()
+        v[rows], i[rows] = t.values, cand_i.gather(1, t.indices)
+        return v, i
