@@ -770,7 +770,7 @@ def floor(quick: bool) -> dict[str, Any]:
     # the default (kernel_float64) is exact: check it against the whole float64 matrix
     got = _scoring.top(rp, fq, cls, 5)
     full = rp.values_features(fq, cls)
-    hi, lo = full.sort(1, descending=True, stable=True), full.sort(1, stable=True)
+    hi, lo = full.sort(dim=1, descending=True, stable=True), full.sort(dim=1, stable=True)
     batch["kernel_float64_top5_same_indices_as_float64_formula"] = bool(
         torch.equal(got[0], hi.indices[:, :5]) and torch.equal(got[2], lo.indices[:, :5])
     )
