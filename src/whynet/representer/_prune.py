@@ -55,6 +55,25 @@ def order(rp: Any, p: dict[Any, Any], c: int) -> tuple[torch.Tensor, torch.Tenso
     return out
 
 
+def _rows(
+    rp: Any, p: dict[Any, Any], c: int, pos: int, size: int, dev: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(idx, rows float64, alpha)`` of the order's rows ``pos : pos + size`` (in storage order:
+    sequential reads). The first block of each class is kept (most queries stop there)."""
+    key = ("head", c)
+    if pos == 0 and key in p:
+        out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] = p[key]
+        return out
+    perm = order(rp, p, c)[0]
+    idx = perm[pos : pos + size].sort().values
+    fb = rp.features_[idx].to(dev, torch.float64)
+    idx = idx.to(dev)
+    out = (idx, fb, sc.kernel_parts(rp)[1][c][idx])
+    if pos == 0:
+        p[key] = out
+    return out
+
+
 def limit(n: int) -> int:
     return max(LIMIT_MIN, n // LIMIT_DIV)
 
@@ -67,27 +86,24 @@ def scan(
     from whynet.representer._certify import STATS, magnitude, slack64
 
     perm, suf_a, suf_n = order(rp, p, c)
-    _, alpha_t = sc.kernel_parts(rp)
-    feats = rp.features_
     n, b, dev = perm.numel(), q64.shape[0], q64.device
     cls = torch.full((b,), c, device=dev)
     slack = slack64(magnitude(p, cls, tnorm), tnorm, q64.shape[1])
-    hv = torch.empty(b, kk, dtype=torch.float64, device=dev)
-    lv = torch.empty_like(hv)
-    hi, lo = torch.empty_like(hv, dtype=torch.long), torch.empty_like(hv, dtype=torch.long)
     ok = torch.zeros(b, dtype=torch.bool, device=dev)
     act = torch.arange(b, device=dev)
     pos, size, stop = 0, FIRST, min(n, limit(n))
+    hv = hi = lv = lo = torch.empty(0)
     while act.numel() and pos < stop:
-        idx = perm[pos : pos + size].sort().values  # in storage order: sequential reads
-        fb = feats[idx].to(dev, torch.float64)
-        idx = idx.to(dev)
-        ac = alpha_t[c][idx]
-        v = torch.addcmul(ac, ac, q64[act] @ fb.T)  # sc.terms' formula, alpha broadcast
-        first = pos == 0
-        h = merge_top(None if first else (hv[act], hi[act]), v, idx, kk, True)
-        m = merge_top(None if first else (lv[act], lo[act]), v, idx, kk, False)
-        hv[act], hi[act], lv[act], lo[act] = h[0], h[1], m[0], m[1]
+        idx, fb, ac = _rows(rp, p, c, pos, size, dev)
+        if pos == 0:  # every query: no indexing by the active ones
+            v = torch.addcmul(ac, ac, q64 @ fb.T)  # sc.terms' formula, alpha broadcast
+            hv, hi = merge_top(None, v, idx, kk, True)
+            lv, lo = merge_top(None, v, idx, kk, False)
+        else:
+            v = torch.addcmul(ac, ac, q64[act] @ fb.T)
+            h = merge_top((hv[act], hi[act]), v, idx, kk, True)
+            m = merge_top((lv[act], lo[act]), v, idx, kk, False)
+            hv[act], hi[act], lv[act], lo[act] = h[0], h[1], m[0], m[1]
         STATS["pruned_rows"] += int(idx.numel()) * int(act.numel())
         pos += idx.numel()
         size = min(2 * size, max(FIRST, sc.TOP_BLOCK_ELEMS // max(1, int(act.numel()))))
