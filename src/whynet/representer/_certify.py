@@ -37,6 +37,9 @@ from whynet.representer._topk import SUB, RunningTop, ordered, running_topk
 
 #: candidates kept beyond ``k`` per side: room for the certificate's margin
 EXTRA = 16
+#: the float32 scan's first tile is this many tiles wide (its top-k sets the running k-th
+#: that later tiles' sub-blocks are compared with)
+FIRST_TILES = 4
 #: queries per group (one class) at most: a class's rows are read once per group, and the
 #: working memory is O(group x (k + a cache-sized block))
 GROUP = 4096
@@ -122,8 +125,9 @@ def scan32(
     rows = min(rp.block_size, max(sc.TOP_MIN_ROWS, sc.TOP_BLOCK_ELEMS // b))
     rows = max(SUB, rows // SUB * SUB)  # whole sub-blocks (RunningTop's fast path)
     run = RunningTop(kk)
-    for s in range(0, n, rows):
-        fb = feats[s : s + rows].to(q32.device)
+    first = min(n, FIRST_TILES * rows)  # a wider first tile: a tighter running k-th early
+    for s, e in [(0, first)] + [(a, a + rows) for a in range(first, n, rows)]:
+        fb = feats[s:e].to(q32.device)
         ab = a32[s : s + fb.shape[0]]
         if b >= fb.shape[1]:  # [alpha_i f_i, alpha_i] . [f_t, 1]: scaling nb x D < the tile
             v = torch.addmm(ab, q32, (fb * ab[:, None]).T)
