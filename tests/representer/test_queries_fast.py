@@ -213,6 +213,8 @@ def test_derived_state_follows_refit_in_place_change_and_load(tmp_path) -> None:
     assert_exact(run(rp, q, cls, 5)[0], reference(rp, q, cls, 5))
     first = rp._kcache[3]
     assert "norms" in first and any(isinstance(key, tuple) for key in first)
+    # top reads the float32 features as they are: no float64 copy of the matrix was made
+    assert not any(isinstance(key, tuple) and key[0] == "whole" for key in first)
     f2, a2 = data(700, heavy=True, seed=12)  # a refit: new features and coefficients
     rp._set_fitted(**{**{k: getattr(rp, k) for k in rp._fitted_state}, "features_": f2})
     rp.alpha_ = a2

@@ -68,7 +68,7 @@ def parts(rp: Any) -> dict[Any, Any]:
     ``N_c`` (inflated to upper bounds of their float64 rounding) and alpha^T in float32."""
     d = sc.derived(rp)
     if "norms" not in d:
-        _, alpha_t = sc.kernel_parts(rp)
+        alpha_t = sc.alpha_t(rp)
         feats = rp.features_
         dim = feats.shape[1]
         up = 1 + 4 * (dim + 4) * U64
@@ -105,7 +105,7 @@ def err32(mag: torch.Tensor, tnorm: torch.Tensor, dim: int) -> torch.Tensor:
 def exact_at(rp: Any, q64: torch.Tensor, c: int, idx: torch.Tensor) -> torch.Tensor:
     """float64 values (b, K) of class ``c`` at training indices ``idx`` (b, K) (same formula
     as :func:`whynet.representer._scoring.terms`)."""
-    _, alpha_t = sc.kernel_parts(rp)
+    alpha_t = sc.alpha_t(rp)
     feats = rp.features_
     rows = feats[idx.reshape(-1).to(feats.device)].to(q64.device, torch.float64)
     k = torch.bmm(rows.reshape(*idx.shape, -1), q64[:, :, None])[..., 0]
@@ -209,7 +209,7 @@ def top(rp: Any, features: torch.Tensor, classes: torch.Tensor, k: int) -> tuple
     of alpha^T, so a block is read once for all the queries of that class (no (B, nb) gather of
     coefficients)."""
     p = parts(rp)
-    _, alpha_t = sc.kernel_parts(rp)
+    alpha_t = sc.alpha_t(rp)
     dev = alpha_t.device
     n, dim = rp.features_.shape
     kk = min(n, k + EXTRA)

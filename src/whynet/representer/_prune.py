@@ -38,7 +38,7 @@ def order(rp: Any, p: dict[Any, Any], c: int) -> tuple[torch.Tensor, torch.Tenso
     """``(perm (n,), suffix max |alpha| per chunk, suffix max |alpha| ||f|| per chunk)``."""
     key = ("order", c)
     if key not in p:
-        _, alpha_t = sc.kernel_parts(rp)
+        alpha_t = sc.alpha_t(rp)
         a = alpha_t[c].abs()
         an = a * p["norms"]
         perm = (a + an * p["norms"].median()).argsort(descending=True, stable=True)
@@ -68,7 +68,7 @@ def _rows(
     idx = perm[pos : pos + size].sort().values
     fb = rp.features_[idx].to(dev, torch.float64)
     idx = idx.to(dev)
-    out = (idx, fb, sc.kernel_parts(rp)[1][c][idx])
+    out = (idx, fb, sc.alpha_t(rp)[c][idx])
     if pos == 0:
         p[key] = out
     return out

@@ -62,13 +62,20 @@ def kernel_parts(rp: Any) -> tuple[torch.Tensor | None, torch.Tensor]:
     kdt = kernel_dtype(rp)
     feats, alpha = rp.features_, rp.alpha_
     d = derived(rp)
-    if "alpha_t" not in d:
-        d["alpha_t"] = alpha.T.contiguous()
     key = ("whole", kdt, rp.block_size)
     if key not in d:
         small = feats.shape[0] <= rp.block_size
         d[key] = feats.to(alpha.device, kdt).contiguous() if small else None
-    return d[key], d["alpha_t"]
+    return d[key], alpha_t(rp)
+
+
+def alpha_t(rp: Any) -> torch.Tensor:
+    """``alpha^T`` (C, n) contiguous, made once per fit (no copy of the features)."""
+    d = derived(rp)
+    if "alpha_t" not in d:
+        d["alpha_t"] = rp.alpha_.T.contiguous()
+    out: torch.Tensor = d["alpha_t"]
+    return out
 
 
 def terms(k: torch.Tensor, coef: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
