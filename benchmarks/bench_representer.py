@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import sys
@@ -654,6 +655,7 @@ def floor(quick: bool) -> dict[str, Any]:
     xtr, ytr = fashion("train", 10000 if quick else None)
     xte, _ = fashion("test", 1000)
     out: dict[str, Any] = {"model": name, "n_train": len(ytr), "threads": torch.get_num_threads()}
+    out["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
 
     def forward_all() -> None:
         with torch.no_grad():
@@ -833,6 +835,7 @@ def floor(quick: bool) -> dict[str, Any]:
     log(f"dattri {out['dattri_one_query']}")
     f_te = fq[:64]
     out["simulated_1m"] = simulated_million(rp, f_te, quick)
+    out["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return out
 
 
