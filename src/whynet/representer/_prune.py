@@ -27,6 +27,8 @@ from whynet.representer._topk import merge_top, ordered
 CHUNK = 256
 #: rows of the first block (then doubling, up to a cache-sized tile)
 FIRST = 512
+#: bytes of float64 rows kept per class for the first blocks of the scan
+KEEP_BYTES = 4 << 20
 #: most candidates per side the pruned scan keeps (beyond: the full scan)
 MAX_K = 256
 #: rows the pruned scan reads at most: ``max(LIMIT_MIN, n // LIMIT_DIV)`` (it gathers rows in
@@ -59,9 +61,10 @@ def _rows(
     rp: Any, p: dict[Any, Any], c: int, pos: int, size: int, dev: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(idx, rows float64, alpha)`` of the order's rows ``pos : pos + size`` (in storage order:
-    sequential reads). The first block of each class is kept (most queries stop there)."""
-    key = ("head", c)
-    if pos == 0 and key in p:
+    sequential reads). The first blocks of each class (FIRST, 2 FIRST, ... rows, up to
+    ``KEEP_BYTES``) are kept: most queries stop within them."""
+    key = ("rows", c, pos, size)
+    if key in p:
         out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] = p[key]
         return out
     perm = order(rp, p, c)[0]
@@ -69,7 +72,7 @@ def _rows(
     fb = rp.features_[idx].to(dev, torch.float64)
     idx = idx.to(dev)
     out = (idx, fb, sc.alpha_t(rp)[c][idx])
-    if pos == 0:
+    if pos + FIRST == size and (pos + size) * fb.shape[1] * 8 <= KEEP_BYTES:  # the doubling run
         p[key] = out
     return out
 
