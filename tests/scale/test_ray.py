@@ -121,6 +121,32 @@ def test_ray_extraction_with_a_killed_worker_equals_local(cluster, tmp_path):
         assert torch.equal(on_ray.gather(name), local.gather(name)), name
 
 
+def _pid_of(marker: str, item: int) -> tuple[int, int]:
+    """``(item, pid)``; the first call for item 3 in any process kills that process."""
+    if item == 3 and not os.path.exists(marker):
+        Path(marker).write_text("died")
+        os._exit(1)
+    return item, os.getpid()
+
+
+def test_sticky_reductions_ask_the_same_process_for_the_same_items(cluster, tmp_path):
+    """Inside ``sticky()``: item k of every call on actor k mod n (what keeps the map/reduce
+    fit's shard cache useful), results in item order, a killed actor restarted and its call
+    retried; the actors are gone after the block (their CPUs free for plain tasks)."""
+    marker = str(tmp_path / "killed")
+    with cluster.sticky():
+        first = cluster.map_tasks(_pid_of, marker, range(8))
+        assert os.path.exists(marker), "the actor was not killed"
+        again = cluster.map_tasks(_pid_of, marker, range(8))
+        assert len(cluster._actors) == 2
+    assert [i for i, _ in first] == [i for i, _ in again] == list(range(8))
+    assert len({p for _, p in again}) == 2
+    assert [p for _, p in again] == [again[k % 2][1] for k in range(8)]
+    # the same processes on the second pass (the killed one was restarted before `first` ended)
+    assert [p for _, p in again] == [p for _, p in first]
+    assert cluster._actors == [] and len(cluster.map_tasks(_pid_of, marker, range(4))) == 4
+
+
 def test_unreachable_address_is_one_clear_error(cluster):
     with pytest.raises(ConnectionError, match="cannot reach the Ray cluster"):
         scale.Engine("ray", address="127.0.0.1:1")

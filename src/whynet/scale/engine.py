@@ -9,7 +9,9 @@ Two kinds of distributed work, two Ray patterns:
 - **reductions** (gradient sums, Lloyd steps, influence sums): one Ray task per shard that
   reads the shard from the store and returns a small partial; the driver sums the partials in
   shard order, so the result does not depend on which worker finished first. Tasks are retried
-  on worker death (``max_retries``).
+  on worker death (``max_retries``). Inside :meth:`Engine.sticky` they go to long-lived actors
+  instead, shard ``k`` always to the same one, so a process that keeps what it read between
+  passes (the map/reduce fit's shard cache) is asked for the same shards every pass.
 
 Ray is imported only here and only when ``engine="ray"``; without it the local engine works
 and the Ray engine says how to install it.
@@ -19,8 +21,9 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from whynet.core.progress import progress as progress_bar
@@ -62,6 +65,8 @@ class Engine:
     #: concurrent workers for model work (Ray); None = every CPU of the cluster
     workers: int | None = None
     progress: bool | None = False
+    #: the actors of an open :meth:`sticky` block (Ray)
+    _actors: list[Any] = field(default_factory=list, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.name not in ("local", "ray"):
@@ -139,10 +144,49 @@ class Engine:
         if self.name == "local":
             return [fn(shared, it) for it in items]
         ray = self._ray()
-        remote = ray.remote(num_cpus=1, max_retries=3)(fn)
         ref = ray.put(shared)
+        if self._actors:  # item k to actor k mod n, every call (sticky)
+            n = len(self._actors)
+            got = ray.get([a.run.remote(fn, ref, items[j::n]) for j, a in enumerate(self._actors)])
+            out: list[Any] = [None] * len(items)
+            for j, part in enumerate(got):
+                out[j::n] = part
+            return out
+        remote = ray.remote(num_cpus=1, max_retries=3)(fn)
         refs = [remote.remote(ref, it) for it in items]
         return list(ray.get(refs))
+
+    @contextmanager
+    def sticky(self) -> Iterator[None]:
+        """Within the block, Ray's :meth:`map_tasks` run on one actor per worker (at most the
+        cluster's CPUs), item ``k`` of every call on actor ``k mod n``; the actors are killed
+        at the end. An actor whose process dies is restarted and its call retried (it loses
+        only what it kept). Locally, and nested, this changes nothing."""
+        if self.name != "ray" or self._actors:
+            yield
+            return
+        ray = self._ray()
+        n = min(self.n_workers(), max(1, int(ray.cluster_resources().get("CPU", 1))))
+        actor = ray.remote(num_cpus=1, max_restarts=3, max_task_retries=3)(_TaskActor)
+        self._actors = [actor.remote() for _ in range(n)]
+        try:
+            yield
+        finally:
+            for a in self._actors:
+                ray.kill(a)
+            self._actors = []
+
+
+class _TaskActor:
+    """A Ray actor that runs :meth:`Engine.map_tasks` items in its own, long-lived process."""
+
+    def __init__(self) -> None:
+        import torch
+
+        torch.set_num_threads(1)  # one CPU per actor (num_cpus=1)
+
+    def run(self, fn: Callable[..., Any], shared: Any, items: list[Any]) -> list[Any]:
+        return [fn(shared, it) for it in items]
 
 
 class _RayActor:

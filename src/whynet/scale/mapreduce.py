@@ -125,6 +125,21 @@ def _summed_oracle(store: ShardedStore, base: tuple[Any, ...], l2: float, eng: E
     return fun_and_grad
 
 
+def _preconditioner(
+    store: ShardedStore, base: tuple[Any, ...], w0: torch.Tensor, l2: float, eng: Engine
+) -> tuple[Any, float]:
+    """The in-memory solver's preconditioner (``solve_lbfgs_t``) and max |F|, in one pass."""
+    n, (c, d1) = store.n_rows, w0.shape
+    rows = hessian_rows(n) if use_hessian(c, d1) else None
+    shards = range(store.n_shards)
+    parts = eng.map_tasks(_moments, (*base, w0, rows), shards, desc="representer: moments")
+    fmax = max(p[-1] for p in parts)
+    if rows is not None:
+        return hessian_preconditioner(torch.cat([p[0] for p in parts]), w0, l2), fmax
+    sums = [sum((p[j] for p in parts[1:]), parts[0][j].clone()) for j in range(3)]
+    return kronecker_preconditioner(sums[0] / n, sums[1] / n, sums[2] / n, l2), fmax
+
+
 def representer_objective(
     store: ShardedStore,
     weight: torch.Tensor,
@@ -164,32 +179,23 @@ def fit_representer_mapreduce(
     base = (store.folder, store.manifest, dtype, rp.targets, head.out_features)
     w0 = feat.head_weight(head).detach().cpu().to(dtype)
 
-    # the in-memory solver's preconditioner (solve_lbfgs_t), from one pass over the shards
-    rows = hessian_rows(n) if use_hessian(head.out_features, d + 1) else None
-    parts = eng.map_tasks(_moments, (*base, w0, rows), shards, desc="representer: moments")
-    fmax = max(p[-1] for p in parts)
-    if rows is not None:
-        pre = hessian_preconditioner(torch.cat([p[0] for p in parts]), w0, l2)
-    else:
-        sums = [sum((p[j] for p in parts[1:]), parts[0][j].clone()) for j in range(3)]
-        pre = kronecker_preconditioner(sums[0] / n, sums[1] / n, sums[2] / n, l2)
-
-    fun_and_grad = _summed_oracle(store, base, l2, eng)
     atol = EXACT_ATOL if rp.tol is None else None
-    try:
-        w, info = lbfgs(
-            fun_and_grad,
-            w0,
-            tol=rp.tol,
-            max_iter=rp.max_iter,
-            stop=None if atol is None else (lambda g: residual_bound(g, fmax, l2) <= atol),
-            precondition=pre,
-        )
-        alpha = torch.cat(
-            eng.map_tasks(_alpha, (*base, w, l2, n), shards, desc="representer: alpha")
-        )
-    finally:
-        _PROBLEMS.clear()  # this process's kept shards (the local engine's) end with the fit
+    # sticky: on Ray every pass asks each worker process for the same shards (its cache)
+    with eng.sticky():
+        try:
+            pre, fmax = _preconditioner(store, base, w0, l2, eng)
+            w, info = lbfgs(
+                _summed_oracle(store, base, l2, eng),
+                w0,
+                tol=rp.tol,
+                max_iter=rp.max_iter,
+                stop=None if atol is None else (lambda g: residual_bound(g, fmax, l2) <= atol),
+                precondition=pre,
+            )
+            parts = eng.map_tasks(_alpha, (*base, w, l2, n), shards, desc="representer: alpha")
+            alpha = torch.cat(parts)
+        finally:
+            _PROBLEMS.clear()  # this process's kept shards (the local engine's) end with the fit
     if not info.converged:
         warnings.warn(
             f"map/reduce representer fit ended unconverged after {info.n_iter} L-BFGS steps "
