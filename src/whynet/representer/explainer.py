@@ -335,8 +335,10 @@ class RepresenterPoints(FittedMixin, Explainer):
         """The ``k`` most excitatory (largest) and inhibitory (most negative) training points.
 
         ``target`` follows the one policy of :meth:`explain` (None / "predicted": the model's
-        prediction). Computed block by block with a running top-k, so memory stays
-        O(B x (block + k)) even for millions of training points (:func:`._scoring.top`).
+        prediction). Exact with the default float64 kernel: a scan in order of each class's
+        bounds ``|alpha_ic| (1 + ||f_i|| ||f_t||)`` that stops when nothing unread can enter
+        the top-k, else a certified float32 scan rescored in float64, else the float64
+        blocks (:func:`._scoring.top`, :mod:`._certify`); memory stays O(B x (block + k)).
         """
         self.check_is_fitted()
         n = self.features_.shape[0]
