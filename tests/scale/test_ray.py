@@ -129,6 +129,12 @@ def _pid_of(marker: str, item: int) -> tuple[int, int]:
     return item, os.getpid()
 
 
+def _refuse(_shared: None, item: int) -> int:
+    if item == 2:
+        raise ValueError(f"bad item {item}")
+    return item
+
+
 def test_sticky_reductions_ask_the_same_process_for_the_same_items(cluster, tmp_path):
     """Inside ``sticky()``: item k of every call on actor k mod n (what keeps the map/reduce
     fit's shard cache useful), results in item order, a killed actor restarted and its call
@@ -139,6 +145,8 @@ def test_sticky_reductions_ask_the_same_process_for_the_same_items(cluster, tmp_
         assert os.path.exists(marker), "the actor was not killed"
         again = cluster.map_tasks(_pid_of, marker, range(8))
         assert len(cluster._actors) == 2
+        with pytest.raises(ValueError, match="bad item"):  # an actor's error reaches the caller
+            cluster.map_tasks(_refuse, None, range(4))
     assert [i for i, _ in first] == [i for i, _ in again] == list(range(8))
     assert len({p for _, p in again}) == 2
     assert [p for _, p in again] == [again[k % 2][1] for k in range(8)]
