@@ -221,14 +221,19 @@ def mapreduce_fit(
     RSS, and alpha against the gathered fit (when run) and the first map/reduce fit."""
     log(f"representer fit (map/reduce L-BFGS, {eng.name} engine)")
     mr = RepresenterPoints(model, "head", max_iter=300, progress=False)
-    t = time.perf_counter()
-    scale.fit_representer(mr, st, mapreduce=True, engine=eng)
-    res: dict[str, Any] = {
-        "seconds": time.perf_counter() - t,
-        "n_iter": mr.n_iter_,
-        "converged": mr.converged_,
-        "driver_peak_rss_mb": rss_mb(),
-    }
+    # the fit's own sticky block nests in this one, so the probe below reaches its actors
+    with eng.sticky():
+        t = time.perf_counter()
+        scale.fit_representer(mr, st, mapreduce=True, engine=eng)
+        res: dict[str, Any] = {
+            "seconds": time.perf_counter() - t,
+            "n_iter": mr.n_iter_,
+            "converged": mr.converged_,
+            "driver_peak_rss_mb": rss_mb(),
+        }
+        if eng.name == "ray":
+            probes = eng.map_tasks(_worker_rss, None, range(8))
+            res["worker_peak_rss_mb"] = sorted(dict(probes).values(), reverse=True)
     if gathered is not None:
         res["alpha_max_diff_vs_gathered"] = float((mr.alpha_ - gathered.alpha_).abs().max())
     # the fitted explainer's queries: 100 test points, top-10, each shard task reading its own
@@ -247,9 +252,6 @@ def mapreduce_fit(
         )
     else:
         fits["alpha"], fits["top"] = mr.alpha_, top
-    if eng.name == "ray":
-        probes = eng.map_tasks(_worker_rss, None, range(8))
-        res["worker_peak_rss_mb"] = sorted({pid: mb for pid, mb in probes}.values(), reverse=True)
     return res
 
 
