@@ -566,12 +566,12 @@ def simulated_million(rp: RepresenterPoints, f_te: torch.Tensor, quick: bool) ->
     (mm @ one[0]).topk(5)  # warm the page cache
     med, _, _ = timed(lambda: (mm @ one[0]).topk(5), 5)
     res["floor_float32_matvec_topk_ms"] = round(med * 1000, 1)
-    from whynet.representer import _scoring
+    from whynet.representer import _certify
 
     # the default (exact float64 kernel): first query makes the norms and the class's order
-    cold, _, _ = timed(lambda: _scoring.top(big, f_te[:1], cls[:1], 5), 1)
-    st1 = stages(lambda: _scoring.top(big, f_te[:1], cls[:1], 5))
-    st64 = stages(lambda: _scoring.top(big, f_te[:64], cls[:64], 5))
+    cold, _, _ = timed(lambda: _certify.top(big, f_te[:1], cls[:1], 5), 1)
+    st1 = stages(lambda: _certify.top(big, f_te[:1], cls[:1], 5))
+    st64 = stages(lambda: _certify.top(big, f_te[:64], cls[:64], 5))
     res["exact_top5"] = {
         "first_query_with_precompute_s": round(cold, 2),
         "one_query_stages": st1,
@@ -585,10 +585,10 @@ def simulated_million(rp: RepresenterPoints, f_te: torch.Tensor, quick: bool) ->
         with Peak() as pk:
             med1, _, _ = timed(lambda: big.values_features(f_te[:1], cls[:1]), 5)
             med64, _, _ = timed(lambda: big.values_features(f_te[:64], cls[:64]), 2)
-        _scoring.top(big, f_te[:1], cls[:1], 5)
+        _certify.top(big, f_te[:1], cls[:1], 5)
         with Peak() as pk2:
-            top1, _, _ = timed(lambda: _scoring.top(big, f_te[:1], cls[:1], 5), 5)
-            top64, _, _ = timed(lambda: _scoring.top(big, f_te[:64], cls[:64], 5), 2)
+            top1, _, _ = timed(lambda: _certify.top(big, f_te[:1], cls[:1], 5), 5)
+            top64, _, _ = timed(lambda: _certify.top(big, f_te[:64], cls[:64], 5), 2)
         res[f"kernel_{str(kdt)[6:]}"] = {
             "top5_one_point_ms": round(top1 * 1000, 1),
             "ratio_top5_one_point_over_floor": round(
@@ -605,12 +605,12 @@ def simulated_million(rp: RepresenterPoints, f_te: torch.Tensor, quick: bool) ->
         }
         if kdt == torch.float64:  # the certified float32 scan alone (what unprunable data get)
             one32, _, _ = timed(
-                lambda: float32_stage(lambda: _scoring.top(big, f_te[:1], cls[:1], 5)), 3
+                lambda: float32_stage(lambda: _certify.top(big, f_te[:1], cls[:1], 5)), 3
             )
     res["kernel_float64"]["top5_one_point_float32_stage_ms"] = round(one32 * 1000, 1)
     big.kernel_dtype = None
     # exactness of the default against the float64 formula over all 1M rows (one query)
-    got = _scoring.top(big, f_te[:1], cls[:1], 5)
+    got = _certify.top(big, f_te[:1], cls[:1], 5)
     v = big.values_features(f_te[:1], cls[:1])[0]
     hi = v.sort(descending=True, stable=True)
     lo = v.sort(stable=True)
@@ -760,17 +760,17 @@ def floor(quick: bool) -> dict[str, Any]:
     log(f"one query {res}")
 
     # 1,000 queries: end to end (forward included) and given the features
-    from whynet.representer import _scoring
+    from whynet.representer import _certify
 
     xq = xte[:1000]
     fq, oq = rp._forward(xq)
     cls = oq.argmax(1)
     batch: dict[str, Any] = {}
     for label, r_ in (("kernel_float64", rp), ("kernel_float32", rp32)):
-        med, _, _ = timed(lambda r_=r_: _scoring.top(r_, fq, cls, 5), 3)
+        med, _, _ = timed(lambda r_=r_: _certify.top(r_, fq, cls, 5), 3)
         batch[f"{label}_top5_given_features_s"] = round(med, 3)
     # the default (kernel_float64) is exact: check it against the whole float64 matrix
-    got = _scoring.top(rp, fq, cls, 5)
+    got = _certify.top(rp, fq, cls, 5)
     full = rp.values_features(fq, cls)
     hi, lo = full.sort(dim=1, descending=True, stable=True), full.sort(dim=1, stable=True)
     batch["kernel_float64_top5_same_indices_as_float64_formula"] = bool(
@@ -780,12 +780,12 @@ def floor(quick: bool) -> dict[str, Any]:
         max((got[1] - hi.values[:, :5]).abs().max(), (got[3] - lo.values[:, :5]).abs().max())
     )
     del full, hi, lo
-    st = stages(lambda: _scoring.top(rp, fq, cls, 5))
+    st = stages(lambda: _certify.top(rp, fq, cls, 5))
     batch["kernel_float64_top5_stages"] = st
     batch["kernel_float64_top5_rows_read_fraction"] = round(
         st.get("pruned_rows", 0) / (len(fq) * len(f32)), 5
     )
-    med, _, _ = timed(lambda: float32_stage(lambda: _scoring.top(rp, fq, cls, 5)), 2)
+    med, _, _ = timed(lambda: float32_stage(lambda: _certify.top(rp, fq, cls, 5)), 2)
     batch["float32_stage_top5_given_features_s"] = round(med, 3)
     for label, r_ in (("kernel_float64", rp), ("kernel_float32", rp32)):
         med, _, _ = timed(lambda r_=r_: r_.top(xq, k=5), 2)

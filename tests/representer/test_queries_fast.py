@@ -84,7 +84,7 @@ def small_blocks(monkeypatch) -> None:
 
 def run(rp, q, cls, k):
     certify.STATS.clear()
-    return scoring.top(rp, q, cls, k), dict(certify.STATS)
+    return certify.top(rp, q, cls, k), dict(certify.STATS)
 
 
 @pytest.mark.parametrize("n", [1000, 1003])  # 1003: no block size divides it

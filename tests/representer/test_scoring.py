@@ -11,6 +11,7 @@ import torch
 
 from tests.representer.test_representer import data, make_model
 from whynet.representer import RepresenterPoints, augment
+from whynet.representer import _certify as certify
 from whynet.representer import _scoring as scoring
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -59,7 +60,7 @@ def test_blocked_top_equals_the_top_of_all_values(fitted, monkeypatch) -> None:
         monkeypatch.setattr(scoring, "TOP_BLOCK_ELEMS", elems)
         monkeypatch.setattr(scoring, "TOP_MIN_ROWS", rows)
         t = copy_of(rp, block_size=block, batch_size=batch)
-        got = scoring.top(t, f, cls, 4)
+        got = certify.top(t, f, cls, 4)
         torch.testing.assert_close(got[1], hi.values, **ULP)
         torch.testing.assert_close(got[3], lo.values, **ULP)
         assert torch.equal(got[0], hi.indices) and torch.equal(got[2], lo.indices)
@@ -77,6 +78,6 @@ def test_memory_mapped_features_score_as_in_memory(fitted, tmp_path, monkeypatch
     torch.testing.assert_close(mm.values_features(f, cls), rp.values_features(f, cls), **ULP)
     monkeypatch.setattr(scoring, "CONVERT_ROWS", 5)  # float32 map, float64 kernel: 5 at a time
     torch.testing.assert_close(mm.values_features(f, cls), rp.values_features(f, cls), **ULP)
-    a, b = scoring.top(mm, f, cls, 3), scoring.top(rp, f, cls, 3)
+    a, b = certify.top(mm, f, cls, 3), certify.top(rp, f, cls, 3)
     assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2])
     torch.testing.assert_close(a[1], b[1], **ULP)

@@ -207,7 +207,10 @@ def top(rp: Any, features: torch.Tensor, classes: torch.Tensor, k: int) -> tuple
 
     Queries are grouped by class (up to ``GROUP`` at a time): a class's coefficients are one row
     of alpha^T, so a block is read once for all the queries of that class (no (B, nb) gather of
-    coefficients)."""
+    coefficients). Kernels this module does not certify (a float32 kernel, RPS-LJE) take the
+    block path :func:`whynet.representer._scoring.top`."""
+    if not applies(rp):
+        return sc.top(rp, features, classes, k)
     p = parts(rp)
     alpha_t = sc.alpha_t(rp)
     dev = alpha_t.device

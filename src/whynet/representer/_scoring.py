@@ -125,10 +125,6 @@ def top(rp: Any, features: torch.Tensor, classes: torch.Tensor, k: int) -> tuple
     ``TOP_BLOCK_ELEMS / B`` (at least ``TOP_MIN_ROWS``, at most ``block_size``), each reduced to
     its top-k at once, so the pass over a block's values happens while they are in cache.
     """
-    from whynet.representer import _certify
-
-    if _certify.applies(rp):  # the exact kernel: certified, pruned (see _certify)
-        return _certify.top(rp, features, classes, k)
     bs = rp.batch_size
     parts = []
     for r in range(0, features.shape[0], bs):

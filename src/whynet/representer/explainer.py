@@ -40,6 +40,7 @@ from whynet.core import (
     parse_target,
 )
 from whynet.core.params import DTYPE
+from whynet.representer import _certify as certify
 from whynet.representer import _features as feat
 from whynet.representer import _lje as lje
 from whynet.representer import _scoring as scoring
@@ -338,7 +339,7 @@ class RepresenterPoints(FittedMixin, Explainer):
         prediction). Exact with the default float64 kernel: a scan in order of each class's
         bounds ``|alpha_ic| (1 + ||f_i|| ||f_t||)`` that stops when nothing unread can enter
         the top-k, else a certified float32 scan rescored in float64, else the float64
-        blocks (:func:`._scoring.top`, :mod:`._certify`); memory stays O(B x (block + k)).
+        blocks (:func:`._certify.top`); memory stays O(B x (block + k)).
         """
         self.check_is_fitted()
         n = self.features_.shape[0]
@@ -349,7 +350,7 @@ class RepresenterPoints(FittedMixin, Explainer):
         self._check_target(x, tgt)
         f, outputs = self._features_of(x)
         classes = self._classes(outputs, tgt)
-        return TopPoints(*scoring.top(self, f, classes, k))
+        return TopPoints(*certify.top(self, f, classes, k))
 
     # ---- dataset debugging ---------------------------------------------------------------
 
